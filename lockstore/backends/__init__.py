@@ -1,0 +1,1 @@
+"""Storage engines: embedded (lmdb, shelve, memory) and remote (redis, postgres)."""

@@ -1,0 +1,270 @@
+"""The LMDB engine: one environment per store, three named databases.
+
+- ``records``: key ``shard (2 bytes) + id`` -> record (header, optional MAC, payload);
+- ``atime``: key ``shard + last access in microseconds (8 bytes, big-endian) + id`` -> empty, the index
+  that lets a sweep find a shard's expired sessions without reading the others;
+- ``meta``: ``clean + shard`` -> the time of the shard's last sweep.
+
+The environment is opened lazily in each process and never used across ``fork``: after a fork the child
+opens its own (the parent's handle is kept, never closed, as LMDB requires). One environment per path per
+process, shared by every store object on that path. Transactions of one process are serialised by a
+thread lock, which is what makes growing the map safe: the map is reserved large up front, and when it
+fills, the writer grows it under an exclusive file lock, commits to persist the new size, and retries;
+other processes adopt the new size when LMDB tells them (``MapResizedError``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import lmdb
+from filelock import lock_descriptor, unlock_descriptor
+
+from ..codec import ATIME, HEADER
+from ..errors import LockstoreError
+from ..store import KEEP, Updater
+
+T = TypeVar("T")
+_US = struct.Struct(">Q")
+_SHARD = struct.Struct(">H")
+_header = HEADER.unpack_from
+_fork_generation = [0]
+os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(0, _fork_generation[0] + 1))
+
+DEFAULT_MAP_SIZE = 64 << 30  # reserved address space, not disk: the file grows as it fills
+
+
+def _us(t: float) -> bytes:
+    return _US.pack(max(0, int(t * 1_000_000)))
+
+
+class _Env:
+    """One process's handle on one environment."""
+
+    def __init__(self, directory: str, durability: str, map_size: int, file_mode: int) -> None:
+        system = durability == "system"
+        self.env = lmdb.open(
+            directory,
+            map_size=map_size,
+            max_dbs=4,
+            max_readers=1024,
+            sync=system,
+            metasync=system,
+            lock=True,
+            readahead=False,
+            mode=file_mode,
+        )
+        self.env.reader_check()  # free the slots of readers that died
+        self.records = self.env.open_db(b"records")
+        self.atime = self.env.open_db(b"atime")
+        self.meta = self.env.open_db(b"meta")
+        self.mutex = threading.Lock()
+        self.users = 0
+
+
+_envs: dict[str, tuple[int, _Env]] = {}
+_envs_lock = threading.Lock()
+
+
+class LmdbEngine:
+    name = "lmdb"
+    lock_reads = False
+
+    def __init__(self, directory: str, shards: int, durability: str, map_size: int | None, file_mode: int) -> None:
+        self.directory = directory
+        self.shards = shards
+        self._durability = durability
+        self._map_size = map_size or DEFAULT_MAP_SIZE
+        self._file_mode = file_mode
+        self._gen = -1
+        self._handle: _Env | None = None
+        self._prefix = [_SHARD.pack(i) for i in range(shards)]
+        self._grow_path = os.path.join(directory, "grow.lock")
+        self._open()
+
+    # -- environment ---------------------------------------------------------------------
+
+    def _open(self) -> _Env:
+        gen = _fork_generation[0]
+        with _envs_lock:
+            entry = _envs.get(self.directory)
+            if entry is None or entry[0] != gen:
+                # a handle from before a fork is left alone: closing it in the child is not allowed
+                entry = (gen, _Env(self.directory, self._durability, self._map_size, self._file_mode))
+                _envs[self.directory] = entry
+            handle = entry[1]
+            handle.users += 1
+        self._gen = gen
+        self._handle = handle
+        return handle
+
+    def _env(self) -> _Env:
+        handle = self._handle
+        if self._gen != _fork_generation[0] or handle is None:
+            handle = self._open()
+        return handle
+
+    def _run(self, write: bool, body: Callable[[Any, _Env], T]) -> T:
+        """Run *body(txn, handle)* in a transaction, adopting or growing the map size as needed."""
+        handle = self._env()
+        for _ in range(64):
+            with handle.mutex:
+                try:
+                    with handle.env.begin(write=write) as txn:
+                        return body(txn, handle)
+                except lmdb.MapResizedError:
+                    handle.env.set_mapsize(0)  # another process grew the map: adopt its size
+                except lmdb.MapFullError:
+                    self._grow(handle)
+                except lmdb.ReadersFullError:
+                    handle.env.reader_check()
+        raise LockstoreError(f"LMDB store at {self.directory} could not complete a transaction")
+
+    def _grow(self, handle: _Env) -> None:
+        """Double the map, holding the process's transaction lock and an exclusive file lock."""
+        fd = os.open(self._grow_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self._file_mode)
+        try:
+            lock_descriptor(fd, blocking=True, poll_interval=0.001)
+            try:
+                before = handle.env.info()["map_size"]
+                handle.env.set_mapsize(0)  # adopt a size another process may have set meanwhile
+                if handle.env.info()["map_size"] == before:
+                    handle.env.set_mapsize(before * 2)
+                    with handle.env.begin(write=True) as txn:  # commit to make the new size known
+                        txn.put(b"grown", struct.pack("<Q", before * 2), db=handle.meta)
+            finally:
+                unlock_descriptor(fd)
+        finally:
+            os.close(fd)
+
+    # -- the engine interface -----------------------------------------------------------------
+
+    def get(self, shard: int, key: bytes) -> bytes | None:
+        handle = self._env()
+        k = self._prefix[shard] + key
+        with handle.mutex:
+            try:
+                with handle.env.begin(db=handle.records) as txn:
+                    return txn.get(k)
+            except (lmdb.MapResizedError, lmdb.ReadersFullError):
+                pass
+        return self._run(False, lambda txn, h: txn.get(k, db=h.records))
+
+    def update(self, shard: int, key: bytes, fn: Updater, sweep: tuple[float, float, int] | None) -> int:
+        prefix = self._prefix[shard]
+        k = prefix + key
+
+        def body(txn: Any, h: _Env) -> int:
+            swept = self._sweep_txn(txn, h, shard, sweep[0], sweep[1], sweep[2]) if sweep else 0
+            old = txn.get(k, db=h.records)
+            new = fn(old)
+            if new is KEEP:
+                return swept
+            if old is not None:
+                txn.delete(prefix + _us(_header(old)[2]) + key, db=h.atime)
+            if new is None:
+                if old is not None:
+                    txn.delete(k, db=h.records)
+            else:
+                txn.put(k, new, db=h.records)
+                txn.put(prefix + _us(_header(new)[2]) + key, b"", db=h.atime)
+            return swept
+
+        return self._run(True, body)
+
+    def _sweep_txn(self, txn: Any, h: _Env, shard: int, now: float, cutoff: float, limit: int | None) -> int:
+        prefix = self._prefix[shard]
+        start = len(prefix) + 8
+        end = prefix + _us(cutoff)
+        doomed = []
+        with txn.cursor(db=h.atime) as cur:
+            if cur.set_range(prefix):
+                for ikey in cur.iternext(values=False):
+                    if ikey >= end or not ikey.startswith(prefix):
+                        break
+                    doomed.append(ikey)
+                    if limit is not None and len(doomed) >= limit:
+                        break
+        removed = 0
+        for ikey in doomed:
+            txn.delete(ikey, db=h.atime)
+            k = prefix + ikey[start:]
+            rec = txn.get(k, db=h.records)
+            if rec is not None and _header(rec)[2] < cutoff:
+                txn.delete(k, db=h.records)
+                removed += 1
+        txn.put(b"clean" + prefix, ATIME.pack(now), db=h.meta)
+        return removed
+
+    def sweep(self, shard: int, now: float, cutoff: float, limit: int | None) -> int:
+        return self._run(True, lambda txn, h: self._sweep_txn(txn, h, shard, now, cutoff, limit))
+
+    def last_clean(self, shard: int) -> float:
+        raw = self._run(False, lambda txn, h: txn.get(b"clean" + self._prefix[shard], db=h.meta))
+        return ATIME.unpack(raw)[0] if raw else 0.0
+
+    def _range(self, shard: int, times_only: bool) -> list[tuple[bytes, Any]]:
+        prefix = self._prefix[shard]
+        n = len(prefix)
+
+        def body(txn: Any, h: _Env) -> list[tuple[bytes, Any]]:
+            out: list[tuple[bytes, Any]] = []
+            with txn.cursor(db=h.records) as cur:
+                if not cur.set_range(prefix):
+                    return out
+                for k, v in cur.iternext():
+                    if not k.startswith(prefix):
+                        break
+                    out.append((k[n:], _header(v)[2] if times_only else v))
+            return out
+
+        return self._run(False, body)
+
+    def scan(self, shard: int) -> list[tuple[bytes, bytes]]:
+        return self._range(shard, False)
+
+    def scan_times(self, shard: int) -> list[tuple[bytes, float]]:
+        return self._range(shard, True)
+
+    def clear(self, shard: int) -> int:
+        prefix = self._prefix[shard]
+
+        def body(txn: Any, h: _Env) -> int:
+            removed = 0
+            for db in (h.records, h.atime):
+                keys = []
+                with txn.cursor(db=db) as cur:
+                    if cur.set_range(prefix):
+                        for k in cur.iternext(values=False):
+                            if not k.startswith(prefix):
+                                break
+                            keys.append(k)
+                for k in keys:
+                    txn.delete(k, db=db)
+                if db is h.records:
+                    removed = len(keys)
+            return removed
+
+        return self._run(True, body)
+
+    def bytes_on_disk(self) -> int:
+        total = 0
+        for name in ("data.mdb", "lock.mdb"):
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(self.directory, name)).st_blocks * 512
+        return total
+
+    def close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is None or self._gen != _fork_generation[0]:
+            return
+        with _envs_lock:
+            handle.users -= 1
+            if handle.users == 0 and _envs.get(self.directory, (None, None))[1] is handle:
+                del _envs[self.directory]
+                handle.env.close()

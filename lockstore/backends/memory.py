@@ -1,0 +1,76 @@
+"""The memory engine: one process, thread safe, the same semantics as the files. For tests and development.
+
+Records are kept encoded, exactly as on disk, so a value that cannot be encoded fails here as it would
+there, and reads return fresh copies. Stores opened on the same path in one process share their data.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ..codec import HEADER
+from ..store import KEEP, Updater
+
+_header = HEADER.unpack_from
+_shared: dict[str, tuple[list[dict[bytes, bytes]], list[float]]] = {}
+_shared_lock = threading.Lock()
+
+
+class MemoryEngine:
+    name = "memory"
+    lock_reads = False
+
+    def __init__(self, path: str, shards: int) -> None:
+        with _shared_lock:
+            data = _shared.get(path)
+            if data is None or len(data[0]) != shards:
+                data = ([{} for _ in range(shards)], [0.0] * shards)
+                _shared[path] = data
+        self._data, self._cleaned = data
+
+    def get(self, shard: int, key: bytes) -> bytes | None:
+        return self._data[shard].get(key)
+
+    def update(self, shard: int, key: bytes, fn: Updater, sweep: tuple[float, float, int] | None) -> int:
+        swept = self.sweep(shard, *sweep) if sweep else 0
+        data = self._data[shard]
+        new = fn(data.get(key))
+        if new is None:
+            data.pop(key, None)
+        elif new is not KEEP:
+            data[key] = new
+        return swept
+
+    def sweep(self, shard: int, now: float, cutoff: float, limit: int | None) -> int:
+        data = self._data[shard]
+        doomed = [key for key, rec in data.items() if _header(rec)[2] < cutoff]
+        doomed.sort(key=lambda k: _header(data[k])[2])
+        for key in doomed[:limit]:
+            del data[key]
+        self._cleaned[shard] = now
+        return len(doomed[:limit])
+
+    def last_clean(self, shard: int) -> float:
+        return self._cleaned[shard]
+
+    def scan(self, shard: int) -> list[tuple[bytes, bytes]]:
+        return list(self._data[shard].items())
+
+    def scan_times(self, shard: int) -> list[tuple[bytes, float]]:
+        return [(key, _header(rec)[2]) for key, rec in list(self._data[shard].items())]
+
+    def clear(self, shard: int) -> int:
+        n = len(self._data[shard])
+        self._data[shard].clear()
+        return n
+
+    def bytes_on_disk(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<MemoryEngine {sum(len(d) for d in self._data)} records>"
+
+

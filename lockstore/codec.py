@@ -1,0 +1,149 @@
+"""Codecs and the record format.
+
+A record is ``header [mac] payload``. The header is 18 bytes, ``<BBdd``: format version, flags,
+last-access time, creation time (seconds since the epoch), so times are read without decoding the
+payload. With a secret, a 32-byte HMAC-SHA256 over the session id, the header and the payload follows
+the header, and a record whose MAC does not hold is never decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import pickle
+import struct
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .errors import CorruptRecord, EncodeError, StoreMismatch, ValueTooLarge
+
+HEADER = struct.Struct("<BBdd")
+HEADER_SIZE = HEADER.size
+MAC_SIZE = 32
+RECORD_VERSION = 1
+FLAG_SIGNED = 1
+_unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
+ATIME = struct.Struct("<d")
+
+
+class Record(NamedTuple):
+    """A live session as stored: its value and its times (seconds since the epoch)."""
+
+    value: Any
+    created: float
+    last_access: float
+
+
+def _pickle_dumps(value: object) -> bytes:
+    return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+
+def _json_dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _msgpack() -> Any:
+    try:
+        import msgpack  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise StoreMismatch("codec 'msgpack' needs the msgpack package: pip install 'lockstore[msgpack]'") from None
+    return msgpack
+
+
+def codec_functions(name: str) -> tuple[Callable[[Any], bytes], Callable[[Any], Any]]:
+    """The (encode, decode) pair of a codec by name."""
+    if name == "pickle":
+        return _pickle_dumps, pickle.loads
+    if name == "json":
+        return _json_dumps, lambda b: json.loads(bytes(b))
+    if name == "msgpack":
+        msgpack = _msgpack()
+        return (lambda v: msgpack.packb(v, use_bin_type=True)), (lambda b: msgpack.unpackb(b, raw=False))
+    raise StoreMismatch(f"unknown codec {name!r}: use 'pickle', 'json' or 'msgpack'")
+
+
+class Codec:
+    """Turns values into records and back, for one store (codec, optional secret, size limit)."""
+
+    def __init__(self, name: str, secret: bytes | str | None, max_value_size: int) -> None:
+        self.name = name
+        self._dumps, self._loads = codec_functions(name)
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if secret is not None and not isinstance(secret, bytes):
+            raise TypeError(f"secret must be bytes or str, not {type(secret).__name__}")
+        if secret is not None and len(secret) < 16:
+            raise ValueError("secret must be at least 16 bytes")
+        self._secret = secret
+        self.signed = secret is not None
+        self.max_value_size = max_value_size
+
+    def encode(self, value: object) -> bytes:
+        """The payload of *value*; :class:`EncodeError` or :class:`ValueTooLarge` if it cannot be stored."""
+        try:
+            payload = self._dumps(value)
+        except Exception as exc:  # pickle and json raise many types; all mean the same here
+            raise EncodeError(f"cannot encode {type(value).__name__} with codec {self.name!r}: {exc}") from None
+        if len(payload) > self.max_value_size:
+            raise ValueTooLarge(f"encoded value is {len(payload)} bytes, over max_value_size={self.max_value_size}")
+        return payload
+
+    def _mac(self, key: bytes, header: bytes, payload: bytes | memoryview) -> bytes:
+        assert self._secret is not None
+        mac = hmac.new(self._secret, key, hashlib.sha256)
+        mac.update(b"\0")
+        mac.update(header)
+        mac.update(payload)
+        return mac.digest()
+
+    def record(self, key: bytes, payload: bytes | memoryview, last_access: float, created: float) -> bytes:
+        """A whole record for the id *key* (UTF-8 bytes)."""
+        if self._secret is None:
+            return _pack_header(RECORD_VERSION, 0, last_access, created) + payload
+        header = _pack_header(RECORD_VERSION, FLAG_SIGNED, last_access, created)
+        return header + self._mac(key, header, payload) + payload
+
+    def retime(self, key: bytes, rec: bytes | memoryview, last_access: float) -> bytes:
+        """*rec* with a new last-access time and the same payload (re-signed when signed)."""
+        _version, _flags, _, created = self.times(rec)
+        return self.record(key, self.payload(key, rec), last_access, created)
+
+    @staticmethod
+    def times(rec: bytes | memoryview) -> tuple[int, int, float, float]:
+        """(version, flags, last_access, created) of a record, without decoding its payload."""
+        try:
+            return _unpack_header(rec)
+        except struct.error:
+            raise CorruptRecord(f"record of {len(rec)} bytes is shorter than its header") from None
+
+    def payload(self, key: bytes, rec: bytes | memoryview) -> memoryview:
+        """The payload of a record, its version and signature checked."""
+        version, flags, _, _ = self.times(rec)
+        if version != RECORD_VERSION:
+            raise CorruptRecord(f"record format version {version}, expected {RECORD_VERSION}")
+        view = memoryview(rec)
+        if flags & FLAG_SIGNED:
+            if self._secret is None:
+                raise CorruptRecord("record is signed but the store was opened without its secret")
+            mac = view[HEADER_SIZE : HEADER_SIZE + MAC_SIZE]
+            body = view[HEADER_SIZE + MAC_SIZE :]
+            if not hmac.compare_digest(mac, self._mac(key, view[:HEADER_SIZE], body)):
+                raise CorruptRecord("record signature does not hold (tampered, or another secret)")
+            return body
+        if self._secret is not None:
+            raise CorruptRecord("record is not signed but the store has a secret: refusing to decode it")
+        return view[HEADER_SIZE:]
+
+    def loads(self, body: bytes | memoryview, key: bytes) -> Any:
+        """Decode a payload already checked by :meth:`payload`."""
+        try:
+            return self._loads(body)
+        except Exception as exc:
+            sid = key.decode(errors="replace")[:24]
+            raise CorruptRecord(f"record of {sid!r} does not decode with codec {self.name!r}: {exc}") from None
+
+    def decode(self, key: bytes, rec: bytes | memoryview) -> Any:
+        """The value of a record, never decoding a payload whose signature fails."""
+        return self.loads(self.payload(key, rec), key)

@@ -1,0 +1,484 @@
+"""The store: a mapping of session ids to values, sharded, locked and expiring.
+
+:class:`BaseStore` is the interface every backend offers (embedded or remote). :class:`Store` is the
+embedded implementation: ids hash to shards, each shard is guarded by a :class:`~lockstore.locks.ShardLocks`
+lock, and an :class:`Engine` (LMDB, shelve, memory) keeps the records of each shard.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any, Protocol
+
+from .codec import Codec, Record
+from .errors import StoreClosed
+from .ids import describe_id, shard_of, validate_id
+from .locks import ShardLocks
+
+KEEP = object()
+"""Returned by an update function: leave the record as it is."""
+
+Clock = Callable[[], float]
+Updater = Callable[[bytes | None], Any]
+
+
+class Engine(Protocol):
+    """What a backend does for :class:`Store`, per shard. Writes are called with the shard lock held."""
+
+    name: str
+    lock_reads: bool  # True when reads must hold the shard lock too
+
+    def get(self, shard: int, key: bytes) -> bytes | None: ...
+
+    def update(self, shard: int, key: bytes, fn: Updater, sweep: tuple[float, float, int] | None) -> int:
+        """In one atomic write: first, if *sweep* = (now, cutoff, limit), remove up to *limit* records
+        of *shard* last accessed before *cutoff* and record *now* as the shard's last clean; then call
+        ``fn(old_record)`` and store what it returns (bytes), delete (None) or leave it (:data:`KEEP`).
+        Returns the number of records swept."""
+        ...
+
+    def sweep(self, shard: int, now: float, cutoff: float, limit: int | None) -> int: ...
+
+    def last_clean(self, shard: int) -> float: ...
+
+    def scan(self, shard: int) -> list[tuple[bytes, bytes]]: ...
+
+    def scan_times(self, shard: int) -> list[tuple[bytes, float]]: ...
+
+    def clear(self, shard: int) -> int: ...
+
+    def bytes_on_disk(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _key(sid: str) -> bytes:
+    return sid.encode()
+
+
+class BaseStore(MutableMapping[str, Any], ABC):
+    """The interface of every lockstore store: a mutable mapping of session ids to values.
+
+    Reads return fresh copies; sessions idle longer than ``max_age`` seconds are absent everywhere.
+    """
+
+    backend: str
+    path: str
+    max_age: float
+    timeout: float
+    clock: Clock
+
+    @abstractmethod
+    def edit(self, sid: str, *, create: bool = True) -> Any:
+        """A context manager yielding the session as a dict, locked; saved on clean exit if changed."""
+
+    @abstractmethod
+    def touch(self, sid: str) -> bool:
+        """Refresh the last access of a live session; False if there is none."""
+
+    @abstractmethod
+    def clean(self) -> int:
+        """Remove every expired session; returns how many."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Counts, sizes and last clean per shard."""
+
+    @abstractmethod
+    def verify(self) -> list[tuple[str, str]]:
+        """(id, problem) for every record that does not decode or whose signature fails."""
+
+    @abstractmethod
+    def record(self, sid: str) -> Record | None:
+        """The value and times of a live session, without refreshing its last access."""
+
+    @abstractmethod
+    def records(self, *, expired: bool = False) -> Iterator[tuple[str, Record]]:
+        """Every live session (or, with *expired*, every expired one not yet swept) and its times."""
+
+    @abstractmethod
+    def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
+        """Store *value* under *sid* with the given times (copying stores, fixing clocks)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release files and connections; the store cannot be used afterwards."""
+
+    def __enter__(self) -> BaseStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.backend} {self.path!r}>"
+
+
+class _Edit:
+    """The context manager returned by :meth:`Store.edit`."""
+
+    __slots__ = ("_atime", "_create", "_created", "_key", "_old", "_shard", "_sid", "_store", "_value")
+
+    def __init__(self, store: Store, sid: str, create: bool) -> None:
+        self._store = store
+        self._sid = validate_id(sid)
+        self._key = _key(sid)
+        self._shard = shard_of(sid, store.shards)
+        self._create = create
+
+    def __enter__(self) -> dict[str, Any]:
+        store = self._store
+        store._check_open()
+        shard, key = self._shard, self._key
+        store._locks.acquire(shard, store.timeout)
+        try:
+            rec = store._engine.get(shard, key)
+            now = store.clock()
+            codec = store._codec
+            if rec is not None:
+                _, _, atime, created = codec.times(rec)
+                if now - atime > store.max_age:
+                    rec = None
+            if rec is None:
+                if not self._create:
+                    raise KeyError(self._sid)
+                value: Any = {}
+                self._old = None
+                self._created = now
+                self._atime = -math.inf
+            else:
+                body = codec.payload(key, rec)
+                value = codec.loads(body, key)
+                if not isinstance(value, dict):
+                    raise TypeError(
+                        f"edit() needs a dict session; {describe_id(self._sid)} holds a {type(value).__name__}"
+                    )
+                self._old = bytes(body)
+                self._created = created
+                self._atime = atime
+            self._value = value
+            return value
+        except BaseException:
+            store._locks.release(shard)
+            raise
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        store = self._store
+        shard = self._shard
+        try:
+            if exc_type is not None:
+                return
+            codec = store._codec
+            value = self._value
+            if self._old is None and not value:
+                return  # just in time: an absent session left empty is not created
+            payload = codec.encode(value)
+            now = store.clock()
+            if payload == self._old and now - self._atime < store.touch_interval:
+                return
+            rec = codec.record(self._key, payload, now, self._created)
+            store._engine.update(shard, self._key, lambda old: rec, store._sweep_due(shard, now))
+        finally:
+            store._locks.release(shard)
+
+
+class Store(BaseStore):
+    """An embedded store: see :func:`lockstore.open`."""
+
+    def __init__(
+        self,
+        path: str,
+        engine: Engine,
+        locks: ShardLocks,
+        codec: Codec,
+        *,
+        shards: int,
+        max_age: float,
+        clean_interval: float,
+        touch_interval: float,
+        timeout: float,
+        clean_limit: int,
+        durability: str,
+        clock: Clock | None,
+        settings: dict[str, Any],
+    ) -> None:
+        self.path = path
+        self.backend = engine.name
+        self.shards = shards
+        self.max_age = max_age
+        self.clean_interval = clean_interval
+        self.touch_interval = touch_interval
+        self.timeout = timeout
+        self.clean_limit = clean_limit
+        self.durability = durability
+        self.clock = clock or time.time
+        self.settings = settings
+        self._engine = engine
+        self._locks = locks
+        self._codec = codec
+        self._next_clean = [-math.inf] * shards
+        self._closed = False
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"store at {self.path} is closed")
+
+    def _locate(self, sid: str) -> tuple[int, bytes]:
+        validate_id(sid)
+        if self._closed:
+            raise StoreClosed(f"store at {self.path} is closed")
+        return shard_of(sid, self.shards), sid.encode()
+
+    def _sweep_due(self, shard: int, now: float) -> tuple[float, float, int] | None:
+        """Called with the shard lock held: the sweep a write into *shard* must do first, if any."""
+        if self.clean_interval <= 0 or now < self._next_clean[shard]:
+            return None
+        last = self._engine.last_clean(shard)
+        if now - last < self.clean_interval:
+            self._next_clean[shard] = last + self.clean_interval
+            return None
+        self._next_clean[shard] = now + self.clean_interval
+        return (now, now - self.max_age, self.clean_limit)
+
+    def _read(self, shard: int, key: bytes) -> bytes | None:
+        if self._engine.lock_reads:
+            with self._locks.held(shard, self.timeout):
+                return self._engine.get(shard, key)
+        return self._engine.get(shard, key)
+
+    def _live(self, rec: bytes | None, now: float) -> bool:
+        return rec is not None and now - self._codec.times(rec)[2] <= self.max_age
+
+    def _touch_shard(self, shard: int, key: bytes, now: float) -> bool:
+        """Rewrite only the last-access time of *key*, if it is live and older than touch_interval."""
+        codec = self._codec
+        max_age, touch_interval = self.max_age, self.touch_interval
+        found = False
+
+        def retime(old: bytes | None) -> Any:
+            nonlocal found
+            if old is None:
+                return KEEP
+            atime = codec.times(old)[2]
+            if now - atime > max_age:
+                return KEEP
+            found = True
+            if now - atime < touch_interval:
+                return KEEP
+            return codec.retime(key, old, now)
+
+        with self._locks.held(shard, self.timeout):
+            self._engine.update(shard, key, retime, self._sweep_due(shard, now))
+        return found
+
+    # -- the mapping -------------------------------------------------------------------------
+
+    def __getitem__(self, sid: str) -> Any:
+        shard, key = self._locate(sid)
+        rec = self._read(shard, key)
+        if rec is None:
+            raise KeyError(sid)
+        atime = self._codec.times(rec)[2]
+        now = self.clock()
+        age = now - atime
+        if age > self.max_age:
+            raise KeyError(sid)
+        value = self._codec.decode(key, rec)
+        if age >= self.touch_interval:
+            self._touch_shard(shard, key, now)
+        return value
+
+    def __contains__(self, sid: object) -> bool:
+        shard, key = self._locate(sid)  # type: ignore[arg-type]
+        return self._live(self._read(shard, key), self.clock())
+
+    def __setitem__(self, sid: str, value: Any) -> None:
+        shard, key = self._locate(sid)
+        codec = self._codec
+        payload = codec.encode(value)
+        max_age = self.max_age
+        with self._locks.held(shard, self.timeout):
+            now = self.clock()
+
+            def put(old: bytes | None) -> bytes:
+                created = now
+                if old is not None:
+                    _, _, atime, old_created = codec.times(old)
+                    if now - atime <= max_age:
+                        created = old_created
+                return codec.record(key, payload, now, created)
+
+            self._engine.update(shard, key, put, self._sweep_due(shard, now))
+
+    def __delitem__(self, sid: str) -> None:
+        shard, key = self._locate(sid)
+        live = False
+        with self._locks.held(shard, self.timeout):
+            now = self.clock()
+
+            def delete(old: bytes | None) -> Any:
+                nonlocal live
+                if old is None:
+                    return KEEP
+                live = now - self._codec.times(old)[2] <= self.max_age
+                return None
+
+            self._engine.update(shard, key, delete, self._sweep_due(shard, now))
+        if not live:
+            raise KeyError(sid)
+
+    def _live_keys(self, shard: int, now: float) -> list[bytes]:
+        cutoff = now - self.max_age
+        return [key for key, atime in self._scan_times(shard) if atime >= cutoff]
+
+    def _scan_times(self, shard: int) -> list[tuple[bytes, float]]:
+        if self._engine.lock_reads:
+            with self._locks.held(shard, self.timeout):
+                return self._engine.scan_times(shard)
+        return self._engine.scan_times(shard)
+
+    def _scan(self, shard: int) -> list[tuple[bytes, bytes]]:
+        if self._engine.lock_reads:
+            with self._locks.held(shard, self.timeout):
+                return self._engine.scan(shard)
+        return self._engine.scan(shard)
+
+    def __iter__(self) -> Iterator[str]:
+        self._check_open()
+        for shard in range(self.shards):
+            for key in self._live_keys(shard, self.clock()):
+                yield key.decode()
+
+    def __len__(self) -> int:
+        self._check_open()
+        now = self.clock()
+        return sum(len(self._live_keys(shard, now)) for shard in range(self.shards))
+
+    def clear(self) -> None:
+        """Delete every session, live or expired."""
+        self._check_open()
+        for shard in range(self.shards):
+            with self._locks.held(shard, self.timeout):
+                self._engine.clear(shard)
+
+    # -- beyond the mapping ----------------------------------------------------------------
+
+    def edit(self, sid: str, *, create: bool = True) -> _Edit:
+        """Atomic read-modify-write of one session::
+
+            with store.edit(sid) as session:     # a dict; the shard is locked across processes
+                session["n"] = session.get("n", 0) + 1
+
+        Saved on a clean exit if changed, discarded on an exception. A new empty dict if the session is
+        absent (or :class:`KeyError` with ``create=False``). The value must be a dict.
+        """
+        return _Edit(self, sid, create)
+
+    def touch(self, sid: str) -> bool:
+        shard, key = self._locate(sid)
+        now = self.clock()
+        rec = self._read(shard, key)
+        if not self._live(rec, now):
+            return False
+        return self._touch_shard(shard, key, now)
+
+    def clean(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Sweep every shard of its expired sessions; *progress(shards_done, shards)* after each."""
+        self._check_open()
+        removed = 0
+        for shard in range(self.shards):
+            with self._locks.held(shard, self.timeout):
+                now = self.clock()
+                removed += self._engine.sweep(shard, now, now - self.max_age, None)
+                self._next_clean[shard] = now + self.clean_interval
+            if progress is not None:
+                progress(shard + 1, self.shards)
+        return removed
+
+    def record(self, sid: str) -> Record | None:
+        shard, key = self._locate(sid)
+        rec = self._read(shard, key)
+        if not self._live(rec, self.clock()):
+            return None
+        assert rec is not None
+        _, _, atime, created = self._codec.times(rec)
+        return Record(self._codec.decode(key, rec), created, atime)
+
+    def records(self, *, expired: bool = False) -> Iterator[tuple[str, Record]]:
+        self._check_open()
+        codec = self._codec
+        for shard in range(self.shards):
+            now = self.clock()
+            for key, rec in self._scan(shard):
+                _, _, atime, created = codec.times(rec)
+                if (now - atime > self.max_age) == expired:
+                    yield key.decode(), Record(codec.decode(key, rec), created, atime)
+
+    def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
+        shard, key = self._locate(sid)
+        rec = self._codec.record(key, self._codec.encode(value), float(last_access), float(created))
+        with self._locks.held(shard, self.timeout):
+            self._engine.update(shard, key, lambda old: rec, None)
+
+    def verify(self) -> list[tuple[str, str]]:
+        from .errors import CorruptRecord
+
+        self._check_open()
+        bad: list[tuple[str, str]] = []
+        for shard in range(self.shards):
+            for key, rec in self._scan(shard):
+                try:
+                    sid = key.decode()
+                except UnicodeDecodeError:
+                    bad.append((repr(key), "key is not UTF-8"))
+                    continue
+                try:
+                    validate_id(sid)
+                    if shard_of(sid, self.shards) != shard:
+                        raise CorruptRecord(f"stored in shard {shard}, belongs in {shard_of(sid, self.shards)}")
+                    self._codec.decode(key, rec)
+                except Exception as exc:
+                    bad.append((sid, str(exc)))
+        return bad
+
+    def stats(self) -> dict[str, Any]:
+        self._check_open()
+        per_shard = []
+        live_total = expired_total = 0
+        for shard in range(self.shards):
+            now = self.clock()
+            times = self._scan_times(shard)
+            live = sum(1 for _, atime in times if now - atime <= self.max_age)
+            expired = len(times) - live
+            live_total += live
+            expired_total += expired
+            last = self._engine.last_clean(shard)
+            per_shard.append(
+                {"shard": shard, "live": live, "expired": expired, "last_clean": last if last > 0 else None}
+            )
+        return {
+            "backend": self.backend,
+            "path": self.path,
+            "shards": self.shards,
+            "codec": self._codec.name,
+            "signed": self._codec.signed,
+            "durability": self.durability,
+            "max_age": self.max_age,
+            "clean_interval": self.clean_interval,
+            "live": live_total,
+            "expired": expired_total,
+            "bytes": self._engine.bytes_on_disk(),
+            "per_shard": per_shard,
+            **{k: v for k, v in self.settings.items() if k == "dbm"},
+        }
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._engine.close()
+            self._locks.close()
