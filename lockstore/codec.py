@@ -46,7 +46,7 @@ def _json_dumps(value: object) -> bytes:
 
 def _msgpack() -> Any:
     try:
-        import msgpack  # type: ignore[import-untyped]
+        import msgpack
     except ImportError:  # pragma: no cover - depends on the environment
         raise StoreMismatch("codec 'msgpack' needs the msgpack package: pip install 'lockstore[msgpack]'") from None
     return msgpack
@@ -90,7 +90,7 @@ class Codec:
             raise ValueTooLarge(f"encoded value is {len(payload)} bytes, over max_value_size={self.max_value_size}")
         return payload
 
-    def _mac(self, key: bytes, header: bytes, payload: bytes | memoryview) -> bytes:
+    def _mac(self, key: bytes, header: bytes | memoryview, payload: bytes | memoryview) -> bytes:
         assert self._secret is not None
         mac = hmac.new(self._secret, key, hashlib.sha256)
         mac.update(b"\0")

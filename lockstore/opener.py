@@ -67,7 +67,11 @@ def open(
         codec_functions(codec)  # unknown codec or missing package: a clear error before any file exists
 
     if backend == "memory":
-        settings = {"backend": "memory", "shards": shards or DEFAULTS["shards"], "codec": codec or DEFAULTS["codec"]}
+        settings: dict[str, Any] = {
+            "backend": "memory",
+            "shards": shards or DEFAULTS["shards"],
+            "codec": codec or DEFAULTS["codec"],
+        }
     else:
         settings = _settings(path, backend, shards, codec, dbm, secret is not None)
     codec_obj = Codec(settings["codec"], secret, max_value_size)

@@ -1,0 +1,397 @@
+"""The shelve engine: one :class:`shelve.Shelf` per shard, on a dbm module pinned when the store is created.
+
+Every operation runs under the shard's lock (reads too: a shelf's index lives in memory).
+
+``dbm.dumb``, the only dbm some Pythons have, is not safe as the standard library ships it: it overwrites
+values in place, keeps index changes in memory until ``sync``, and rewrites its index by renaming it to
+``.bak`` and writing a new one, so a killed process can lose acknowledged writes or leave a shard empty.
+Here a shard on ``dumb`` is a :class:`DumbShard`: the same two files (``.dat`` values, ``.dir`` index of
+``'key', (pos, size)`` lines, which the standard ``dbm.dumb`` still reads), used crash-safely:
+
+- a value is always appended to ``.dat``, never written over an older one; its index line is then
+  appended to ``.dir`` in one ``write``; a later line for a key overrides an earlier one. A write is
+  acknowledged only after both, so a kill at any moment leaves the old or the new value, never a torn one;
+- a deletion rewrites ``.dir`` whole into a temporary file and renames it over the old one (atomic);
+- other processes notice changes by the files' inode and size and read only the appended lines;
+- compaction (when more than half of ``.dat`` is dead) writes new files beside the old and swaps them
+  under a marker file, so a compaction killed half-way is finished or undone by the next user.
+
+With ``durability="system"`` every write is followed by ``fsync`` of the files it touched.
+
+Other dbm modules (``dbm.gnu``, ``dbm.ndbm``, ``dbm.sqlite3``) are opened and closed around each operation
+under the shard lock; their crash behaviour is their own.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import os
+import re
+import shelve
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+from ..codec import ATIME, HEADER
+from ..errors import CorruptRecord, StoreMismatch
+from ..store import KEEP, Updater
+
+_header = HEADER.unpack_from
+_LINE = re.compile(rb"'([^'\\\n]*)', \((\d+), (\d+)\)\n")
+_CLEAN = "#clean"  # '#' is not in the id alphabet: no session can have this key
+PREFERENCE = ("dbm.gnu", "dbm.sqlite3", "dbm.dumb")
+KNOWN = ("dbm.gnu", "dbm.ndbm", "dbm.sqlite3", "dbm.dumb")
+
+
+def pick_dbm(requested: str | None) -> str:
+    """The dbm module a new shelve store pins: *requested* if given and importable, else the best there is."""
+    if requested is not None:
+        name = requested if requested.startswith("dbm.") else f"dbm.{requested}"
+        if name not in KNOWN:
+            raise StoreMismatch(f"unknown dbm {requested!r}: use one of {', '.join(KNOWN)}")
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise StoreMismatch(f"{name} is not available in this Python") from None
+        return name
+    for name in PREFERENCE:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        return name
+    raise StoreMismatch("no dbm module is available")  # pragma: no cover - dbm.dumb is always there
+
+
+class DumbShard(MutableMapping[bytes, bytes]):
+    """A crash-safe ``dbm.dumb``-format database (see the module's docstring). Not thread safe: the shard
+    lock serialises every use."""
+
+    def __init__(self, base: str, durable: bool, file_mode: int) -> None:
+        self._dat = base + ".dat"
+        self._dir = base + ".dir"
+        self._marker = base + ".compacting"
+        self._durable = durable
+        self._mode = file_mode
+        self._index: dict[bytes, tuple[int, int]] = {}
+        self._ident: tuple[int, int] = (-1, -1)
+        self._dir_size = 0
+        self._dat_fd = -1
+        self._live_bytes = 0
+
+    # -- keeping up with other processes --------------------------------------------------
+
+    def refresh(self) -> None:
+        """Bring the in-memory index up to date with the files (called with the shard lock held)."""
+        try:
+            sd, st = os.stat(self._dir), os.stat(self._dat)
+        except FileNotFoundError:
+            self._recover()
+            self._create()
+            sd, st = os.stat(self._dir), os.stat(self._dat)
+        if (sd.st_ino, st.st_ino) != self._ident:
+            if os.path.exists(self._marker):
+                self._recover()
+                sd, st = os.stat(self._dir), os.stat(self._dat)
+            self._load(st.st_ino, sd.st_ino)
+        elif sd.st_size != self._dir_size:
+            self._read_lines(self._dir_size)
+
+    def _create(self) -> None:
+        for name in (self._dat, self._dir):
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, self._mode)
+            os.close(fd)
+
+    def _load(self, dat_ino: int, dir_ino: int) -> None:
+        if self._dat_fd >= 0:
+            os.close(self._dat_fd)
+        self._dat_fd = os.open(self._dat, os.O_RDWR | os.O_CLOEXEC)
+        if os.fstat(self._dat_fd).st_ino != dat_ino:  # replaced between stat and open: start again
+            self._ident = (-1, -1)
+            return self.refresh()
+        self._index = {}
+        self._live_bytes = 0
+        self._dir_size = 0
+        self._ident = (dir_ino, dat_ino)
+        self._read_lines(0)
+
+    def _read_lines(self, start: int) -> None:
+        with open(self._dir, "rb") as f:
+            f.seek(start)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # a line torn by a killed writer was never acknowledged: drop it
+            with open(self._dir, "r+b") as f:
+                f.truncate(start + end)
+            data = data[:end]
+        index = self._index
+        for line in data.splitlines(keepends=True):
+            m = _LINE.fullmatch(line)
+            if m is not None:
+                key, pos, size = m.group(1), int(m.group(2)), int(m.group(3))
+            else:  # a line the standard dbm.dumb wrote (any key): its own format
+                try:
+                    skey, (pos, size) = ast.literal_eval(line.decode("latin-1"))
+                except (ValueError, SyntaxError, TypeError):
+                    raise CorruptRecord(f"{self._dir}: unreadable index line {line[:60]!r}") from None
+                key = skey.encode("latin-1")
+            old = index.get(key)
+            if old is not None:
+                self._live_bytes -= old[1]
+            index[key] = (pos, size)
+            self._live_bytes += size
+        self._dir_size = start + end
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _append_line(self, key: bytes, pos: int, size: int) -> None:
+        line = b"'%s', (%d, %d)\n" % (key, pos, size)
+        fd = os.open(self._dir, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            os.write(fd, line)
+            if self._durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._dir_size += len(line)
+
+    def _write_index(self, path: str, index: dict[bytes, tuple[int, int]]) -> None:
+        data = b"".join(b"'%s', (%d, %d)\n" % (k, p, s) for k, (p, s) in index.items())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self._mode)
+        try:
+            os.write(fd, data)
+            if self._durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _rewrite_index(self) -> None:
+        tmp = self._dir + ".tmp"
+        self._write_index(tmp, self._index)
+        os.replace(tmp, self._dir)
+        st = os.stat(self._dir)
+        self._ident = (st.st_ino, self._ident[1])
+        self._dir_size = st.st_size
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        if b"'" in key or b"\\" in key or b"\n" in key:
+            raise KeyError(key)  # ids never contain these; the index format relies on it
+        pos = os.fstat(self._dat_fd).st_size
+        os.pwrite(self._dat_fd, value, pos)
+        if self._durable:
+            os.fsync(self._dat_fd)
+        self._append_line(key, pos, len(value))
+        old = self._index.get(key)
+        if old is not None:
+            self._live_bytes -= old[1]
+        self._index[key] = (pos, len(value))
+        self._live_bytes += len(value)
+
+    def __delitem__(self, key: bytes) -> None:
+        self.delete_many([key])
+
+    def delete_many(self, keys: list[bytes]) -> None:
+        gone = [k for k in keys if k in self._index]
+        if not gone:
+            return
+        for k in gone:
+            self._live_bytes -= self._index.pop(k)[1]
+        self._rewrite_index()
+
+    def dead_share(self) -> float:
+        size = os.fstat(self._dat_fd).st_size
+        return 0.0 if size < (1 << 20) else 1 - self._live_bytes / size
+
+    def compact(self) -> None:
+        """Rewrite ``.dat`` without dead values; crash-safe through a marker and two renames."""
+        new_dat, new_dir = self._dat + ".new", self._dir + ".new"
+        index: dict[bytes, tuple[int, int]] = {}
+        fd = os.open(new_dat, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self._mode)
+        try:
+            pos = 0
+            for key, (p, s) in self._index.items():
+                os.write(fd, os.pread(self._dat_fd, s, p))
+                index[key] = (pos, s)
+                pos += s
+            if self._durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._write_index(new_dir, index)
+        with open(self._marker, "wb"):
+            pass
+        os.replace(new_dat, self._dat)
+        os.replace(new_dir, self._dir)
+        os.unlink(self._marker)
+        self._ident = (-1, -1)
+        self.refresh()
+
+    def _recover(self) -> None:
+        """Finish or undo a compaction that a killed process left half done."""
+        if not os.path.exists(self._marker):
+            return
+        new_dat, new_dir = self._dat + ".new", self._dir + ".new"
+        if os.path.exists(new_dat):  # .dat not swapped yet: the old pair is intact
+            for name in (new_dat, new_dir):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
+        elif os.path.exists(new_dir):  # .dat swapped, .dir not: finish
+            os.replace(new_dir, self._dir)
+        os.unlink(self._marker)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def __getitem__(self, key: bytes) -> bytes:
+        pos, size = self._index[key]
+        data = os.pread(self._dat_fd, size, pos)
+        if len(data) != size:
+            raise CorruptRecord(f"{self._dat}: value of {key[:24]!r} is cut short")
+        return data
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(list(self._index))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def keys(self) -> Any:
+        return list(self._index)
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        """Called by :class:`shelve.Shelf` when it is dropped: the shard stays open for the next one."""
+
+    def release(self) -> None:
+        if self._dat_fd >= 0:
+            os.close(self._dat_fd)
+            self._dat_fd = -1
+        self._ident = (-1, -1)
+
+    def bytes_on_disk(self) -> int:
+        total = 0
+        for name in (self._dat, self._dir):
+            with contextlib.suppress(OSError):
+                total += os.stat(name).st_blocks * 512
+        return total
+
+
+class ShelveEngine:
+    name = "shelve"
+    lock_reads = True
+
+    def __init__(self, directory: str, shards: int, dbm_name: str, durability: str, file_mode: int) -> None:
+        self.directory = directory
+        self.dbm = dbm_name
+        self._durable = durability == "system"
+        self._mode = file_mode
+        self._bases = [os.path.join(directory, f"shard-{i:03d}") for i in range(shards)]
+        try:
+            self._module = importlib.import_module(dbm_name)
+        except ImportError:
+            raise StoreMismatch(f"this store was created with {dbm_name}, which this Python lacks") from None
+        self._dumb = dbm_name == "dbm.dumb"
+        self._pid = os.getpid()
+        self._shards: list[DumbShard | None] = [None] * shards
+
+    @contextlib.contextmanager
+    def _shelf(self, shard: int) -> Iterator[shelve.Shelf[Any]]:
+        if self._dumb:
+            if self._pid != os.getpid():  # after fork: new descriptors of our own
+                self._pid = os.getpid()
+                self._shards = [None] * len(self._shards)
+            db = self._shards[shard]
+            if db is None:
+                db = self._shards[shard] = DumbShard(self._bases[shard], self._durable, self._mode)
+            db.refresh()
+            yield shelve.Shelf(db, protocol=5)  # type: ignore[arg-type]
+            return
+        raw = self._module.open(self._bases[shard], "c", self._mode)
+        try:
+            yield shelve.Shelf(raw, protocol=5)
+            if self._durable and hasattr(raw, "sync"):
+                raw.sync()
+        finally:
+            raw.close()
+
+    def get(self, shard: int, key: bytes) -> bytes | None:
+        with self._shelf(shard) as shelf:
+            return shelf.get(key.decode())
+
+    def update(self, shard: int, key: bytes, fn: Updater, sweep: tuple[float, float, int] | None) -> int:
+        with self._shelf(shard) as shelf:
+            swept = self._sweep(shelf, shard, *sweep) if sweep else 0
+            sid = key.decode()
+            new = fn(shelf.get(sid))
+            if new is None:
+                if sid in shelf:
+                    del shelf[sid]
+            elif new is not KEEP:
+                shelf[sid] = new
+            return swept
+
+    def _sweep(self, shelf: shelve.Shelf[Any], shard: int, now: float, cutoff: float, limit: int | None) -> int:
+        expired = []
+        for sid in list(shelf.keys()):
+            if sid == _CLEAN:
+                continue
+            atime = _header(shelf[sid])[2]
+            if atime < cutoff:
+                expired.append((atime, sid))
+        expired.sort()
+        doomed = [sid for _, sid in expired[:limit]]
+        db = shelf.dict
+        if isinstance(db, DumbShard):
+            db.delete_many([sid.encode() for sid in doomed])
+        else:
+            for sid in doomed:
+                del shelf[sid]
+        shelf[_CLEAN] = ATIME.pack(now)
+        if isinstance(db, DumbShard) and db.dead_share() > 0.5:
+            db.compact()
+        return len(doomed)
+
+    def sweep(self, shard: int, now: float, cutoff: float, limit: int | None) -> int:
+        with self._shelf(shard) as shelf:
+            return self._sweep(shelf, shard, now, cutoff, limit)
+
+    def last_clean(self, shard: int) -> float:
+        with self._shelf(shard) as shelf:
+            raw = shelf.get(_CLEAN)
+        return ATIME.unpack(raw)[0] if raw else 0.0
+
+    def scan(self, shard: int) -> list[tuple[bytes, bytes]]:
+        with self._shelf(shard) as shelf:
+            return [(sid.encode(), shelf[sid]) for sid in list(shelf.keys()) if sid != _CLEAN]
+
+    def scan_times(self, shard: int) -> list[tuple[bytes, float]]:
+        return [(key, _header(rec)[2]) for key, rec in self.scan(shard)]
+
+    def clear(self, shard: int) -> int:
+        with self._shelf(shard) as shelf:
+            sids = [sid for sid in list(shelf.keys()) if sid != _CLEAN]
+            db = shelf.dict
+            if isinstance(db, DumbShard):
+                db.delete_many([sid.encode() for sid in sids])
+            else:
+                for sid in sids:
+                    del shelf[sid]
+            return len(sids)
+
+    def bytes_on_disk(self) -> int:
+        total = 0
+        for name in os.listdir(self.directory):
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(self.directory, name)).st_blocks * 512
+        return total
+
+    def close(self) -> None:
+        for db in self._shards:
+            if db is not None:
+                db.release()
+        self._shards = [None] * len(self._shards)
