@@ -309,7 +309,7 @@ class ShelveEngine:
             if db is None:
                 db = self._shards[shard] = DumbShard(self._bases[shard], self._durable, self._mode)
             db.refresh()
-            yield shelve.Shelf(db, protocol=5)  # type: ignore[arg-type]
+            yield shelve.Shelf(db, protocol=5)
             return
         raw = self._module.open(self._bases[shard], "c", self._mode)
         try:
@@ -345,7 +345,7 @@ class ShelveEngine:
                 expired.append((atime, sid))
         expired.sort()
         doomed = [sid for _, sid in expired[:limit]]
-        db = shelf.dict
+        db = shelf.dict  # type: ignore[attr-defined]
         if isinstance(db, DumbShard):
             db.delete_many([sid.encode() for sid in doomed])
         else:
@@ -375,7 +375,7 @@ class ShelveEngine:
     def clear(self, shard: int) -> int:
         with self._shelf(shard) as shelf:
             sids = [sid for sid in list(shelf.keys()) if sid != _CLEAN]
-            db = shelf.dict
+            db = shelf.dict  # type: ignore[attr-defined]
             if isinstance(db, DumbShard):
                 db.delete_many([sid.encode() for sid in sids])
             else:
