@@ -1,0 +1,79 @@
+"""Shared fixtures: stores of every backend, and a clock the tests move by hand."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import lockstore
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+try:  # the real redis-server / PostgreSQL started for the session (tests/servers.py)
+    from servers import postgres_server, redis_server  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+
+EMBEDDED = ["lmdb", "shelve", "memory"]
+REMOTE = ["redis", "postgres"]
+
+
+class Clock:
+    """A clock the test sets: ``clock.now += 3600``."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def open_store(request: pytest.FixtureRequest, backend: str, path: str, **options: Any) -> lockstore.BaseStore:
+    """A new store of *backend*; for the remote ones, on the session's server under a fresh prefix/table."""
+    if backend == "redis":
+        url = request.getfixturevalue("redis_server")
+        return lockstore.open(url, prefix=f"t{uuid.uuid4().hex[:12]}", **options)
+    if backend == "postgres":
+        url = request.getfixturevalue("postgres_server")
+        return lockstore.open(url, table=f"t{uuid.uuid4().hex[:12]}", **options)
+    return lockstore.open(path, backend=backend, **options)
+
+
+@pytest.fixture(params=EMBEDDED + REMOTE)
+def any_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=EMBEDDED)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=["lmdb", "shelve"])
+def file_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Callable[..., lockstore.BaseStore]]:
+    """``make_store(backend, **options)``: stores closed at the end of the test."""
+    opened: list[lockstore.BaseStore] = []
+
+    def make(backend: str, **options: Any) -> lockstore.BaseStore:
+        store = open_store(request, backend, str(tmp_path / f"store-{backend}"), **options)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
