@@ -1,0 +1,182 @@
+"""Aquarium's ``SessionContainer`` API over a lockstore ``Store``.
+
+Aquarium applications asked a session container for the request's session and let it clean up
+now and then::
+
+    session = container.open(sid)      # None, unknown or expired: a new session, new sid
+    session["cart"] = [...]
+    container.save(session)
+    container.adjust_time(-3600)       # shift every last-access time (tests, clock fixes)
+
+What Aquarium promised and lockstore keeps: ``open`` creates or opens; a session that exists is
+by definition not expired (an expired one is never returned, even before it is swept); sids
+are generated (``lockstore.new_id()``, at least 128 random bits); and since CGI and FastCGI
+applications have no scheduler, cleanup runs at random on about one ``open`` in
+``cleanup_frequency`` (``SESSION_CLEANUP_FREQUENCY``; 0 disables it, then run
+``container.cleanup()`` or ``lockstore clean`` from cron).
+
+What is new: Aquarium left locking to the database; here :meth:`SessionContainer.save` writes
+only the keys the request changed, in one atomic edit under the shard lock, so two concurrent
+requests of the same user that change different keys keep both changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+import lockstore
+
+_MISSING = object()
+
+
+class Session(dict[str, Any]):
+    """A session: a dict with its ``sid``, as Aquarium's containers handed out.
+
+    It remembers what it held when opened, so :meth:`SessionContainer.save` can write only the
+    keys that changed (values are compared with ``==``; an object that does not define ``==``
+    counts as changed and is written).
+    """
+
+    def __init__(self, sid: str, data: dict[str, Any], *, is_new: bool) -> None:
+        super().__init__(data)
+        self.sid = sid
+        self.is_new = is_new
+        self._loaded: dict[str, Any] = copy.deepcopy(data)
+
+    def _changes(self) -> tuple[dict[str, Any], list[str]]:
+        changed = {k: v for k, v in self.items() if self._loaded.get(k, _MISSING) != v}
+        removed = [k for k in self._loaded if k not in self]
+        return changed, removed
+
+    def _saved(self) -> None:
+        self._loaded = copy.deepcopy(dict(self))
+
+
+class SessionContainer:
+    """Aquarium's session container over a lockstore store.
+
+    Parameters
+    ----------
+    store
+        An open store (:func:`lockstore.open`) whose sessions are dicts. Its ``max_age`` is the
+        session lifetime.
+    cleanup_frequency
+        On average one :meth:`open` in this many runs :meth:`cleanup` (chosen at random, as
+        Aquarium's ``SESSION_CLEANUP_FREQUENCY``, default 100); 0 never does.
+    rng
+        The random source for that choice (seed it in tests).
+
+    Notes
+    -----
+    Holds no lock or handle of its own: thread, process and fork safety are the store's. The
+    random cleanup is a full sweep of every shard; the store already sweeps one shard on a
+    write every ``clean_interval``, so a cleanup frequency of 0 plus a cron job is the choice
+    with the steadiest latency.
+    """
+
+    SESSION_CLEANUP_FREQUENCY = 100
+
+    def __init__(
+        self,
+        store: lockstore.BaseStore,
+        *,
+        cleanup_frequency: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if cleanup_frequency is None:
+            cleanup_frequency = self.SESSION_CLEANUP_FREQUENCY
+        if cleanup_frequency < 0:
+            msg = f"cleanup_frequency must be >= 0, got {cleanup_frequency!r}"
+            raise ValueError(msg)
+        self.store = store
+        self.cleanup_frequency = cleanup_frequency
+        self._rng = rng if rng is not None else random.Random()
+        self.cleanups = 0
+
+    def open(self, sid: str | None = None) -> Session:
+        """Open the session *sid*, or create a new one with a generated sid.
+
+        A new session is also created when *sid* is malformed, unknown or expired: read the
+        returned session's ``sid`` to set the cookie. A new session is stored at once (empty),
+        so that it exists for the next request.
+        """
+        if self.cleanup_frequency and self._rng.randrange(self.cleanup_frequency) == 0:
+            self.cleanup()
+        if sid is not None and lockstore.is_valid_id(sid):
+            data = self.store.get(sid)
+            if isinstance(data, dict):
+                return Session(sid, data, is_new=False)
+        sid = lockstore.new_id()
+        self.store[sid] = {}
+        return Session(sid, {}, is_new=True)
+
+    def exists(self, sid: str) -> bool:
+        """Return whether a session *sid* exists; an existing session is never expired."""
+        return lockstore.is_valid_id(sid) and sid in self.store
+
+    def save(self, session: Session) -> None:
+        """Write the keys *session* changed since it was opened, atomically.
+
+        Keys another process changed meanwhile are kept; a key both changed is the last
+        writer's. If the session expired or was deleted meanwhile, it is created again with the
+        whole of *session*.
+        """
+        changed, removed = session._changes()
+        if not changed and not removed:
+            return
+        try:
+            with self.store.edit(session.sid) as data:
+                data.update(changed)
+                for key in removed:
+                    data.pop(key, None)
+        except KeyError:  # expired or deleted since it was opened: store it whole again
+            with self.store.edit(session.sid, create=True) as data:
+                data.update(session)
+        session._saved()
+
+    def delete(self, sid: str) -> None:
+        """Delete the session *sid* permanently (Aquarium's ``_unlink``); absent is not an error."""
+        if lockstore.is_valid_id(sid):
+            self.store.pop(sid, None)
+
+    def cleanup(self) -> int:
+        """Delete every expired session now; return how many were removed."""
+        self.cleanups += 1
+        return self.store.clean()
+
+    def adjust_time(self, delta_seconds: float) -> int:
+        """Add *delta_seconds* to the last-access time of every live session.
+
+        A negative delta ages the sessions (``adjust_time(-store.max_age - 1)`` expires them
+        all); a positive one makes them younger. Returns the number of sessions adjusted.
+
+        Notes
+        -----
+        Each session is read with ``store.record`` and written back with ``store.put_record``
+        inside ``store.edit`` of that session, so a concurrent save is never overwritten.
+        """
+        adjusted = 0
+        for sid, _ in list(self.store.records()):
+            try:
+                with self.store.edit(sid):
+                    record = self.store.record(sid)
+                    if record is None:
+                        continue
+                    self.store.put_record(
+                        sid,
+                        record.value,
+                        created=record.created,
+                        last_access=record.last_access + delta_seconds,
+                    )
+                    adjusted += 1
+            except KeyError:  # deleted or expired since the listing
+                continue
+        return adjusted
+
+    # The old camelCase name, for code that called it.
+    adjustTime = adjust_time
+
+
+__all__ = ["Session", "SessionContainer"]
