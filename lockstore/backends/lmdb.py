@@ -6,7 +6,7 @@
 - ``meta``: ``clean + shard`` -> the time of the shard's last sweep.
 
 The environment is opened lazily in each process and never used across ``fork``: after a fork the child
-opens its own (the parent's handle is kept, never closed, as LMDB requires). One environment per path per
+closes the inherited handle (no transaction is open or cached in it) and opens its own. One environment per path per
 process, shared by every store object on that path. Transactions of one process are serialised by a
 thread lock, which is what makes growing the map safe: the map is reserved large up front, and when it
 fills, the writer grows it under an exclusive file lock, commits to persist the new size, and retries;
@@ -53,6 +53,7 @@ class _Env:
             map_size=map_size,
             max_dbs=4,
             max_readers=1024,
+            max_spare_txns=0,
             sync=system,
             metasync=system,
             lock=True,
@@ -94,7 +95,12 @@ class LmdbEngine:
         with _envs_lock:
             entry = _envs.get(self.directory)
             if entry is None or entry[0] != gen:
-                # a handle from before a fork is left alone: closing it in the child is not allowed
+                if entry is not None:
+                    # inherited across fork: no transaction of ours is open and none is cached
+                    # (max_spare_txns=0), so closing it here touches nothing the parent uses
+                    # (LMDB's locks belong to the parent process, its reader slots carry the
+                    # parent's pid); the environment must be closed before it can be opened again
+                    entry[1].env.close()
                 entry = (gen, _Env(self.directory, self._durability, self._map_size, self._file_mode))
                 _envs[self.directory] = entry
             handle = entry[1]

@@ -1,0 +1,245 @@
+"""Promises that only real processes can prove: no lost update, fork, CGI-style churn, SIGKILL."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import lockstore
+
+ctx = mp.get_context("fork")
+
+
+def _increment(path: str, sids: list[str], rounds: int, threads: int = 1) -> None:
+    store = lockstore.open(path)
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(rounds):
+            with store.edit(rng.choice(sids)) as session:
+                session["n"] = session.get("n", 0) + 1
+                by = session.setdefault("by", {})
+                by[str(os.getpid())] = by.get(str(os.getpid()), 0) + 1
+
+    if threads == 1:
+        work(os.getpid())
+    else:
+        ts = [threading.Thread(target=work, args=(os.getpid() * 100 + i,)) for i in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    store.close()
+
+
+def _run(procs: list[Any], timeout: float = 120) -> None:
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+        assert p.exitcode == 0, f"worker exited with {p.exitcode}"
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "shelve"])
+def test_no_lost_update_six_processes(tmp_path: Any, backend: str) -> None:
+    path = str(tmp_path / "s")
+    lockstore.open(path, backend=backend, shards=2).close()
+    sids = ["alpha", "beta", "gamma", "delta"]
+    _run([ctx.Process(target=_increment, args=(path, sids, 300)) for _ in range(6)])
+    with lockstore.open(path) as store:
+        assert sum(store[sid]["n"] for sid in sids) == 6 * 300
+        # every process's own count adds up too: no update of one overwrote another's
+        per_process: dict[str, int] = {}
+        for sid in sids:
+            for pid, n in store[sid]["by"].items():
+                per_process[pid] = per_process.get(pid, 0) + n
+        assert sorted(per_process.values()) == [300] * 6
+        assert store.verify() == []
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "shelve"])
+def test_threads_and_processes_mixed(tmp_path: Any, backend: str) -> None:
+    path = str(tmp_path / "s")
+    lockstore.open(path, backend=backend, shards=2).close()
+    sids = ["a", "b", "c", "d"]
+    _run([ctx.Process(target=_increment, args=(path, sids, 100, 4)) for _ in range(3)])
+    with lockstore.open(path) as store:
+        assert sum(store[sid]["n"] for sid in sids) == 3 * 4 * 100
+
+
+def _child_edits(store: Any, rounds: int) -> None:
+    for _ in range(rounds):
+        with store.edit("shared") as session:
+            session["n"] = session.get("n", 0) + 1
+    os._exit(0)
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "shelve"])
+def test_store_opened_in_parent_used_by_forked_children(tmp_path: Any, backend: str) -> None:
+    store = lockstore.open(tmp_path / "s", backend=backend)
+    with store.edit("shared") as session:  # the parent has used its environment and locks before forking
+        session["n"] = 0
+    assert store["shared"] == {"n": 0}
+    pids = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _child_edits(store, 100)
+            finally:
+                os._exit(1)
+        pids.append(pid)
+    with store.edit("shared") as session:  # the parent keeps working meanwhile
+        session["parent"] = True
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    assert store["shared"]["n"] == 400
+    assert store["shared"]["parent"] is True
+    store.close()
+
+
+def _short_lived(path: str, i: int, start: Any) -> None:
+    start.wait()
+    with lockstore.open(path) as store:
+        store[f"cgi{i}"] = {"i": i}
+        with store.edit("counter") as session:
+            session["n"] = session.get("n", 0) + 1
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "shelve"])
+def test_fifty_short_lived_processes(tmp_path: Any, backend: str) -> None:
+    path = str(tmp_path / "s")
+    lockstore.open(path, backend=backend).close()
+    start = ctx.Event()
+    procs = [ctx.Process(target=_short_lived, args=(path, i, start)) for i in range(50)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    with lockstore.open(path) as store:
+        assert store["counter"]["n"] == 50
+        assert len(store) == 51
+        assert store.verify() == []
+
+
+def _reader(path: str, stop: Any, clock_file: str) -> None:
+    store = lockstore.open(path, touch_interval=0)
+    while not stop.is_set():
+        assert "n" in store["s"]
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "shelve"])
+def test_reader_never_erases_writer(tmp_path: Any, backend: str) -> None:
+    path = str(tmp_path / "s")
+    with lockstore.open(path, backend=backend, touch_interval=0) as store:
+        store["s"] = {"n": 0}
+        first_access = store.record("s").last_access  # type: ignore[union-attr]
+        stop = ctx.Event()
+        readers = [ctx.Process(target=_reader, args=(path, stop, "")) for _ in range(3)]
+        for r in readers:
+            r.start()
+        for i in range(1, 201):
+            with store.edit("s") as session:
+                session["n"] = i
+                session[f"k{i}"] = i
+        time.sleep(0.05)
+        stop.set()
+        for r in readers:
+            r.join(30)
+            assert r.exitcode == 0
+        final = store["s"]
+        assert final["n"] == 200
+        assert all(final[f"k{i}"] == i for i in range(1, 201))
+        assert store.record("s").last_access > first_access  # type: ignore[union-attr]
+
+
+def _acknowledging_writer(path: str, conn: Any, seed: int) -> None:
+    store = lockstore.open(path)
+    rng = random.Random(seed)
+    i = 0
+    while True:
+        i += 1
+        sid = f"w{rng.randrange(40)}"
+        value = {"seq": i, "pad": "x" * rng.randrange(10, 3000)}
+        if rng.random() < 0.5:
+            store[sid] = value
+        else:
+            with store.edit(sid) as session:
+                session.clear()
+                session.update(value)
+        conn.send((sid, i))  # acknowledged only once the write returned
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "shelve"])
+def test_sigkill_loses_no_acknowledged_write(tmp_path: Any, backend: str) -> None:
+    path = str(tmp_path / "s")
+    lockstore.open(path, backend=backend, shards=4, timeout=5).close()
+    latest: dict[str, int] = {}
+    rng = random.Random(7)
+    for kill in range(20):
+        parent, child = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_acknowledging_writer, args=(path, child, kill))
+        p.start()
+        child.close()
+        time.sleep(rng.uniform(0.02, 0.25))
+        os.kill(p.pid, signal.SIGKILL)  # at a random moment: mid-write, holding a shard lock, anywhere
+        p.join()
+        while parent.poll():
+            try:
+                sid, seq = parent.recv()
+            except EOFError:
+                break
+            latest[sid] = (kill, seq)  # type: ignore[assignment]
+        parent.close()
+        # the next process gets every lock at once and sees every acknowledged write
+        t0 = time.monotonic()
+        with lockstore.open(path, timeout=1) as store:
+            for shard in range(4):
+                with store._locks.held(shard, 1):  # type: ignore[attr-defined]
+                    pass
+            assert time.monotonic() - t0 < 1
+            for sid, (k, seq) in latest.items():  # type: ignore[misc]
+                got = store[sid]["seq"]
+                if k == kill:
+                    assert got >= seq, f"{sid}: acknowledged {seq}, found {got}"
+                latest[sid] = (kill, got)  # type: ignore[assignment]
+            assert store.verify() == []
+    assert len(latest) > 10
+
+
+def _hold_lock(path: str, ready: Any) -> None:
+    store = lockstore.open(path)
+    with store.edit("held") as session:
+        session["x"] = 1
+        ready.set()
+        time.sleep(60)
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "shelve"])
+def test_killed_lock_holder_releases_at_once(tmp_path: Any, backend: str) -> None:
+    path = str(tmp_path / "s")
+    lockstore.open(path, backend=backend).close()
+    ready = ctx.Event()
+    p = ctx.Process(target=_hold_lock, args=(path, ready))
+    p.start()
+    assert ready.wait(30)
+    with lockstore.open(path, timeout=0.3) as store:
+        with pytest.raises(lockstore.LockTimeout), store.edit("held"):
+            pass  # held by a live process: never fail open
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+        t0 = time.monotonic()
+        with store.edit("held") as session:
+            session["y"] = 2
+        assert time.monotonic() - t0 < 0.3
+        assert store["held"] == {"y": 2}  # the killed holder's edit was never saved
