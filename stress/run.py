@@ -211,8 +211,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m stress") -> int:
     violations = sum(len(r.violations) for r in results)
     verdict = "PASS" if not violations else "FAIL"
     if args.json:
-        doc = {"verdict": verdict.lower(), "violations": violations, "seconds": time.monotonic() - t0,
-               "options": {k: v for k, v in vars(args).items() if k != "json"}, "scenarios": [_as_json(r) for r in results]}
+        doc = {
+            "verdict": verdict.lower(),
+            "violations": violations,
+            "seconds": time.monotonic() - t0,
+            "options": {k: v for k, v in vars(args).items() if k != "json"},
+            "scenarios": [_as_json(r) for r in results],
+        }
         print(json.dumps(doc, indent=2))
     else:
         ran = [r.name for r in results if not r.skipped]

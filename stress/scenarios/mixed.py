@@ -13,6 +13,7 @@ wrote. The checker then requires, per session, what a linearizable store guarant
 from __future__ import annotations
 
 import bisect
+import contextlib
 import random
 import time
 from collections import defaultdict
@@ -57,10 +58,8 @@ def mixed_worker(
                 store[sid] = {"t": token, "pad": pad}
                 written = token
             elif kind == DELETE:
-                try:
+                with contextlib.suppress(KeyError):
                     del store[sid]
-                except KeyError:
-                    pass
             elif kind == EDIT:
                 with store.edit(sid) as s:
                     t1 = mono()
