@@ -91,7 +91,7 @@ def expiry_worker(
                     pool[rng.randrange(POOL)] = entry
             elif pool:  # probe a short-lived session
                 entry = pool[rng.randrange(len(pool))]
-                sid, lo, hi, gone = entry
+                sid, lo, hi, gone = str(entry[0]), float(entry[1]), float(entry[2]), bool(entry[3])
                 how = rng.choice(("record", "in", "get"))
                 if how == "record":
                     got = store.record(sid)
