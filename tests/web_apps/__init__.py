@@ -1,0 +1,1 @@
+"""Small web applications the web integration tests serve, and the helpers that drive them."""

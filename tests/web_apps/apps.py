@@ -1,0 +1,191 @@
+"""Counter applications served by gunicorn, flup and CGI in the tests and in ``stress/web_compare.py``.
+
+Configured by environment variables, so a server process started by a test finds its store:
+
+``LOCKSTORE_TEST_PATH``   the store directory
+``LOCKSTORE_TEST_MODE``   Flask session kind: ``lockstore`` (default), ``cookie`` (Flask's own signed
+                          cookies) or ``cachelib`` (server-side sessions on cachelib's FileSystemCache,
+                          written the way Flask-Session 0.8 writes them)
+``LOCKSTORE_TEST_LOCK``   ``0`` turns the request-long session lock off
+
+Routes: ``/incr`` adds one to ``n``; ``/read`` only reads it; ``/slow?s=2`` adds one, then sleeps;
+``/login`` regenerates the id; ``/logout`` invalidates; ``/plain`` never touches the session; ``/pid``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+import lockstore
+from lockstore.wsgi import SessionMiddleware
+
+
+def _store() -> lockstore.BaseStore:
+    timeout = float(os.environ.get("LOCKSTORE_TEST_TIMEOUT", 10))
+    return lockstore.open(os.environ["LOCKSTORE_TEST_PATH"], timeout=timeout)
+
+
+def _locking() -> bool:
+    return os.environ.get("LOCKSTORE_TEST_LOCK", "1") != "0"
+
+
+def _seconds(query: str) -> float:
+    return float(parse_qs(query).get("s", ["2"])[0])
+
+
+def counter_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """The bare WSGI counter: the session is ``environ["lockstore.session"]``."""
+    session = environ["lockstore.session"]
+    path = environ.get("PATH_INFO", "/")
+    body: str
+    if path == "/incr":
+        session["n"] = session.get("n", 0) + 1
+        body = str(session["n"])
+    elif path == "/slow":
+        session["n"] = session.get("n", 0) + 1
+        body = str(session["n"])
+        time.sleep(_seconds(environ.get("QUERY_STRING", "")))
+    elif path == "/read":
+        body = str(session.get("n", 0))
+    elif path == "/login":
+        session.regenerate()
+        session["user"] = "alice"
+        body = str(session.id)
+    elif path == "/logout":
+        session.invalidate()
+        body = "bye"
+    elif path == "/pid":
+        body = str(os.getpid())
+    elif path == "/plain":
+        body = "plain"
+    else:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found"]
+    data = body.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def make_wsgi_app() -> Any:
+    """The bare WSGI counter behind :class:`SessionMiddleware` (gunicorn: ``apps:make_wsgi_app()``)."""
+    return SessionMiddleware(counter_app, _store(), request_lock=_locking())
+
+
+# -- Flask ------------------------------------------------------------------------------------
+
+
+def _cachelib_interface(directory: str) -> Any:
+    """Server-side sessions on cachelib's FileSystemCache, saved as Flask-Session 0.8 saves them.
+
+    Flask-Session's ``ServerSideSessionInterface``: the whole dict is read at the start of the
+    request and written back at the end when ``session.modified`` or (permanent and
+    ``SESSION_REFRESH_EACH_REQUEST``), ``SESSION_PERMANENT`` being true by default.
+    """
+    from cachelib import FileSystemCache
+    from flask.sessions import SessionInterface, SessionMixin
+    from werkzeug.datastructures import CallbackDict
+
+    cache = FileSystemCache(directory, threshold=0, default_timeout=1800)
+
+    class ServerSideSession(CallbackDict[str, Any], SessionMixin):
+        def __init__(self, initial: dict[str, Any] | None = None, sid: str = "", permanent: bool = True) -> None:
+            def on_update(this: Any) -> None:
+                this.modified = True
+
+            super().__init__(initial, on_update)
+            self.sid = sid
+            if permanent:
+                self.permanent = True
+            self.modified = False
+
+    class CachelibSessionInterface(SessionInterface):
+        def open_session(self, app: Any, request: Any) -> ServerSideSession:
+            sid = request.cookies.get(self.get_cookie_name(app))
+            if sid:
+                data = cache.get(sid)
+                if data is not None:
+                    return ServerSideSession(data, sid=sid)
+            return ServerSideSession(sid=uuid.uuid4().hex)
+
+        def save_session(self, app: Any, session: Any, response: Any) -> None:
+            name = self.get_cookie_name(app)
+            if not session:
+                if session.modified:
+                    cache.delete(session.sid)
+                    response.delete_cookie(name)
+                return
+            if not (session.modified or (session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"])):
+                return
+            cache.set(session.sid, dict(session), timeout=1800)
+            response.set_cookie(
+                name,
+                session.sid,
+                expires=self.get_expiration_time(app, session),
+                httponly=True,
+                samesite="Lax",
+            )
+
+    return CachelibSessionInterface()
+
+
+def make_flask_app() -> Any:
+    """The Flask counter (gunicorn: ``apps:make_flask_app()``)."""
+    import flask
+
+    app = flask.Flask(__name__)
+    app.config["SECRET_KEY"] = "test-only-secret"
+    app.config["SESSION_REFRESH_EACH_REQUEST"] = True
+    app.config["SESSION_COOKIE_NAME"] = "lockstore_sid"
+    mode = os.environ.get("LOCKSTORE_TEST_MODE", "lockstore")
+    if mode == "lockstore":
+        from lockstore.flask import LockstoreSessionInterface
+
+        app.session_interface = LockstoreSessionInterface(_store(), request_lock=_locking())
+    elif mode == "cachelib":
+        app.session_interface = _cachelib_interface(os.path.join(os.environ["LOCKSTORE_TEST_PATH"], "cachelib"))
+    elif mode != "cookie":
+        raise ValueError(f"unknown LOCKSTORE_TEST_MODE {mode!r}")
+    session = flask.session
+
+    @app.route("/incr")
+    def incr() -> str:
+        session.permanent = True
+        session["n"] = session.get("n", 0) + 1
+        return str(session["n"])
+
+    @app.route("/slow")
+    def slow() -> str:
+        session["n"] = session.get("n", 0) + 1
+        n = session["n"]
+        time.sleep(_seconds(flask.request.query_string.decode()))
+        return str(n)
+
+    @app.route("/read")
+    def read() -> str:
+        return str(session.get("n", 0))
+
+    @app.route("/login")
+    def login() -> str:
+        session.regenerate()  # type: ignore[attr-defined]
+        session["user"] = "alice"
+        return str(session.id)  # type: ignore[attr-defined]
+
+    @app.route("/logout")
+    def logout() -> str:
+        session.invalidate()  # type: ignore[attr-defined]
+        return "bye"
+
+    @app.route("/plain")
+    def plain() -> str:
+        return "plain"
+
+    @app.route("/pid")
+    def pid() -> str:
+        return str(os.getpid())
+
+    return app
