@@ -1,0 +1,663 @@
+"""The Redis backend: ``lockstore.open("redis://host:port/db", prefix="lockstore")``.
+
+Redis's own mechanisms do the work the embedded design does with files:
+
+- A session is one string key ``PREFIX:{SID}`` holding the same record as the embedded stores (times,
+  optional signature, payload). The hash tag ``{SID}`` puts a session's keys in one Redis Cluster slot.
+- Expiry is native: every write sets the key's TTL to what is left of ``max_age`` since the last
+  access, so a touch slides it. Reads also check the record's last access against the store's clock,
+  so an expired session is never returned even before the server drops it.
+- ``edit()`` takes a per-session lock key ``PREFIX:{SID}:lock`` (a random token, ``PX lock_ttl``) in
+  the same server-side script that reads the record, and commits with a script that writes only if the
+  token still holds. A ``with`` block cannot be replayed, which optimistic ``WATCH``/``MULTI`` needs on
+  conflict (see docs/scale-out.md for the measurements of both). A holder that dies leaves its lock
+  until ``lock_ttl``; a holder slower than ``lock_ttl`` gets :class:`~lockstore.LockTimeout` on exit and
+  writes nothing, so no update is ever lost silently.
+- Connections come from a bounded pool; every socket has a timeout. A server that is down or does not
+  answer raises :class:`~lockstore.BackendUnavailable`, never a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..codec import HEADER_SIZE, Codec, Record, codec_functions
+from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
+from ..ids import describe_id, validate_id
+from ..opener import _check_numbers
+from ..store import BaseStore, Clock
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+SCAN_BATCH = 500
+DONE_TTL_MS = 5000
+_PREFIX_OK = re.compile(r"[A-Za-z0-9_.:~-]{1,100}").fullmatch
+
+# KEYS: data, lock. ARGV: token, lock ttl (ms). Takes the lock unless another token holds it; returns
+# {1, record} or {0, lock pttl}. Idempotent for one token, so a retry after a lost reply is safe.
+ACQUIRE = """
+local cur = redis.call('GET', KEYS[2])
+if cur and cur ~= ARGV[1] and string.sub(cur, 1, 5) ~= 'done:' then
+  return {0, redis.call('PTTL', KEYS[2])}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {1, redis.call('GET', KEYS[1])}
+"""
+
+# KEYS: data, lock. ARGV: token, op (w = write, d = delete, r = release only), record, ttl (ms, or ''
+# for none), ttl of the done marker (ms).
+# Returns 1 (done), 2 (an earlier attempt of this commit was done) or 0 (the lock was lost: nothing
+# written). A done commit leaves 'done:TOKEN' for a few seconds so that a retry learns it went through.
+COMMIT = """
+local cur = redis.call('GET', KEYS[2])
+if cur == 'done:' .. ARGV[1] then return 2 end
+if cur ~= ARGV[1] then return 0 end
+if ARGV[2] == 'r' then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+if ARGV[2] == 'w' and ARGV[4] == '' then
+  redis.call('SET', KEYS[1], ARGV[3])
+elseif ARGV[2] == 'w' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('DEL', KEYS[1])
+end
+redis.call('SET', KEYS[2], 'done:' .. ARGV[1], 'PX', ARGV[5])
+return 1
+"""
+
+# KEYS: data. ARGV: old record, new record, ttl (ms, or '' for none). Compare-and-set for a touch.
+RETIME = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[3] == '' then
+    redis.call('SET', KEYS[1], ARGV[2])
+  else
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  end
+  return 1
+end
+return 0
+"""
+
+# KEYS: data. ARGV: header. Deletes the record if it still has that header (same times): for clean().
+SWEEP = f"""
+if redis.call('GETRANGE', KEYS[1], 0, {HEADER_SIZE - 1}) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: meta. ARGV: field, value, ... Records the settings of a new store; returns the recorded ones.
+META = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], unpack(ARGV))
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class _Edit:
+    """The context manager returned by :meth:`RedisStore.edit`."""
+
+    def __init__(self, store: RedisStore, sid: str, create: bool) -> None:
+        self._store = store
+        self._sid = validate_id(sid)
+        self._create = create
+
+    def __enter__(self) -> dict[str, Any]:
+        store = self._store
+        sid = self._sid
+        self._token, rec = store._lock(sid)
+        try:
+            now = store.clock()
+            codec = store._codec
+            key = sid.encode()
+            if rec is not None and now - codec.times(rec)[2] > store.max_age:
+                rec = None
+            if rec is None:
+                if not self._create:
+                    raise KeyError(sid)
+                value: Any = {}
+                self._old: bytes | None = None
+                self._created = now
+                self._atime = -math.inf
+            else:
+                _, _, atime, created = codec.times(rec)
+                body = codec.payload(key, rec)
+                value = codec.loads(body, key)
+                if not isinstance(value, dict):
+                    raise TypeError(f"edit() needs a dict session; {describe_id(sid)} holds a {type(value).__name__}")
+                self._old = bytes(body)
+                self._created = created
+                self._atime = atime
+            self._value = value
+            return value
+        except BaseException:
+            store._release(sid, self._token)
+            raise
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        store = self._store
+        sid = self._sid
+        if exc_type is not None:
+            store._release(sid, self._token)
+            return
+        try:
+            value = self._value
+            if self._old is None and not value:
+                store._release(sid, self._token)  # just in time: an absent session left empty is not created
+                return
+            codec = store._codec
+            payload = codec.encode(value)
+            now = store.clock()
+            if payload == self._old and now - self._atime < store.touch_interval:
+                store._release(sid, self._token)
+                return
+            rec = codec.record(sid.encode(), payload, now, self._created)
+        except BaseException:
+            store._release(sid, self._token)
+            raise
+        store._commit(sid, self._token, rec, now)
+
+
+class RedisStore(BaseStore):
+    """A store on a Redis server: see :func:`open_redis` and :func:`lockstore.open`.
+
+    Notes
+    -----
+    Thread safe: threads share one bounded connection pool. Process safe: every process (or machine)
+    opens its own store; ``edit()`` is atomic across all of them through the server. Fork safe: the
+    redis client drops inherited connections in a child and reconnects.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        codec: str | None,
+        max_age: float,
+        touch_interval: float,
+        timeout: float,
+        max_value_size: int,
+        secret: bytes | str | None,
+        clock: Clock | None,
+        connect_timeout: float,
+        lock_ttl: float,
+        pool_size: int,
+    ) -> None:
+        if not isinstance(prefix, str) or not _PREFIX_OK(prefix):
+            raise ValueError(f"prefix must be 1-100 characters from A-Z a-z 0-9 _ . : ~ -, not {prefix!r}")
+        for name, number in (("connect_timeout", connect_timeout), ("lock_ttl", lock_ttl)):
+            if isinstance(number, bool) or not isinstance(number, int | float) or not number > 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, not {number!r}")
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"pool_size must be a positive int, not {pool_size!r}")
+        if codec is not None:
+            codec_functions(codec)
+        self.backend = "redis"
+        self.path = _redact(url)
+        self.prefix = prefix
+        self.max_age = float(max_age)
+        self.touch_interval = float(touch_interval)
+        self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.lock_ttl = float(lock_ttl)
+        self.clock = clock or time.time
+        # Native expiry runs on the server's clock; an injected clock (tests, replays) is the store's
+        # only judge of expiry, so native expiry is then left off and clean() removes what expired.
+        self._native_expiry = clock is None
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=pool_size,
+            timeout=self.timeout,
+            socket_timeout=self.connect_timeout,
+            socket_connect_timeout=self.connect_timeout,
+            retry=Retry(NoBackoff(), 0),  # retries are decided here, per operation (see _do)
+        )
+        self._client = redis.Redis(connection_pool=self._pool)
+        self._acquire = self._client.register_script(ACQUIRE)
+        self._commit_script = self._client.register_script(COMMIT)
+        self._retime = self._client.register_script(RETIME)
+        self._sweep = self._client.register_script(SWEEP)
+        self._pattern = re.sub(r"([\\*?\[\]])", r"\\\1", prefix) + ":{*}"
+        try:
+            self._codec = Codec(self._settings(codec, secret is not None), secret, max_value_size)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _data_key(self, sid: str) -> str:
+        return f"{self.prefix}:{{{sid}}}"
+
+    def _sid_of(self, key: bytes) -> str:
+        text = key.decode()
+        return text[len(self.prefix) + 2 : -1]
+
+    def _do(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one server call, mapping the client's errors to :class:`BackendUnavailable`.
+
+        A connection error is retried once at once on a fresh connection: after a server restart the
+        pooled connections are dead, and every call made here is safe to repeat (the scripts are
+        idempotent per lock token). A timeout is not retried: the caller has waited long enough.
+        """
+        if self._closed:
+            raise StoreClosed(f"store at {self.path} is closed")
+        for attempt in (0, 1):
+            try:
+                return fn(*args, **kwargs)
+            except redis.ConnectionError as exc:
+                if attempt == 0:
+                    self._pool.disconnect(inuse_connections=False)
+                    continue
+                raise BackendUnavailable(f"redis at {self.path} is unavailable: {exc}") from exc
+            except redis.TimeoutError as exc:
+                raise BackendUnavailable(
+                    f"redis at {self.path} did not answer within {self.connect_timeout} s: {exc}"
+                ) from exc
+            except redis.RedisError as exc:
+                raise BackendUnavailable(f"redis at {self.path} refused the command: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _settings(self, codec: str | None, signed: bool) -> str:
+        meta = f"{self.prefix}:meta"
+        fields = ["format", str(FORMAT), "codec", codec or "pickle", "signed", "1" if signed else "0"]
+        reply = self._do(self._client.eval, META, 1, meta, *fields)
+        recorded = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+        where = f"store {self.prefix!r} at {self.path}"
+        if int(recorded.get("format", "0")) > FORMAT:
+            raise StoreMismatch(f"{where} has format {recorded.get('format')}, newer than this lockstore reads")
+        if codec is not None and recorded.get("codec") != codec:
+            raise StoreMismatch(f"{where} was created with codec={recorded.get('codec')!r}; opened with {codec!r}")
+        if (recorded.get("signed") == "1") != signed:
+            raise StoreMismatch(
+                f"{where} was created {'with' if recorded.get('signed') == '1' else 'without'} "
+                "a secret; open it the same way"
+            )
+        return recorded.get("codec", "pickle")
+
+    def _px(self, last_access: float, now: float) -> str | None:
+        """The native TTL of a record in milliseconds ('' for none), or None if it has expired."""
+        if now - last_access > self.max_age:
+            return None
+        if not self._native_expiry:
+            return ""
+        return str(max(1, math.ceil((last_access + self.max_age - now) * 1000)))
+
+    def _lock(self, sid: str) -> tuple[str, bytes | None]:
+        """Take the session's lock (waiting up to ``timeout``); returns (token, record or None)."""
+        key, lock = self._data_key(sid), self._data_key(sid) + ":lock"
+        token = secrets.token_hex(12)
+        ttl = str(math.ceil(self.lock_ttl * 1000))
+        deadline = time.monotonic() + self.timeout
+        delay = 0.0005
+        while True:
+            got, value = self._do(self._acquire, keys=[key, lock], args=[token, ttl])
+            if got:
+                return token, value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockTimeout(
+                    f"session {describe_id(sid)} at {self.path} stayed locked for {self.timeout} s "
+                    f"(its holder may have died: its lock expires after lock_ttl={self.lock_ttl} s)"
+                )
+            time.sleep(min(delay * (0.5 + random.random()), left))
+            delay = min(delay * 2, 0.02)
+
+    def _release(self, sid: str, token: str) -> None:
+        key = self._data_key(sid)
+        try:
+            self._do(self._commit_script, keys=[key, key + ":lock"], args=[token, "r", b"", "0", "0"])
+        except (BackendUnavailable, StoreClosed):
+            # Nothing was to be written; the lock expires by itself after lock_ttl.
+            logger.debug("could not release the lock of %s; it expires after %s s", describe_id(sid), self.lock_ttl)
+
+    def _commit(self, sid: str, token: str, rec: bytes | None, now: float) -> None:
+        """Write *rec* (or delete, if None or already expired) and release, if the lock still holds."""
+        key = self._data_key(sid)
+        px = self._px(Codec.times(rec)[2], now) if rec is not None else None
+        op, data = ("w", rec) if rec is not None and px is not None else ("d", b"")
+        args: list[str | bytes] = [token, op, data, px or "", str(DONE_TTL_MS)]
+        keys = [key, key + ":lock"]
+        try:
+            done = self._commit_script(keys=keys, args=args)
+        except redis.RedisError:
+            # The reply was lost: ask again. 2 means the first attempt went through; 0 that the lock is
+            # gone, and whether the first attempt wrote cannot be known.
+            done = self._do(self._commit_script, keys=keys, args=args)
+            if done == 0:
+                raise BackendUnavailable(
+                    f"redis at {self.path} failed while saving session {describe_id(sid)}; "
+                    "whether the write happened is unknown"
+                ) from None
+        if done == 0:
+            raise LockTimeout(
+                f"session {describe_id(sid)} was held longer than lock_ttl={self.lock_ttl} s and its "
+                "lock expired: nothing was written"
+            )
+
+    def _get(self, sid: str) -> bytes | None:
+        value: bytes | None = self._do(self._client.get, self._data_key(validate_id(sid)))
+        return value
+
+    def _live(self, rec: bytes | None, now: float) -> bool:
+        return rec is not None and now - self._codec.times(rec)[2] <= self.max_age
+
+    def _scan(self) -> Iterator[list[bytes]]:
+        """Batches of the store's data keys (each key once)."""
+        seen: set[bytes] = set()
+        cursor = 0
+        while True:
+            cursor, keys = self._do(self._client.scan, cursor, match=self._pattern, count=SCAN_BATCH, _type="string")
+            batch = [k for k in keys if k not in seen]
+            seen.update(batch)
+            if batch:
+                yield batch
+            if cursor == 0:
+                return
+
+    def _fetch(self, keys: list[bytes], header_only: bool = False) -> list[bytes | None]:
+        def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                if header_only:
+                    pipe.getrange(key, 0, HEADER_SIZE - 1)
+                else:
+                    pipe.get(key)
+            return pipe.execute()
+
+        return [r if r else None for r in self._do(run)]
+
+    def _times(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key, header) of every record."""
+        for keys in self._scan():
+            for key, header in zip(keys, self._fetch(keys, header_only=True), strict=True):
+                if header is not None:
+                    yield key, header
+
+    # -- the mapping -------------------------------------------------------------------------
+
+    def __getitem__(self, sid: str) -> Any:
+        rec = self._get(sid)
+        now = self.clock()
+        if rec is None or not self._live(rec, now):
+            raise KeyError(sid)
+        key = sid.encode()
+        value = self._codec.decode(key, rec)
+        if now - self._codec.times(rec)[2] >= self.touch_interval:
+            self._touch_record(sid, rec, now)
+        return value
+
+    def __contains__(self, sid: object) -> bool:
+        key = self._data_key(validate_id(sid))
+        header = self._do(self._client.getrange, key, 0, HEADER_SIZE - 1)
+        return bool(header) and self._live(header, self.clock())
+
+    def __setitem__(self, sid: str, value: Any) -> None:
+        validate_id(sid)
+        payload = self._codec.encode(value)
+        token, old = self._lock(sid)
+        try:
+            now = self.clock()
+            created = now
+            if old is not None and self._live(old, now):
+                created = Codec.times(old)[3]
+            rec = self._codec.record(sid.encode(), payload, now, created)
+        except BaseException:
+            self._release(sid, token)
+            raise
+        self._commit(sid, token, rec, now)
+
+    def __delitem__(self, sid: str) -> None:
+        validate_id(sid)
+        token, old = self._lock(sid)
+        if old is None:
+            self._release(sid, token)
+            raise KeyError(sid)
+        now = self.clock()
+        self._commit(sid, token, None, now)
+        if not self._live(old, now):
+            raise KeyError(sid)
+
+    def __iter__(self) -> Iterator[str]:
+        for key, header in self._times():
+            if self._live(header, self.clock()):
+                yield self._sid_of(key)
+
+    def __len__(self) -> int:
+        now = self.clock()
+        return sum(1 for _, header in self._times() if self._live(header, now))
+
+    def clear(self) -> None:
+        """Delete every session of this prefix, live or expired."""
+        for keys in self._scan():
+            self._do(self._client.unlink, *keys)
+
+    # -- beyond the mapping ----------------------------------------------------------------
+
+    def edit(self, sid: str, *, create: bool = True) -> _Edit:
+        """Atomic read-modify-write of one session, across processes and machines::
+
+            with store.edit(sid) as session:     # a dict; the session's lock is held in Redis
+                session["n"] = session.get("n", 0) + 1
+
+        Saved on a clean exit if changed, discarded on an exception. A new empty dict if the session is
+        absent (or :class:`KeyError` with ``create=False``). The value must be a dict.
+        """
+        return _Edit(self, sid, create)
+
+    def _touch_record(self, sid: str, rec: bytes, now: float) -> None:
+        new = self._codec.retime(sid.encode(), rec, now)
+        self._do(self._retime, keys=[self._data_key(sid)], args=[rec, new, self._px(now, now)])
+
+    def touch(self, sid: str) -> bool:
+        rec = self._get(sid)
+        now = self.clock()
+        if rec is None or not self._live(rec, now):
+            return False
+        if now - Codec.times(rec)[2] >= self.touch_interval:
+            self._touch_record(sid, rec, now)
+        return True
+
+    def clean(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Remove the sessions expired by the store's clock that the server has not dropped yet."""
+        removed = batches = 0
+        for keys in self._scan():
+            now = self.clock()
+            stale = [
+                (k, h)
+                for k, h in zip(keys, self._fetch(keys, header_only=True), strict=True)
+                if h is not None and not self._live(h, now)
+            ]
+            if stale:
+
+                def run(stale: list[tuple[bytes, bytes]] = stale) -> list[Any]:
+                    pipe = self._client.pipeline(transaction=False)
+                    for key, header in stale:
+                        self._sweep(keys=[key], args=[header], client=pipe)
+                    return pipe.execute()
+
+                removed += sum(self._do(run))
+            batches += 1
+            if progress is not None:
+                progress(batches, batches + 1)
+        if progress is not None:
+            progress(batches, batches)
+        return removed
+
+    def stats(self) -> dict[str, Any]:
+        now = self.clock()
+        live = expired = size = 0
+        for keys in self._scan():
+
+            def run(keys: list[bytes] = keys) -> list[Any]:
+                pipe = self._client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.getrange(key, 0, HEADER_SIZE - 1)
+                    pipe.strlen(key)
+                return pipe.execute()
+
+            reply = self._do(run)
+            for header, length in zip(reply[::2], reply[1::2], strict=True):
+                if header:
+                    size += length
+                    if self._live(header, now):
+                        live += 1
+                    else:
+                        expired += 1
+        info = self._do(self._client.info, "server")
+        return {
+            "backend": self.backend,
+            "path": self.path,
+            "prefix": self.prefix,
+            "shards": 1,
+            "codec": self._codec.name,
+            "signed": self._codec.signed,
+            "max_age": self.max_age,
+            "live": live,
+            "expired": expired,
+            "bytes": size,
+            "per_shard": [{"shard": 0, "live": live, "expired": expired, "last_clean": None}],
+            "server": f"redis {info.get('redis_version', '?')}",
+        }
+
+    def verify(self) -> list[tuple[str, str]]:
+        bad: list[tuple[str, str]] = []
+        for keys in self._scan():
+            for key, rec in zip(keys, self._fetch(keys), strict=True):
+                if rec is None:
+                    continue
+                sid = self._sid_of(key)
+                try:
+                    validate_id(sid)
+                    self._codec.decode(sid.encode(), rec)
+                except Exception as exc:
+                    bad.append((sid, str(exc)))
+        return bad
+
+    def record(self, sid: str) -> Record | None:
+        rec = self._get(sid)
+        if rec is None or not self._live(rec, self.clock()):
+            return None
+        _, _, atime, created = Codec.times(rec)
+        return Record(self._codec.decode(sid.encode(), rec), created, atime)
+
+    def records(self, *, expired: bool = False) -> Iterator[tuple[str, Record]]:
+        for keys in self._scan():
+            now = self.clock()
+            for key, rec in zip(keys, self._fetch(keys), strict=True):
+                if rec is None or self._live(rec, now) == expired:
+                    continue
+                sid = self._sid_of(key)
+                _, _, atime, created = Codec.times(rec)
+                try:
+                    value = self._codec.decode(sid.encode(), rec)
+                except CorruptRecord as exc:
+                    raise CorruptRecord(f"session {describe_id(sid)}: {exc}") from None
+                yield sid, Record(value, created, atime)
+
+    def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
+        validate_id(sid)
+        rec = self._codec.record(sid.encode(), self._codec.encode(value), float(last_access), float(created))
+        token, _ = self._lock(sid)
+        self._commit(sid, token, rec, self.clock())
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.disconnect()
+
+
+def open_redis(
+    url: str,
+    *,
+    prefix: str = "lockstore",
+    codec: str | None = None,
+    max_age: float = 1800,
+    touch_interval: float = 60,
+    timeout: float = 10.0,
+    max_value_size: int = 1 << 20,
+    secret: bytes | str | None = None,
+    clock: Clock | None = None,
+    connect_timeout: float = 5.0,
+    lock_ttl: float = 30.0,
+    pool_size: int = 50,
+) -> RedisStore:
+    """Open the store under *prefix* on the Redis server at *url* (``redis://`` or ``rediss://``).
+
+    Parameters
+    ----------
+    url
+        ``redis://[user:password@]host:port/db``; ``rediss://`` for TLS.
+    prefix
+        Every key of the store starts with ``PREFIX:``; several stores can share one database.
+    codec, max_age, touch_interval, max_value_size, secret, clock
+        As for :func:`lockstore.open`. The codec and whether a secret is used are recorded under
+        ``PREFIX:meta`` when the store is created; opening with others raises :class:`StoreMismatch`.
+    timeout
+        Seconds to wait for a session's lock (then :class:`LockTimeout`) or for a pooled connection.
+    connect_timeout
+        Seconds to wait for the server to accept a connection or answer a command, then
+        :class:`BackendUnavailable`.
+    lock_ttl
+        Seconds an ``edit()`` may hold a session's lock; a holder that dies blocks that session this
+        long. A holder that takes longer writes nothing and gets :class:`LockTimeout`.
+    pool_size
+        Connections this store keeps at most (one per thread in use at once).
+
+    Raises
+    ------
+    BackendUnavailable
+        The server cannot be reached.
+    StoreMismatch
+        The store was created with another codec, or with(out) a secret.
+    """
+    _check_numbers(max_age, 0, touch_interval, timeout, max_value_size, 1, None)
+    return RedisStore(
+        url,
+        prefix=prefix,
+        codec=codec,
+        max_age=max_age,
+        touch_interval=touch_interval,
+        timeout=timeout,
+        max_value_size=max_value_size,
+        secret=secret,
+        clock=clock,
+        connect_timeout=connect_timeout,
+        lock_ttl=lock_ttl,
+        pool_size=pool_size,
+    )
+
+
+__all__ = ["RedisStore", "open_redis"]

@@ -1,0 +1,305 @@
+"""Real Redis and PostgreSQL servers for the tests, on free 127.0.0.1 ports in temporary directories.
+
+The session-scoped fixtures ``redis_server`` and ``postgres_server`` start one server each for the whole
+run and yield its URL. Tests that stop and restart a server (fault tests) start their own with
+:class:`RedisServer` / :class:`PostgresServer` so the shared one is never disturbed.
+
+A missing server binary skips the tests that need it, except under CI (``CI=true``), where it fails
+them: CI installs both servers, so a skip there would hide a broken set-up.
+
+PostgreSQL refuses to run as root, so as root ``initdb`` and ``pg_ctl`` run as the ``postgres`` user
+(``runuser -u postgres --``) in a directory that user owns. Authentication is ``trust`` on 127.0.0.1
+only, and the server listens there only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT = 30.0
+
+
+def in_ci() -> bool:
+    """True when running under CI, where a missing server must fail, never skip."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def missing(what: str) -> None:
+    """Skip (locally) or fail (in CI) a test that needs a server that is not installed."""
+    message = f"{what} is not installed (apt-get install -y redis-server postgresql)"
+    if in_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    """True if something accepts TCP connections on 127.0.0.1:*port*."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class RedisServer:
+    """A ``redis-server`` process in *directory* on a free port; ``start``/``stop``/``kill`` are repeatable.
+
+    With ``appendonly=True`` every write is appended to the AOF and fsynced before it is acknowledged
+    (``appendfsync always``), so a killed server restarts with every acknowledged write.
+    """
+
+    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            missing("redis-server")
+        self.binary = str(binary)
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--daemonize",
+            "no",
+            "--save",
+            "",
+            "--logfile",
+            "redis.log",
+            "--databases",
+            "4",
+        ]
+        if self.appendonly:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        self.process = subprocess.Popen(
+            args, cwd=self.directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._ping():
+            if self.process.poll() is not None:
+                log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{log}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"redis-server did not answer on port {self.port} in {START_TIMEOUT} s")
+            time.sleep(0.02)
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def _end(self, sig: int) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=20)
+        self.process = None
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM: Redis flushes its append-only file first)."""
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Stop at once (SIGKILL), as a crash would."""
+        self._end(signal.SIGKILL)
+
+
+def postgres_bin() -> Path | None:
+    """The newest ``/usr/lib/postgresql/N/bin`` that has ``initdb`` and ``pg_ctl``, or None."""
+    found = []
+    for candidate in Path("/usr/lib/postgresql").glob("*/bin"):
+        if (candidate / "initdb").exists() and (candidate / "pg_ctl").exists():
+            with contextlib.suppress(ValueError):
+                found.append((int(candidate.parent.name.split(".")[0]), candidate))
+    return max(found)[1] if found else None
+
+
+class PostgresServer:
+    """A PostgreSQL cluster in a fresh temporary directory on a free port; ``start``/``stop`` repeatable.
+
+    ``fsync=off``: a commit is written to the operating system before it is acknowledged, so a crash
+    of the server (``stop(mode="immediate")``) loses no acknowledged transaction; only a crash of the
+    whole machine could, which the tests do not simulate.
+    """
+
+    def __init__(self) -> None:
+        bindir = postgres_bin()
+        if bindir is None:
+            missing("PostgreSQL server (initdb, pg_ctl)")
+        assert bindir is not None
+        self.bindir = bindir
+        self.prefix: list[str] = []
+        self.base = Path(tempfile.mkdtemp(prefix="lockstore-pg-"))
+        if os.geteuid() == 0:
+            # PostgreSQL refuses to run as root: hand the directory to the postgres user.
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                shutil.rmtree(self.base)
+                missing("the postgres system user")
+                raise
+            os.chown(self.base, user.pw_uid, user.pw_gid)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        self.base.chmod(0o700)
+        self.data = self.base / "data"
+        self.log = self.base / "server.log"
+        self.port = free_port()
+        self.running = False
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        )
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.base}'",
+            "fsync": "off",
+            "full_page_writes": "off",
+            "max_connections": "200",
+            "shared_buffers": "32MB",
+            "log_min_messages": "warning",
+        }
+        with (self.data / "postgresql.auto.conf").open("a") as conf:
+            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+        (self.data / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        # Output goes to a file, never a pipe: the server pg_ctl starts inherits descriptors and
+        # would keep a pipe open after pg_ctl returns.
+        out = self.base / f"{tool}.out"
+        with out.open("ab") as sink:
+            done = subprocess.run(
+                [*self.prefix, str(self.bindir / tool), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+                check=False,
+            )
+        if done.returncode != 0:
+            text = out.read_text(errors="replace")[-3000:]
+            if self.log.exists():
+                text += "\n" + self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{tool} {' '.join(args)} failed with {done.returncode}:\n{text}")
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(int(START_TIMEOUT)), "start")
+        self.running = True
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: ``fast`` (clean shut-down) or ``immediate`` (as a crash, recovery on start)."""
+        if self.running:
+            self.running = False
+            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+    def remove(self) -> None:
+        """Stop the server if it runs and delete its directory."""
+        try:
+            self.stop("fast")
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_redis(directory: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
+    """A started :class:`RedisServer`, killed on exit whatever happens."""
+    server = RedisServer(directory, appendonly=appendonly)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A started :class:`PostgresServer`, stopped and removed on exit whatever happens."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a Redis server started for this test run (skips, or fails under CI, without redis-server)."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """URL of a PostgreSQL server started for this test run (skips, or fails under CI, without it)."""
+    with running_postgres() as server:
+        yield server.url
+
+
+__all__ = [
+    "PostgresServer",
+    "RedisServer",
+    "free_port",
+    "in_ci",
+    "missing",
+    "port_open",
+    "postgres_bin",
+    "postgres_server",
+    "redis_server",
+    "running_postgres",
+    "running_redis",
+]
