@@ -160,7 +160,7 @@ def test_tampered_record_is_never_decoded(tmp_path: Path, file_backend: str) -> 
     changed = False
     for root, _, files in os.walk(tmp_path / "s"):
         for name in files:
-            if target and name != target or (not target and not name.endswith(".dat")):
+            if (target and name != target) or (not target and not name.endswith(".dat")):
                 continue
             full = os.path.join(root, name)
             data = open(full, "rb").read()

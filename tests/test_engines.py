@@ -1,0 +1,141 @@
+"""Engine-specific hazards: LMDB map growth across processes and dead readers; dbm.dumb crash recovery."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import pytest
+
+import lockstore
+from lockstore.backends.shelve import DumbShard
+
+ctx = mp.get_context("fork")
+
+
+def _fill(path: str, who: int, n: int) -> None:
+    with lockstore.open(path) as store:
+        for i in range(n):
+            store[f"p{who}-{i}"] = {"pad": os.urandom(2000).hex()}
+
+
+def test_lmdb_map_grows_safely_from_two_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    lockstore.open(path, map_size=1 << 20).close()  # 1 MiB: far too small for what follows
+    procs = [ctx.Process(target=_fill, args=(path, who, 600)) for who in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    with lockstore.open(path) as store:
+        assert len(store) == 1200
+        assert store.verify() == []
+        env_size = os.path.getsize(tmp_path / "s" / "lmdb" / "data.mdb")
+        assert env_size > 2 << 20
+
+
+def _reader_killed(path: str, ready: Any) -> None:
+    env = lmdb.open(path, max_readers=1024, subdir=True, lock=True, max_dbs=4)
+    txn = env.begin()  # a reader slot, held until the kill
+    txn.get(b"x")
+    ready.set()
+    signal.pause()
+
+
+def test_dead_readers_do_not_fill_the_reader_table(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    with lockstore.open(path) as store:
+        store["a"] = 1
+    for _ in range(40):
+        ready = ctx.Event()
+        p = ctx.Process(target=_reader_killed, args=(os.path.join(path, "lmdb"), ready))
+        p.start()
+        assert ready.wait(30)
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+    with lockstore.open(path) as store:  # reader_check on open frees the dead slots
+        assert store["a"] == 1
+        env = store._engine._env().env  # type: ignore[attr-defined]
+        rows = [line.split() for line in env.readers().splitlines()[1:] if line.strip()]
+        assert all(int(row[0]) == os.getpid() for row in rows), env.readers()
+
+
+def test_dumb_shard_survives_a_torn_index_line(tmp_path: Path) -> None:
+    base = str(tmp_path / "shard")
+    db = DumbShard(base, durable=False, file_mode=0o600)
+    db.refresh()
+    db[b"a"] = b"one"
+    db[b"b"] = b"two"
+    with open(base + ".dir", "ab") as f:
+        f.write(b"'c', (0, ")  # a writer killed in the middle of its index line: never acknowledged
+    other = DumbShard(base, durable=False, file_mode=0o600)
+    other.refresh()
+    assert dict(other.items()) == {b"a": b"one", b"b": b"two"}
+    other[b"c"] = b"three"
+    db.refresh()
+    assert db[b"c"] == b"three"
+    import dbm.dumb
+
+    with dbm.dumb.open(base, "r") as plain:  # the files stay readable by the standard dbm.dumb
+        assert plain[b"a"] == b"one" and plain[b"c"] == b"three"
+
+
+def test_dumb_shard_recovers_a_half_done_compaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = str(tmp_path / "shard")
+    db = DumbShard(base, durable=False, file_mode=0o600)
+    db.refresh()
+    for i in range(50):
+        db[b"k%d" % i] = b"v%d" % i
+    for i in range(50):
+        db[b"k%d" % i] = b"w%d" % i  # every old value is dead now
+    expected = {b"k%d" % i: b"w%d" % i for i in range(50)}
+    # killed after writing the new files and the marker, before swapping: the old pair stands
+    with open(base + ".dat.new", "wb") as f:
+        f.write(b"garbage")
+    with open(base + ".dir.new", "wb") as f:
+        f.write(b"'k0', (0, 7)\n")
+    open(base + ".compacting", "wb").close()
+    os.utime(base + ".dat", None)
+    fresh = DumbShard(base, durable=False, file_mode=0o600)
+    fresh.refresh()
+    assert dict(fresh.items()) == expected
+    assert not os.path.exists(base + ".compacting")
+    # a compaction killed between its two renames (.dat swapped, .dir not): the next user finishes it
+    real_replace = os.replace
+    calls: list[str] = []
+
+    def dies_after_first(src: str, dst: str) -> None:
+        real_replace(src, dst)
+        calls.append(src)
+        if len(calls) == 1:
+            raise SystemExit("killed")
+
+    monkeypatch.setattr(os, "replace", dies_after_first)
+    with pytest.raises(SystemExit):
+        fresh.compact()
+    monkeypatch.undo()
+    assert os.path.exists(base + ".compacting") and os.path.exists(base + ".dir.new")
+    db2 = DumbShard(base, durable=False, file_mode=0o600)
+    db2.refresh()
+    assert dict(db2.items()) == expected
+    assert not os.path.exists(base + ".compacting")
+    assert os.path.getsize(base + ".dat") < 200  # compacted: only the live values remain
+
+
+def test_shelve_values_survive_compaction(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with lockstore.open(path, backend="shelve", shards=1) as store:
+        for round_ in range(3):
+            for i in range(200):
+                store[f"s{i}"] = {"round": round_, "pad": "x" * 3000}
+        assert os.path.getsize(path / "shelve" / "shard-000.dat") > 1_500_000
+        assert store.clean() == 0  # nothing expired, but two thirds of the values file is dead: compacted
+        assert os.path.getsize(path / "shelve" / "shard-000.dat") < 800_000
+    with lockstore.open(path) as store:
+        assert len(store) == 200
+        assert all(store[f"s{i}"]["round"] == 2 for i in range(200))
