@@ -103,8 +103,8 @@ class TieredStore(BaseStore):
 
     # -- internals -------------------------------------------------------------------------
 
-    def _enter(self) -> float:
-        """Checks every operation makes first (lock held); returns its time."""
+    def _enter(self, *, sweep: bool = True) -> float:
+        """Checks every operation makes first (lock held), and the sweep if due; returns its time."""
         if self._closed:
             from .errors import StoreClosed
 
@@ -117,7 +117,7 @@ class TieredStore(BaseStore):
             )
             raise LockstoreError(msg)
         now = self.clock()
-        if now >= self._next_sweep:
+        if sweep and now >= self._next_sweep:
             self._next_sweep = now + self.sweep_interval
             self._sweep(now)
         return now
@@ -335,7 +335,7 @@ class TieredStore(BaseStore):
         """Move sessions idle longer than ``memory_timeout`` out of memory now (Webware's
         ``intervalSweep``); one-shot sessions are dropped unwritten. Returns the counts."""
         with self._lock:
-            now = self._enter()
+            now = self._enter(sweep=False)
             moved, dropped = self._sweep(now)
             self._next_sweep = now + self.sweep_interval
             return {"moved": moved, "dropped": dropped, "memory": len(self._entries)}

@@ -31,6 +31,10 @@ import lockstore
 _MISSING = object()
 
 
+class _Adjusted(Exception):
+    """Leaves ``store.edit`` without letting it write: the record was rewritten already."""
+
+
 class Session(dict[str, Any]):
     """A session: a dict with its ``sid``, as Aquarium's containers handed out.
 
@@ -127,7 +131,7 @@ class SessionContainer:
         if not changed and not removed:
             return
         try:
-            with self.store.edit(session.sid) as data:
+            with self.store.edit(session.sid, create=False) as data:
                 data.update(changed)
                 for key in removed:
                     data.pop(key, None)
@@ -155,23 +159,26 @@ class SessionContainer:
         Notes
         -----
         Each session is read with ``store.record`` and written back with ``store.put_record``
-        inside ``store.edit`` of that session, so a concurrent save is never overwritten.
+        while its shard lock is held (inside ``store.edit``), so a concurrent save is never
+        overwritten. Sessions must be dicts, as everywhere in this module.
         """
         adjusted = 0
         for sid, _ in list(self.store.records()):
             try:
-                with self.store.edit(sid):
+                # edit() only to hold the session's shard lock (reentrant) while the record is
+                # read and rewritten; leaving it by an exception makes it write nothing itself.
+                with self.store.edit(sid, create=False):
                     record = self.store.record(sid)
-                    if record is None:
-                        continue
-                    self.store.put_record(
-                        sid,
-                        record.value,
-                        created=record.created,
-                        last_access=record.last_access + delta_seconds,
-                    )
-                    adjusted += 1
-            except KeyError:  # deleted or expired since the listing
+                    if record is not None:
+                        self.store.put_record(
+                            sid,
+                            record.value,
+                            created=record.created,
+                            last_access=record.last_access + delta_seconds,
+                        )
+                        adjusted += 1
+                    raise _Adjusted
+            except (_Adjusted, KeyError):  # KeyError: deleted or expired since the listing
                 continue
         return adjusted
 
