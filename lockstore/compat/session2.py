@@ -165,6 +165,13 @@ class SessionStore:
         lockstore records the last access of a session (a load or a save), not its last
         modification, so a session that is only read stays alive. Sessions idle longer than the
         store's ``max_age`` are already gone: they are removed as well and counted.
+
+        Notes
+        -----
+        Each idle session's time is read again right before it is deleted, but not under the
+        same lock as the deletion: a session saved in the microseconds between the two (after
+        *minutes* of idleness) is deleted all the same. The store's own expiry (``max_age``,
+        ``store.clean()``) has no such window.
         """
         if minutes < 0:
             msg = f"minutes must be >= 0, got {minutes!r}"
