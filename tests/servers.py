@@ -23,8 +23,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -290,16 +291,173 @@ def postgres_server() -> Iterator[str]:
         yield server.url
 
 
+# -- workers for the multi-process tests of the remote backends (run in spawned processes) ----------
+
+
+def increment_worker(url: str, options: dict[str, Any], sids: list[str], n: int, barrier: Any) -> None:
+    """Open a store with its own pool, wait for the others, then make *n* edit() increments over *sids*."""
+    import lockstore
+
+    store = lockstore.open(url, **options)
+    try:
+        barrier.wait(60)
+        for i in range(n):
+            with store.edit(sids[i % len(sids)]) as session:
+                session["n"] = session.get("n", 0) + 1
+    finally:
+        store.close()
+
+
+def load_worker(url: str, options: dict[str, Any], sids: list[str], name: str, stop: Any, results: Any) -> None:
+    """Increment this worker's own field in *sids* until *stop* is set, whatever the server does.
+
+    Reports ``{"acked": {sid: n}, "unavailable": k, ...}``: *acked* counts the edits that returned
+    without error (each one is a write the store acknowledged).
+    """
+    import lockstore
+
+    acked = dict.fromkeys(sids, 0)
+    report: dict[str, Any] = {
+        "name": name,
+        "acked": acked,
+        "unavailable": 0,
+        "lock_timeouts": 0,
+        "errors": [],
+        "slowest": 0.0,
+        "last_ok": 0.0,
+        "first_unavailable": 0.0,
+    }
+    store = lockstore.open(url, **options)
+    try:
+        i = 0
+        while not stop.is_set():
+            sid = sids[i % len(sids)]
+            i += 1
+            started = time.monotonic()
+            try:
+                with store.edit(sid) as session:
+                    session[name] = session.get(name, 0) + 1
+                acked[sid] += 1
+                report["last_ok"] = time.time()
+            except lockstore.BackendUnavailable:
+                report["unavailable"] += 1
+                report["first_unavailable"] = report["first_unavailable"] or time.time()
+                time.sleep(0.02)
+            except lockstore.LockTimeout:
+                report["lock_timeouts"] += 1
+            except Exception as exc:  # reported, and the test fails on it
+                report["errors"].append(repr(exc))
+            report["slowest"] = max(report["slowest"], time.monotonic() - started)
+    finally:
+        results.put(report)
+        with contextlib.suppress(Exception):
+            store.close()
+
+
+def run_increments(url: str, options: dict[str, Any], sids: list[str], processes: int, n: int) -> float:
+    """*processes* spawned processes x *n* edit() increments over *sids*; returns the seconds taken.
+
+    Fails the test if a process fails or the run passes its deadline (the processes are then killed).
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(processes + 1)
+    procs = [ctx.Process(target=increment_worker, args=(url, options, sids, n, barrier)) for _ in range(processes)]
+    try:
+        for proc in procs:
+            proc.start()
+        barrier.wait(60)
+        started = time.monotonic()
+        deadline = started + 90
+        for proc in procs:
+            proc.join(max(0.1, deadline - time.monotonic()))
+        elapsed = time.monotonic() - started
+        assert all(proc.exitcode == 0 for proc in procs), [proc.exitcode for proc in procs]
+        return elapsed
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(10)
+
+
+def fault_run(
+    url: str,
+    options: dict[str, Any],
+    stop_server: Callable[[], None],
+    start_server: Callable[[], None],
+    *,
+    workers: int = 3,
+    down: float = 1.5,
+) -> None:
+    """Edit under load from *workers* processes while the server is stopped and started again.
+
+    Asserts: every worker got :class:`BackendUnavailable` while the server was down (never a hang: no
+    call took long) and succeeded after the restart, nothing else went wrong, and no acknowledged
+    write was lost: each worker's counter holds at least its acknowledged increments, and at most
+    those plus the calls that failed (a write whose reply was lost may or may not have happened).
+    """
+    import multiprocessing
+
+    import lockstore
+
+    sids = ["fault-a", "fault-b"]
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    results = ctx.Queue()
+    names = [f"w{i}" for i in range(workers)]
+    procs = [ctx.Process(target=load_worker, args=(url, options, sids, name, stop, results)) for name in names]
+    reports = []
+    try:
+        for proc in procs:
+            proc.start()
+        time.sleep(1.5)
+        stop_server()
+        time.sleep(down)
+        start_server()
+        restarted = time.time()
+        time.sleep(2.0)
+        stop.set()
+        reports = [results.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+    finally:
+        stop.set()
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(10)
+    limit = 2 * float(options.get("connect_timeout", 5)) + float(options.get("timeout", 10)) + 2
+    for report in reports:
+        assert report["errors"] == [], report
+        assert report["unavailable"] > 0, report
+        assert report["last_ok"] > restarted, report
+        assert report["slowest"] < limit, report
+    with lockstore.open(url, **options) as store:
+        for sid in sids:
+            session = store[sid]
+            for report in reports:
+                acked = report["acked"][sid]
+                assert acked > 0, report
+                stored = session.get(report["name"], 0)
+                assert acked <= stored <= acked + report["unavailable"], (sid, stored, report)
+
+
 __all__ = [
     "PostgresServer",
     "RedisServer",
+    "fault_run",
     "free_port",
     "in_ci",
+    "increment_worker",
+    "load_worker",
     "missing",
     "port_open",
     "postgres_bin",
     "postgres_server",
     "redis_server",
+    "run_increments",
     "running_postgres",
     "running_redis",
 ]

@@ -78,6 +78,7 @@ class _Edit:
         store = self._store
         sid = self._sid
         self._conn, rec = store._run(self._begin, keep=True)
+        self._since = time.monotonic()
         try:
             now = store.clock()
             codec = store._codec
@@ -109,9 +110,10 @@ class _Edit:
     def _begin(self, conn: psycopg.Connection[Any]) -> bytes | None:
         """BEGIN and lock the session's row, creating it (uncommitted, empty) if absent and wanted."""
         store = self._store
-        with conn.pipeline():
-            conn.execute("BEGIN")
-            cur = conn.execute(store._q_lock, (self._sid,))
+        # No pipeline mode here: a server does not apply idle_in_transaction_session_timeout to a
+        # transaction opened in a pipeline, and lock_ttl relies on it (measured: no faster either).
+        conn.execute("BEGIN")
+        cur = conn.execute(store._q_lock, (self._sid,))
         for _ in range(100):
             row = cur.fetchone()
             if row is not None:
@@ -136,13 +138,19 @@ class _Edit:
             if rec is None:
                 conn.execute("ROLLBACK")
             else:
-                with conn.pipeline():
-                    conn.execute(store._q_update, (rec, now, self._sid))
-                    conn.execute("COMMIT")
+                conn.execute(store._q_update, (rec, now, self._sid))
+                conn.execute("COMMIT")
         except psycopg.Error as exc:
             if rec is None:
                 logger.debug("rollback of %s failed: %s", describe_id(self._sid), exc)
                 return
+            if (conn.broken or conn.closed) and time.monotonic() - self._since > store.lock_ttl:
+                # The server ends a transaction left idle past idle_in_transaction_session_timeout
+                # (lock_ttl) and closes its connection: the transaction was rolled back.
+                raise LockTimeout(
+                    f"the edit of {describe_id(self._sid)} took longer than lock_ttl={store.lock_ttl} s: the "
+                    "server ended its transaction and nothing was written"
+                ) from exc
             raise store._error(exc, f"saving session {describe_id(self._sid)}") from exc
         finally:
             store._putconn(conn)

@@ -613,6 +613,8 @@ def open_redis(
     connect_timeout: float = 5.0,
     lock_ttl: float = 30.0,
     pool_size: int = 50,
+    clean_interval: float = 300,
+    clean_limit: int = 1000,
 ) -> RedisStore:
     """Open the store under *prefix* on the Redis server at *url* (``redis://`` or ``rediss://``).
 
@@ -635,6 +637,9 @@ def open_redis(
         long. A holder that takes longer writes nothing and gets :class:`LockTimeout`.
     pool_size
         Connections this store keeps at most (one per thread in use at once).
+    clean_interval, clean_limit
+        Accepted so that every backend takes the same options; Redis drops expired keys itself, and
+        ``clean()`` removes what the store's clock has expired before the server's.
 
     Raises
     ------
@@ -643,7 +648,7 @@ def open_redis(
     StoreMismatch
         The store was created with another codec, or with(out) a secret.
     """
-    _check_numbers(max_age, 0, touch_interval, timeout, max_value_size, 1, None)
+    _check_numbers(max_age, clean_interval, touch_interval, timeout, max_value_size, clean_limit, None)
     return RedisStore(
         url,
         prefix=prefix,

@@ -1,0 +1,176 @@
+"""The PostgreSQL backend on a real server: what the shared behaviour suite cannot see.
+
+The mapping, edit, expiry and error behaviour shared with the embedded stores runs in the parametrised
+suite (``any_backend``); here: several processes with their own pools creating the table and the
+sessions at once, a server crashed under load, row locks, clean on write, timeouts and settings.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+import lockstore
+from lockstore.backends.postgres import open_postgres
+
+psycopg = pytest.importorskip("psycopg")
+
+from servers import fault_run, free_port, run_increments, running_postgres  # noqa: E402
+
+pytestmark = pytest.mark.servers
+
+
+def table() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+def hold_edit(url: str, options: dict[str, Any], sid: str, ready: Any) -> None:
+    """Hold *sid*'s row lock forever (until killed), with a change that must never be saved."""
+    with lockstore.open(url, **options) as s, s.edit(sid) as session:
+        session["n"] = -1
+        ready.set()
+        time.sleep(120)
+
+
+def test_processes_with_own_pools_count_exactly(postgres_server: str) -> None:
+    # Nobody has created the table or the sessions: six processes race to do both.
+    options = {"table": table(), "timeout": 60}
+    sids = [f"counter-{i}" for i in range(4)]
+    run_increments(postgres_server, options, sids, processes=6, n=300)
+    with lockstore.open(postgres_server, **options) as s:
+        assert [s[sid]["n"] for sid in sids] == [450] * 4
+
+
+def test_server_crashed_and_restarted_under_load() -> None:
+    with running_postgres() as server:
+        options = {"table": table(), "timeout": 3.0, "connect_timeout": 1.0}
+        fault_run(server.url, options, lambda: server.stop("immediate"), server.start)
+
+
+def test_row_lock_timeout_and_dead_holder_frees_at_once(postgres_server: str) -> None:
+    options = {"table": table()}
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    with lockstore.open(postgres_server, timeout=0.3, **options) as s:
+        s["busy"] = {"n": 1}
+        holder = ctx.Process(target=hold_edit, args=(postgres_server, options, "busy", ready))
+        holder.start()
+        try:
+            assert ready.wait(30)
+            started = time.monotonic()
+            with pytest.raises(lockstore.LockTimeout), s.edit("busy") as session:
+                session["n"] = 2
+            with pytest.raises(lockstore.LockTimeout):
+                s["busy"] = {"n": 3}
+            with pytest.raises(lockstore.LockTimeout):
+                del s["busy"]
+            assert time.monotonic() - started < 3
+            assert s["busy"] == {"n": 1}  # reads never wait for a lock
+        finally:
+            os.kill(holder.pid, signal.SIGKILL)
+            holder.join(10)
+        # The server rolls back a dead client's transaction as soon as its connection drops.
+        with lockstore.open(postgres_server, timeout=5, **options) as waiter, waiter.edit("busy") as session:
+            session["n"] += 10
+        assert s["busy"] == {"n": 11}
+
+
+def test_stalled_edit_past_lock_ttl_writes_nothing(postgres_server: str) -> None:
+    with lockstore.open(postgres_server, table=table(), lock_ttl=0.3) as s:
+        s["slow"] = {"n": 1}
+        with pytest.raises(lockstore.LockTimeout, match="lock_ttl"), s.edit("slow") as session:
+            session["n"] = 2
+            time.sleep(0.8)
+        assert s["slow"] == {"n": 1}
+        with s.edit("slow") as session:  # the store carries on with a fresh connection
+            session["n"] = 3
+        assert s["slow"] == {"n": 3}
+
+
+def test_edit_of_a_new_session_left_empty_creates_nothing(postgres_server: str) -> None:
+    with lockstore.open(postgres_server, table=table()) as s:
+        with s.edit("ghost"):
+            pass
+        assert "ghost" not in s
+        assert s.stats()["live"] == s.stats()["expired"] == 0
+
+
+def test_clean_on_write_is_bounded_and_indexed(postgres_server: str) -> None:
+    now = [1_700_000_000.0]
+    name = table()
+    options = {"table": name, "max_age": 100, "clean_interval": 50, "clean_limit": 5, "clock": lambda: now[0]}
+    # lockstore.open passes clean_interval and clean_limit on to embedded stores only, so open directly.
+    with open_postgres(postgres_server, **options) as s:
+        for i in range(20):
+            s[f"old{i}"] = {"i": i}
+        now[0] += 200
+        s["fresh"] = {"i": -1}  # clean_interval has passed: this write sweeps at most 5
+        assert s.stats()["expired"] == 15
+        s["fresh2"] = {"i": -2}  # within clean_interval of the last sweep: no sweep
+        assert s.stats()["expired"] == 15
+        assert s.clean() == 15
+        assert sorted(s) == ["fresh", "fresh2"]
+    with psycopg.connect(postgres_server) as conn:
+        indexes = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (name,))]
+    assert any("(last_access)" in d for d in indexes), indexes
+
+
+def test_unreachable_server_is_backend_unavailable() -> None:
+    started = time.monotonic()
+    with pytest.raises(lockstore.BackendUnavailable, match="127.0.0.1"):
+        lockstore.open(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", connect_timeout=1)
+    assert time.monotonic() - started < 4
+
+
+def test_settings_are_recorded_per_table(postgres_server: str) -> None:
+    name = table()
+    with lockstore.open(postgres_server, table=name, codec="json", secret="s" * 32) as s:
+        s["a"] = {"x": [1, 2]}
+    with pytest.raises(lockstore.StoreMismatch, match="codec"):
+        lockstore.open(postgres_server, table=name, codec="pickle", secret="s" * 32)
+    with pytest.raises(lockstore.StoreMismatch, match="secret"):
+        lockstore.open(postgres_server, table=name)
+    with lockstore.open(postgres_server, table=name, secret="s" * 32) as s:  # codec as recorded
+        assert s["a"] == {"x": [1, 2]}
+        assert s.stats()["codec"] == "json"
+        s.setup(None, signed=True)  # idempotent
+        assert s["a"] == {"x": [1, 2]}
+    with pytest.raises(ValueError, match="table"):
+        lockstore.open(postgres_server, table="x; DROP TABLE y")
+
+
+def test_tampered_record_is_never_decoded(postgres_server: str) -> None:
+    name = table()
+    with lockstore.open(postgres_server, table=name, secret="k" * 32) as s:
+        s["a"] = {"x": 1}
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f"UPDATE {name} SET rec = overlay(rec placing '\\x00'::bytea from length(rec))")
+        with pytest.raises(lockstore.CorruptRecord):
+            s["a"]
+        assert [sid for sid, _ in s.verify()] == ["a"]
+
+
+def test_clock_expiry_touch_and_records(postgres_server: str) -> None:
+    now = [1_700_000_000.0]
+    with lockstore.open(postgres_server, table=table(), max_age=100, touch_interval=10, clock=lambda: now[0]) as s:
+        for i in range(5):
+            s[f"s{i}"] = {"i": i}
+        now[0] += 60
+        assert s.touch("s0")
+        assert s.record("s0").last_access == now[0]
+        s["s1"] = {"i": 10}
+        assert s.record("s1").created == now[0] - 60  # an overwrite keeps the creation time
+        now[0] += 60
+        assert sorted(s) == ["s0", "s1"]
+        assert sorted(sid for sid, _ in s.records(expired=True)) == ["s2", "s3", "s4"]
+        assert "s2" not in s
+        with pytest.raises(KeyError):
+            s["s2"]
+        assert s.clean() == 3
+        assert len(s) == 2
