@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .codec import Codec, Record
-from .errors import LockstoreError
+from .errors import LockstoreError, StoreClosed
 from .ids import validate_id
 from .store import BaseStore
 
@@ -106,8 +106,6 @@ class TieredStore(BaseStore):
     def _enter(self, *, sweep: bool = True) -> float:
         """Checks every operation makes first (lock held), and the sweep if due; returns its time."""
         if self._closed:
-            from .errors import StoreClosed
-
             msg = f"tiered store over {self.path} is closed"
             raise StoreClosed(msg)
         if os.getpid() != self._pid:
@@ -220,9 +218,7 @@ class TieredStore(BaseStore):
                     raise
 
     def __contains__(self, sid: object) -> bool:
-        if not isinstance(sid, str):
-            return False
-        validate_id(sid)
+        sid = validate_id(sid)  # a malformed id is an error, as in the store
         with self._lock:
             now = self._enter()
             entry = self._entries.get(sid)
@@ -318,7 +314,10 @@ class TieredStore(BaseStore):
             return Record(self._codec.loads(entry.payload, sid.encode()), entry.created, entry.last_access)
 
     def records(self, *, expired: bool = False) -> Iterator[tuple[str, Record]]:
-        """Every live session (or, with *expired*, every expired one) with its times."""
+        """Every live session (or, with *expired*, every expired one) with its times.
+
+        Writes the memory tier to the store first (as :meth:`store_all`), then lists the store.
+        """
         with self._lock:
             self._enter()
             self._store_all()
