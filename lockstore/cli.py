@@ -66,9 +66,7 @@ def open_existing(path: str, args: argparse.Namespace) -> Any:
     if meta is None:
         raise CommandError(f"no store at {path}: the directory holds no lockstore metadata")
     if meta.get("signed") and secret is None:
-        raise CommandError(
-            f"the store at {path} is signed: give its secret in ${SECRET_ENV} or with --secret-file"
-        )
+        raise CommandError(f"the store at {path} is signed: give its secret in ${SECRET_ENV} or with --secret-file")
     return lockstore.open(path, secret=secret if meta.get("signed") else None, **options)
 
 
@@ -312,22 +310,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--max-age", type=_positive_float, metavar="SECONDS",
-                        help="idle time after which a session counts as expired (default: 1800)")
-    common.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
-                        help="how long to wait for a shard lock (default: 10)")
+    common.add_argument(
+        "--max-age",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="idle time after which a session counts as expired (default: 1800)",
+    )
+    common.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for a shard lock (default: 10)",
+    )
     common.add_argument("--secret-file", metavar="FILE", help=f"file holding the store's secret (else ${SECRET_ENV})")
     jsonopt = argparse.ArgumentParser(add_help=False)
     jsonopt.add_argument("--json", action="store_true", help="print JSON")
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str,
-            parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help_: str, parents: list[argparse.ArgumentParser]
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_, parents=parents)
         p.set_defaults(func=fn)
         return p
 
-    p = add("info", cmd_info, "show a store's settings, session counts, size and last clean per shard",
-            [common, jsonopt])
+    p = add(
+        "info", cmd_info, "show a store's settings, session counts, size and last clean per shard", [common, jsonopt]
+    )
     p.add_argument("path", help="store directory (or redis:// / postgresql:// URL)")
     p = add("ls", cmd_ls, "list the live sessions (or the expired ones not yet swept)", [common, jsonopt])
     p.add_argument("path", help="store directory")
@@ -340,19 +349,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sid", metavar="SID", help="session id")
     p = add("clean", cmd_clean, "remove every expired session now", [common, jsonopt])
     p.add_argument("path", help="store directory")
-    p = add("verify", cmd_verify, "check that every record decodes and its signature holds "
-            "(exit 1 and list the bad ids otherwise)", [common, jsonopt])
+    p = add(
+        "verify",
+        cmd_verify,
+        "check that every record decodes and its signature holds (exit 1 and list the bad ids otherwise)",
+        [common, jsonopt],
+    )
     p.add_argument("path", help="store directory")
-    p = add("copy", cmd_copy, "copy every live session, with its times, from one store into another "
-            "(created if needed)", [common, jsonopt])
+    p = add(
+        "copy",
+        cmd_copy,
+        "copy every live session, with its times, from one store into another (created if needed)",
+        [common, jsonopt],
+    )
     p.add_argument("src", metavar="SRC", help="the existing store to copy from")
     p.add_argument("dst", metavar="DST", help="the store to copy into (created with the options below if absent)")
     p.add_argument("--backend", choices=("lmdb", "shelve", "memory"), help="backend of a new DST")
     p.add_argument("--shards", type=_positive_int, help="shards of a new DST")
     p.add_argument("--codec", choices=("pickle", "json", "msgpack"), help="codec of a new DST")
     sub.add_parser("stress", help="run the multi-process stress harness (lockstore stress --help)", add_help=False)
-    sub.add_parser("bench", help="run the benchmarks against raw LMDB and the peers (lockstore bench --help)",
-                   add_help=False)
+    sub.add_parser(
+        "bench", help="run the benchmarks against raw LMDB and the peers (lockstore bench --help)", add_help=False
+    )
     return parser
 
 

@@ -146,13 +146,16 @@ def fmt_int(n: float | None) -> str:
     return "-" if n is None else f"{round(n):,}"
 
 
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, indent: str = "  ") -> str:
-    """A plain text table; the first column is left aligned, the others right aligned."""
+def format_table(
+    headers: Sequence[str], rows: Iterable[Sequence[object]], *, indent: str = "  ", align: str | None = None
+) -> str:
+    """A plain text table; *align* has one letter per column, l or r (default: the first left, the rest right)."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align or "l" + "r" * (len(headers) - 1)
 
     def line(row: Sequence[str]) -> str:
-        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        parts = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align, strict=True)]
         return indent + "  ".join(parts).rstrip()
 
     out = [line(cells[0]), indent + "  ".join("-" * w for w in widths)]

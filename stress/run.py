@@ -53,21 +53,36 @@ def build_parser(prog: str = "python -m stress") -> argparse.ArgumentParser:
         "returned, no live one swept), fork (a store used across fork), threads (threads and processes mixed).",
     )
     p.add_argument("--backend", choices=BACKENDS, default="lmdb", help="storage backend (default: lmdb)")
-    p.add_argument("--path", help="keep the stores in this directory (one subdirectory per scenario; "
-                   "default: a temporary directory, removed afterwards); a redis:// or postgresql:// URL "
-                   "runs against that server")
+    p.add_argument(
+        "--path",
+        help="keep the stores in this directory (one subdirectory per scenario; "
+        "default: a temporary directory, removed afterwards); a redis:// or postgresql:// URL "
+        "runs against that server",
+    )
     p.add_argument("--processes", type=_positive_int, default=4, help="worker processes (default: 4)")
-    p.add_argument("--threads", type=_positive_int, default=4,
-                   help="threads per process in the threads scenario (default: 4)")
-    p.add_argument("--seconds", type=_seconds, default=30.0,
-                   help="total time of the run, shared by the scenarios (default: 30)")
-    p.add_argument("--sessions", type=_positive_int, default=1000,
-                   help="sessions for the throughput phase of counter (default: 1000)")
+    p.add_argument(
+        "--threads", type=_positive_int, default=4, help="threads per process in the threads scenario (default: 4)"
+    )
+    p.add_argument(
+        "--seconds", type=_seconds, default=30.0, help="total time of the run, shared by the scenarios (default: 30)"
+    )
+    p.add_argument(
+        "--sessions",
+        type=_positive_int,
+        default=1000,
+        help="sessions for the throughput phase of counter (default: 1000)",
+    )
     p.add_argument("--shards", type=_positive_int, help="shards of a new store (default: the store's default)")
-    p.add_argument("--value-size", type=int, default=1024, metavar="BYTES",
-                   help="padding in each session value (default: 1024)")
-    p.add_argument("--scenario", action="append", choices=NAMES, metavar="NAME",
-                   help=f"run only this scenario; repeatable ({', '.join(NAMES)})")
+    p.add_argument(
+        "--value-size", type=int, default=1024, metavar="BYTES", help="padding in each session value (default: 1024)"
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        choices=NAMES,
+        metavar="NAME",
+        help=f"run only this scenario; repeatable ({', '.join(NAMES)})",
+    )
     p.add_argument("--seed", type=int, help="random seed, to replay a run (default: random, printed)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     return p
@@ -110,8 +125,17 @@ def _rows(result: Result) -> list[list[str]]:
         samples = sorted(m.samples)
         seconds = result.durations.get(kind, result.load) or 1.0
         share = f"{100 * m.wait / m.total:.0f} %" if m.waited and m.total else "-"
-        rows.append([kind, fmt_int(m.count), fmt_int(m.count / seconds), fmt_seconds(percentile(samples, 0.5)),
-                     fmt_seconds(percentile(samples, 0.99)), fmt_seconds(m.max), share])
+        rows.append(
+            [
+                kind,
+                fmt_int(m.count),
+                fmt_int(m.count / seconds),
+                fmt_seconds(percentile(samples, 0.5)),
+                fmt_seconds(percentile(samples, 0.99)),
+                fmt_seconds(m.max),
+                share,
+            ]
+        )
     return rows
 
 
@@ -128,8 +152,14 @@ def _as_json(result: Result) -> dict[str, Any]:
             "max": m.max,
             "lock_wait_share": (m.wait / m.total) if m.waited and m.total else None,
         }
-    return {"scenario": result.name, "skipped": result.skipped, "seconds": result.elapsed, "operations": ops,
-            "violations": result.violations, "notes": result.notes}
+    return {
+        "scenario": result.name,
+        "skipped": result.skipped,
+        "seconds": result.elapsed,
+        "operations": ops,
+        "violations": result.violations,
+        "notes": result.notes,
+    }
 
 
 def print_result(result: Result) -> None:
@@ -159,9 +189,20 @@ def run_scenarios(args: argparse.Namespace, base: str, display: _Display) -> lis
         module = importlib.import_module(f"stress.scenarios.{name}")
         counters = mp.Array("q", 256, lock=False)
         path = base if "://" in base else os.path.join(base, name)
-        ctx = Context(name=name, backend=args.backend, path=path, processes=args.processes, threads=args.threads,
-                      seconds=load, sessions=args.sessions, shards=args.shards, value_size=args.value_size,
-                      seed=args.seed, counters=counters, tick=display.tick)
+        ctx = Context(
+            name=name,
+            backend=args.backend,
+            path=path,
+            processes=args.processes,
+            threads=args.threads,
+            seconds=load,
+            sessions=args.sessions,
+            shards=args.shards,
+            value_size=args.value_size,
+            seed=args.seed,
+            counters=counters,
+            tick=display.tick,
+        )
         if "://" in base:
             from .scenarios import opened
 
@@ -196,8 +237,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m stress") -> int:
     base = args.path if keep else tempfile.mkdtemp(prefix="lockstore-stress-")
     display = _Display(sys.stdout.isatty() and not args.json)
     if not args.json:
-        print(f"lockstore stress: backend {args.backend}, store {base}{'' if keep else ' (temporary)'},"
-              f" {args.processes} processes, {args.threads} threads, {args.seconds:g} s, seed {args.seed}\n")
+        print(
+            f"lockstore stress: backend {args.backend}, store {base}{'' if keep else ' (temporary)'},"
+            f" {args.processes} processes, {args.threads} threads, {args.seconds:g} s, seed {args.seed}\n"
+        )
     t0 = time.monotonic()
     try:
         results = run_scenarios(args, base, display)
@@ -221,8 +264,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m stress") -> int:
         print(json.dumps(doc, indent=2))
     else:
         ran = [r.name for r in results if not r.skipped]
-        print(f"verdict: {verdict}: {len(ran)} scenario(s) in {time.monotonic() - t0:.1f} s, "
-              f"{violations} violation(s) (seed {args.seed})")
+        print(
+            f"verdict: {verdict}: {len(ran)} scenario(s) in {time.monotonic() - t0:.1f} s, "
+            f"{violations} violation(s) (seed {args.seed})"
+        )
     return 1 if violations else 0
 
 

@@ -48,8 +48,9 @@ def _phase(ctx: Context, result: Result, label: str, sids: list[str], seconds: f
     deadline = time.monotonic() + seconds
     for i in range(ctx.processes):
         seed = worker_seed(ctx.seed, ctx.name, label, i)
-        pool.start(f"{label} worker {i}", increment_worker, opts, sids, deadline, seed, ctx.pad(),
-                   ctx.counters, ctx.slot())
+        pool.start(
+            f"{label} worker {i}", increment_worker, opts, sids, deadline, seed, ctx.pad(), ctx.counters, ctx.slot()
+        )
     result.violations += pool.wait(deadline + 30 + 2 * ctx.processes, ctx.tick)
     outputs = [w.result for w in pool.workers if w.result is not None]
     kind = f"edit ({label})"  # name the phase in the table

@@ -84,7 +84,7 @@ def expiry_worker(
                 stats["created"] += 1
                 t2 = now()
                 rec.add("set", t2 - t0)
-                entry = [sid, t0, t2, False]
+                entry: list[Any] = [sid, t0, t2, False]
                 if len(pool) < POOL:
                     pool.append(entry)
                 else:
@@ -137,8 +137,7 @@ def expiry_worker(
                 next_sweep = time.monotonic() + 0.5
             progress.step()
     progress.flush()
-    return {"rec": rec.to_dict(), "busy": {s: v[1] for s, v in busy.items()}, "problems": problems,
-            "stats": stats}
+    return {"rec": rec.to_dict(), "busy": {s: v[1] for s, v in busy.items()}, "problems": problems, "stats": stats}
 
 
 def run(ctx: Context) -> Result:
@@ -150,8 +149,9 @@ def run(ctx: Context) -> Result:
     deadline = t_start + ctx.seconds
     for i in range(ctx.processes):
         seed = worker_seed(ctx.seed, ctx.name, i)
-        pool.start(f"expiry worker {i}", expiry_worker, opts, i + 1, deadline, seed, ctx.pad(), ctx.counters,
-                   ctx.slot())
+        pool.start(
+            f"expiry worker {i}", expiry_worker, opts, i + 1, deadline, seed, ctx.pad(), ctx.counters, ctx.slot()
+        )
     result.violations += pool.wait(deadline + 30 + 2 * ctx.processes, ctx.tick)
     outputs = [w.result for w in pool.workers if w.result is not None]
     result.add_workers([out["rec"] for out in outputs])

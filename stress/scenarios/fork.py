@@ -30,8 +30,9 @@ def waiter(store: Any, t_release_after: float) -> dict[str, Any]:
     return {"seen": seen, "waited": t1 - t0, "entered": t1, "not_before": t_release_after}
 
 
-def child(store: Any, parent_values: dict[str, int], deadline: float, seed: int, close: bool,
-          counters: Any, slot: int) -> dict[str, Any]:
+def child(
+    store: Any, parent_values: dict[str, int], deadline: float, seed: int, close: bool, counters: Any, slot: int
+) -> dict[str, Any]:
     rng = random.Random(seed)
     rec = Recorder(seed)
     progress = Progress(counters, slot)
@@ -66,8 +67,17 @@ def _round(ctx: Context, store: Any, result: Result, label: str, seconds: float,
     pool = WorkerPool(mp_context())
     deadline = time.monotonic() + seconds
     for i in range(ctx.processes):
-        pool.start(f"{label} child {i}", child, store, values, deadline, worker_seed(ctx.seed, label, i),
-                   i % 2 == 0, ctx.counters, ctx.slot())
+        pool.start(
+            f"{label} child {i}",
+            child,
+            store,
+            values,
+            deadline,
+            worker_seed(ctx.seed, label, i),
+            i % 2 == 0,
+            ctx.counters,
+            ctx.slot(),
+        )
     rec = Recorder(ctx.seed)
     mine = 0
     clock = time.perf_counter

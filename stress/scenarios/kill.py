@@ -102,8 +102,15 @@ def run(ctx: Context) -> Result:
         parent, child = mp.Pipe(duplex=False)
         p = mp.Process(
             target=writer,
-            args=(opts, next_wid, child, worker_seed(ctx.seed, ctx.name, next_wid), ctx.pad(), ctx.counters,
-                  ctx.slot()),
+            args=(
+                opts,
+                next_wid,
+                child,
+                worker_seed(ctx.seed, ctx.name, next_wid),
+                ctx.pad(),
+                ctx.counters,
+                ctx.slot(),
+            ),
             daemon=True,
         )
         p.start()

@@ -23,8 +23,16 @@ HOT = 4
 OWN = 8
 
 
-def _thread_body(store: Any, tag: str, deadline: float, seed: int, pad: str, out: dict[str, Any],
-                 progress: Progress, lock: threading.Lock) -> None:
+def _thread_body(
+    store: Any,
+    tag: str,
+    deadline: float,
+    seed: int,
+    pad: str,
+    out: dict[str, Any],
+    progress: Progress,
+    lock: threading.Lock,
+) -> None:
     rng = random.Random(seed)
     rec = Recorder(seed)
     done: Counter[str] = Counter()
@@ -59,15 +67,17 @@ def _thread_body(store: Any, tag: str, deadline: float, seed: int, pad: str, out
     out[tag] = {"done": done, "rec": rec.to_dict(), "problems": problems}
 
 
-def threads_worker(opts: dict[str, Any], wid: int, threads: int, deadline: float, seed: int, pad: str,
-                   counters: Any, slot: int) -> dict[str, Any]:
+def threads_worker(
+    opts: dict[str, Any], wid: int, threads: int, deadline: float, seed: int, pad: str, counters: Any, slot: int
+) -> dict[str, Any]:
     progress = Progress(counters, slot)
     out: dict[str, Any] = {}
     lock = threading.Lock()
     with opened(opts) as store:
         ts = [
-            threading.Thread(target=_thread_body, args=(store, f"{wid}.{i}", deadline, seed + i, pad, out,
-                                                         progress, lock))
+            threading.Thread(
+                target=_thread_body, args=(store, f"{wid}.{i}", deadline, seed + i, pad, out, progress, lock)
+            )
             for i in range(threads)
         ]
         for t in ts:
@@ -78,8 +88,12 @@ def threads_worker(opts: dict[str, Any], wid: int, threads: int, deadline: float
     done: Counter[str] = Counter()
     for v in out.values():
         done.update(v["done"])
-    return {"done": dict(done), "recs": [v["rec"] for v in out.values()],
-            "problems": [p for v in out.values() for p in v["problems"]], "threads": len(out)}
+    return {
+        "done": dict(done),
+        "recs": [v["rec"] for v in out.values()],
+        "problems": [p for v in out.values() for p in v["problems"]],
+        "threads": len(out),
+    }
 
 
 def run(ctx: Context) -> Result:
@@ -94,12 +108,31 @@ def run(ctx: Context) -> Result:
     hot = [f"hot-{i}" for i in range(HOT)]
     for i in range(hosts):
         seed = worker_seed(ctx.seed, ctx.name, i)
-        pool.start(f"threads worker {i}", threads_worker, opts, i + 1, ctx.threads, deadline, seed, ctx.pad(),
-                   ctx.counters, ctx.slot())
+        pool.start(
+            f"threads worker {i}",
+            threads_worker,
+            opts,
+            i + 1,
+            ctx.threads,
+            deadline,
+            seed,
+            ctx.pad(),
+            ctx.counters,
+            ctx.slot(),
+        )
     for i in range(singles):
         seed = worker_seed(ctx.seed, ctx.name, "single", i)
-        pool.start(f"single-threaded worker {i}", increment_worker, opts, hot, deadline, seed, ctx.pad(),
-                   ctx.counters, ctx.slot())
+        pool.start(
+            f"single-threaded worker {i}",
+            increment_worker,
+            opts,
+            hot,
+            deadline,
+            seed,
+            ctx.pad(),
+            ctx.counters,
+            ctx.slot(),
+        )
     result.violations += pool.wait(deadline + 30 + 2 * ctx.processes, ctx.tick)
     outputs = [w.result for w in pool.workers if w.result is not None]
     for out in outputs:
