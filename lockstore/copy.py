@@ -40,8 +40,8 @@ def copy_store(src: BaseStore, dst: BaseStore, progress: Callable[[int, int], No
         A record of *src* does not decode (run ``verify`` on it first).
     """
     total = len(src) if progress is not None else 0
-    done = written = 0
-    for sid, rec in src.records():
+    written = 0
+    for done, (sid, rec) in enumerate(src.records(), 1):
         try:
             have = dst.record(sid)
         except CorruptRecord:
@@ -49,7 +49,6 @@ def copy_store(src: BaseStore, dst: BaseStore, progress: Callable[[int, int], No
         if have is None or have.last_access < rec.last_access:
             dst.put_record(sid, rec.value, created=rec.created, last_access=rec.last_access)
             written += 1
-        done += 1
         if progress is not None:
             progress(done, max(total, done))
     return written

@@ -123,7 +123,7 @@ def test_clean_on_write_is_bounded_and_indexed(postgres_server: str) -> None:
 
 def test_unreachable_server_is_backend_unavailable() -> None:
     started = time.monotonic()
-    with pytest.raises(lockstore.BackendUnavailable, match="127.0.0.1"):
+    with pytest.raises(lockstore.BackendUnavailable, match=r"127\.0\.0\.1"):
         lockstore.open(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", connect_timeout=1)
     assert time.monotonic() - started < 4
 
