@@ -101,9 +101,7 @@ class LockstoreSessionInterface(SessionInterface):
         self.store = store
         self.lock_timeout = lock_timeout
         self.locks = (
-            stripe_locks_for(store, lock_dir=lock_dir, stripes=stripes, timeout=lock_timeout)
-            if request_lock
-            else None
+            stripe_locks_for(store, lock_dir=lock_dir, stripes=stripes, timeout=lock_timeout) if request_lock else None
         )
         self._apps: WeakSet[Flask] = WeakSet()
 

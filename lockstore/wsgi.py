@@ -248,6 +248,8 @@ class Session(MutableMapping[str, Any]):
     def modified(self, value: bool) -> None:
         # Changes inside values are found by comparison anyway; an explicit flag
         # only makes sure the cookie is sent.
+        if value:
+            self._load()
         self._force = bool(value)
 
     def regenerate(self) -> None:
@@ -452,9 +454,7 @@ class SessionMiddleware:
         self.environ_key = environ_key
         self.lock_timeout = lock_timeout
         self.locks = (
-            stripe_locks_for(store, lock_dir=lock_dir, stripes=stripes, timeout=lock_timeout)
-            if request_lock
-            else None
+            stripe_locks_for(store, lock_dir=lock_dir, stripes=stripes, timeout=lock_timeout) if request_lock else None
         )
 
     def _cookie(self, session: Session, action: str | None) -> str | None:
