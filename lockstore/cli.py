@@ -112,17 +112,22 @@ def _table(headers: Sequence[str], rows: list[Sequence[object]]) -> None:
 
 
 class _Progress:
-    """A progress line on standard error, shown only on a terminal."""
+    """A progress line on standard error, shown only on a terminal, redrawn at most ten times a second."""
 
     def __init__(self, label: str) -> None:
         self.label = label
         self.enabled = sys.stderr.isatty()
         self.shown = False
+        self.last = 0.0
 
     def __call__(self, *counts: int) -> None:
         if not self.enabled:
             return
-        text = "/".join(f"{c:,}" for c in counts)
+        now = time.monotonic()
+        if now - self.last < 0.1 and not (len(counts) == 2 and counts[0] == counts[1]):
+            return
+        self.last = now
+        text = " of ".join(f"{c:,}" for c in counts)
         sys.stderr.write(f"\r{self.label} {text} ")
         sys.stderr.flush()
         self.shown = True

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import _workloads as wl
 from ._common import WorkerPool, mp_context
-from ._report import print_report
+from ._report import print_report, targets_check
 from ._targets import TARGETS, available
 
 CHILD_TIMEOUT = 600.0
@@ -57,6 +57,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--dir", help="make the stores under this directory (default: a temporary one)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--save", metavar="FILE", help="also write the results as JSON to FILE")
     return p
 
 
@@ -300,10 +301,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m stress.bench") ->
         "skipped": missing,
         "results": results,
     }
+    doc["targets"] = targets_check(doc)
+    if args.save:
+        with open(args.save, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
     if args.json:
-        from ._report import targets_check
-
-        doc["targets"] = targets_check(doc)
         print(json.dumps(doc, indent=2))
     else:
         print_report(doc)
