@@ -454,3 +454,49 @@ def test_gunicorn_lock_files_stay_bounded(wsgi_server: Any) -> None:
     _, store = wsgi_server
     stripes = store / "stripes"
     assert 0 < len(os.listdir(stripes)) <= 1024
+
+
+def test_stripes_survive_fork(tmp_path: Path) -> None:
+    locks = StripeLocks(tmp_path / "stripes")
+    probe = StripeLocks(tmp_path / "stripes")
+    sid, other = "held-by-parent", "free-in-child"
+    hold = locks.acquire(sid)
+    assert hold is not None
+    pid = os.fork()
+    if pid == 0:  # the child: inherits the held descriptor, must neither use nor free it
+        code = 0
+        try:
+            if locks.acquire(sid, blocking=False) is not None:
+                code = 1  # would mean the child thinks it holds the parent's lock
+            child_hold = locks.acquire(other, timeout=2)
+            if child_hold is None:
+                code = 2
+            else:
+                child_hold.release()
+            hold.release()  # inherited hold: inert in the child
+            locks.close()
+        except BaseException:
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert probe.acquire(sid, blocking=False) is None  # the parent still holds its stripe
+    hold.release()
+    again = probe.acquire(sid, blocking=False)
+    assert again is not None
+    again.release()
+
+
+def test_gunicorn_preload_forked_workers_exact_count(tmp_path: Path) -> None:
+    """--preload: the store and lock stripes are built in the master and inherited by the workers."""
+    with gunicorn("make_wsgi_app()", tmp_path / "store", workers=4, preload=True) as port:
+        sid = cookie_value(get(port, "/incr"))
+        assert sid
+
+        def client(_: int) -> None:
+            for _ in range(25):
+                assert get(port, "/incr", sid).status == 200
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(client, range(8)))
+        assert get(port, "/read", sid).body == str(8 * 25 + 1)

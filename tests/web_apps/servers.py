@@ -120,8 +120,13 @@ def wait_http(port: int, proc: subprocess.Popen[bytes], deadline: float = 30.0) 
 
 
 @contextlib.contextmanager
-def gunicorn(app: str, store: Path, *, workers: int = 4, env: Mapping[str, str] | None = None) -> Iterator[int]:
-    """Serve ``tests.web_apps.apps:<app>`` with gunicorn sync workers; yield the port."""
+def gunicorn(
+    app: str, store: Path, *, workers: int = 4, env: Mapping[str, str] | None = None, preload: bool = False
+) -> Iterator[int]:
+    """Serve ``tests.web_apps.apps:<app>`` with gunicorn sync workers; yield the port.
+
+    *preload* builds the application (store, lock stripes) in the master, before the workers fork.
+    """
     sock = listening_socket()
     port = sock.getsockname()[1]
     environ = {**os.environ, "LOCKSTORE_TEST_PATH": str(store), **(env or {})}
@@ -132,6 +137,7 @@ def gunicorn(app: str, store: Path, *, workers: int = 4, env: Mapping[str, str] 
         "--chdir", str(ROOT),
         "--timeout", "60", "--graceful-timeout", "5",
         "--log-level", "warning",
+        *(["--preload"] if preload else []),
         f"tests.web_apps.apps:{app}",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, env=environ, pass_fds=[sock.fileno()], cwd=ROOT)
