@@ -243,6 +243,13 @@ class PostgresStore(BaseStore):
         self._pool = self._new_pool()
         try:
             self._codec = Codec(self.setup(codec, secret is not None), secret, max_value_size)
+            if self._codec.name == "pickle" and not self._codec.signed:
+                # Unpickling runs code: on a server, whoever can write to it could run code here.
+                logger.warning(
+                    "store at %s uses pickle without a secret: anyone who can write to this table can run "
+                    "code in this process; pass secret= (signed records) or codec='json'",
+                    self.path,
+                )
         except BaseException:
             self.close()
             raise
