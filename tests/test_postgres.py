@@ -174,3 +174,41 @@ def test_clock_expiry_touch_and_records(postgres_server: str) -> None:
             s["s2"]
         assert s.clean() == 3
         assert len(s) == 2
+
+
+def test_forked_children_never_touch_the_parents_connections(postgres_server: str) -> None:
+    with lockstore.open(postgres_server, table=table(), codec="json") as s:
+        s["a"] = {"n": 0}
+        pids = []
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:  # the child: uses the inherited store, which opens its own pool
+                code = 1
+                try:
+                    for _ in range(50):
+                        with s.edit("a") as session:
+                            session["n"] += 1
+                    s.close()
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        for _ in range(50):  # the parent's pooled connections still work
+            with s.edit("a") as session:
+                session["n"] += 1
+        deadline = time.monotonic() + 60
+        codes = {}
+        try:
+            while len(codes) < len(pids) and time.monotonic() < deadline:
+                for pid in pids:
+                    if pid not in codes:
+                        done, status = os.waitpid(pid, os.WNOHANG)
+                        if done:
+                            codes[pid] = os.waitstatus_to_exitcode(status)
+                time.sleep(0.01)
+        finally:
+            for pid in set(pids) - set(codes):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        assert list(codes.values()) == [0, 0, 0]
+        assert s["a"] == {"n": 200}
