@@ -69,31 +69,35 @@ class ShardLocks:
 
     def acquire(self, shard: int, timeout: float) -> None:
         """Take *shard* for this thread, or raise :class:`LockTimeout` after *timeout* seconds."""
-        deadline = time.monotonic() + timeout
         tlock = self._threads[shard]
-        if not tlock.acquire(timeout=max(timeout, 0.0)):
+        if not tlock.acquire(True, timeout):
             raise LockTimeout(f"shard {shard} of {self.directory} is held by another thread past {timeout} s")
         if self._depth[shard] or not self._files:
             self._depth[shard] += 1
             return
         try:
-            fd = self._fd(shard)
+            fd = self._fds[shard]
+            if fd is None:
+                fd = self._fd(shard)
             if not lock_descriptor(fd, blocking=False):
-                delay = _FIRST_DELAY
-                while True:
-                    now = time.monotonic()
-                    if now >= deadline:
-                        raise LockTimeout(
-                            f"shard {shard} of {self.directory} is held by another process past {timeout} s"
-                        )
-                    time.sleep(min(delay, deadline - now))
-                    if lock_descriptor(fd, blocking=False):
-                        break
-                    delay = min(delay * 2, _MAX_DELAY)
+                self._wait(shard, fd, timeout)
         except BaseException:
             tlock.release()
             raise
         self._depth[shard] = 1
+
+    def _wait(self, shard: int, fd: int, timeout: float) -> None:
+        """Poll for a lock another process holds, backing off from 20 us to 1 ms."""
+        deadline = time.monotonic() + timeout
+        delay = _FIRST_DELAY
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise LockTimeout(f"shard {shard} of {self.directory} is held by another process past {timeout} s")
+            time.sleep(min(delay, deadline - now))
+            if lock_descriptor(fd, blocking=False):
+                return
+            delay = min(delay * 2, _MAX_DELAY)
 
     def release(self, shard: int) -> None:
         """Give *shard* back; the file lock goes when the outermost holder releases."""

@@ -12,12 +12,15 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Protocol
+from zlib import crc32 as _crc32
 
-from .codec import Codec, Record
+from .codec import ATIME, HEADER_SIZE, Codec, Record
 from .errors import StoreClosed
+from .ids import _VALID as _valid
 from .ids import describe_id, shard_of, validate_id
 from .locks import ShardLocks
 
+_atime = ATIME.unpack_from
 KEEP = object()
 """Returned by an update function: leave the record as it is."""
 
@@ -217,6 +220,8 @@ class Store(BaseStore):
         self.clock = clock or time.time
         self.settings = settings
         self._engine = engine
+        self._get = engine.get
+        self._lock_reads = engine.lock_reads
         self._locks = locks
         self._codec = codec
         self._next_clean = [-math.inf] * shards
@@ -246,10 +251,10 @@ class Store(BaseStore):
         return (now, now - self.max_age, self.clean_limit)
 
     def _read(self, shard: int, key: bytes) -> bytes | None:
-        if self._engine.lock_reads:
+        if self._lock_reads:
             with self._locks.held(shard, self.timeout):
                 return self._engine.get(shard, key)
-        return self._engine.get(shard, key)
+        return self._get(shard, key)
 
     def _live(self, rec: bytes | None, now: float) -> bool:
         return rec is not None and now - self._codec.times(rec)[2] <= self.max_age
@@ -279,13 +284,20 @@ class Store(BaseStore):
     # -- the mapping -------------------------------------------------------------------------
 
     def __getitem__(self, sid: str) -> Any:
-        shard, key = self._locate(sid)
+        # the hot path, kept flat: validate, locate, read, check age, decode
+        if type(sid) is not str or not _valid(sid) or sid == "." or sid == "..":
+            validate_id(sid)
+        if self._closed:
+            raise StoreClosed(f"store at {self.path} is closed")
+        key = sid.encode()
+        shard = _crc32(key) % self.shards
         rec = self._read(shard, key)
-        if rec is None:
-            raise KeyError(sid)
-        atime = self._codec.times(rec)[2]
+        if rec is None or len(rec) < HEADER_SIZE:
+            if rec is None:
+                raise KeyError(sid)
+            self._codec.times(rec)  # raises CorruptRecord
         now = self.clock()
-        age = now - atime
+        age = now - _atime(rec, 2)[0]
         if age > self.max_age:
             raise KeyError(sid)
         value = self._codec.decode(key, rec)
@@ -298,11 +310,18 @@ class Store(BaseStore):
         return self._live(self._read(shard, key), self.clock())
 
     def __setitem__(self, sid: str, value: Any) -> None:
-        shard, key = self._locate(sid)
+        if type(sid) is not str or not _valid(sid) or sid == "." or sid == "..":
+            validate_id(sid)
+        if self._closed:
+            raise StoreClosed(f"store at {self.path} is closed")
+        key = sid.encode()
+        shard = _crc32(key) % self.shards
         codec = self._codec
-        payload = codec.encode(value)
+        payload = codec.encode(value)  # before the lock: an unencodable value touches nothing
         max_age = self.max_age
-        with self._locks.held(shard, self.timeout):
+        locks = self._locks
+        locks.acquire(shard, self.timeout)
+        try:
             now = self.clock()
 
             def put(old: bytes | None) -> bytes:
@@ -313,7 +332,10 @@ class Store(BaseStore):
                         created = old_created
                 return codec.record(key, payload, now, created)
 
-            self._engine.update(shard, key, put, self._sweep_due(shard, now))
+            sweep = None if now < self._next_clean[shard] else self._sweep_due(shard, now)
+            self._engine.update(shard, key, put, sweep)
+        finally:
+            locks.release(shard)
 
     def __delitem__(self, sid: str) -> None:
         shard, key = self._locate(sid)
