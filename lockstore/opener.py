@@ -19,6 +19,7 @@ META = "lockstore.json"
 DEFAULTS = {"backend": "lmdb", "shards": 16, "codec": "pickle"}
 BACKENDS = ("lmdb", "shelve", "memory")
 DURABILITY = ("process", "system")
+REMOTE_SCHEMES = ("redis", "rediss", "postgresql", "postgres")
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -43,11 +44,22 @@ def open(
     **options: Any,
 ) -> BaseStore:
     """Open the store at *path*, creating it if needed. See the README for every option."""
-    if isinstance(path, str) and path.partition("://")[0] in ("redis", "rediss", "postgresql", "postgres"):
+    if isinstance(path, str) and path.partition("://")[0] in REMOTE_SCHEMES:
+        embedded_only = {"backend": backend, "shards": shards, "dbm": dbm, "map_size": map_size}
+        given = sorted(name for name, value in embedded_only.items() if value is not None)
+        if durability != "process":
+            given.append("durability")
+        if given:
+            raise TypeError(
+                f"option(s) for embedded stores only, not for {path.partition('://')[0]}: {', '.join(given)}"
+            )
+        _check_numbers(max_age, clean_interval, touch_interval, timeout, max_value_size, clean_limit, None)
         return _open_remote(
             path,
             codec=codec,
             max_age=max_age,
+            clean_interval=clean_interval,
+            clean_limit=clean_limit,
             touch_interval=touch_interval,
             timeout=timeout,
             max_value_size=max_value_size,
@@ -250,7 +262,10 @@ def check_ownership(path: str) -> None:
     """Refuse a pickle store another user owns or could write (OpenSSH's StrictModes rule)."""
     uid = os.geteuid()
     for root, dirs, files in os.walk(path):
-        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+        # lock files and the request-lock stripes are never read: only what is unpickled matters
+        dirs[:] = [d for d in dirs if d != "stripes"]
+        names = [os.path.join(root, n) for n in dirs + files if not (root == path and n.startswith("lock-"))]
+        for name in [root, *names]:
             try:
                 st = os.lstat(name)
             except FileNotFoundError:

@@ -216,6 +216,7 @@ class Store(BaseStore):
         self.touch_interval = touch_interval
         self.timeout = timeout
         self.clean_limit = clean_limit
+        self.max_value_size = codec.max_value_size
         self.durability = durability
         self.clock = clock or time.time
         self.settings = settings

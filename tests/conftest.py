@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,12 +40,13 @@ def clock() -> Clock:
 
 def open_store(request: pytest.FixtureRequest, backend: str, path: str, **options: Any) -> lockstore.BaseStore:
     """A new store of *backend*; for the remote ones, on the session's server under a fresh prefix/table."""
+    name = "t" + hashlib.sha1(path.encode()).hexdigest()[:12]  # the same path reopens the same store
     if backend == "redis":
         url = request.getfixturevalue("redis_server")
-        return lockstore.open(url, prefix=f"t{uuid.uuid4().hex[:12]}", **options)
+        return lockstore.open(url, prefix=name, **options)
     if backend == "postgres":
         url = request.getfixturevalue("postgres_server")
-        return lockstore.open(url, table=f"t{uuid.uuid4().hex[:12]}", **options)
+        return lockstore.open(url, table=name, **options)
     return lockstore.open(path, backend=backend, **options)
 
 

@@ -1,7 +1,8 @@
 """The memory engine: one process, thread safe, the same semantics as the files. For tests and development.
 
 Records are kept encoded, exactly as on disk, so a value that cannot be encoded fails here as it would
-there, and reads return fresh copies. Stores opened on the same path in one process share their data.
+there, and reads return fresh copies. Stores opened on the same path in one process share their data,
+which is dropped when the last of them is closed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from ..codec import HEADER
 from ..store import KEEP, Updater
 
 _header = HEADER.unpack_from
-_shared: dict[str, tuple[list[dict[bytes, bytes]], list[float]]] = {}
+_shared: dict[str, tuple[list[dict[bytes, bytes]], list[float], list[int]]] = {}
 _shared_lock = threading.Lock()
 
 
@@ -24,9 +25,12 @@ class MemoryEngine:
         with _shared_lock:
             data = _shared.get(path)
             if data is None or len(data[0]) != shards:
-                data = ([{} for _ in range(shards)], [0.0] * shards)
+                data = ([{} for _ in range(shards)], [0.0] * shards, [0])
                 _shared[path] = data
-        self._data, self._cleaned = data
+            data[2][0] += 1  # open stores on this path; the data goes with the last one closed
+        self._path = path
+        self._data, self._cleaned, self._users = data
+        self._open = True
 
     def get(self, shard: int, key: bytes) -> bytes | None:
         return self._data[shard].get(key)
@@ -68,7 +72,13 @@ class MemoryEngine:
         return 0
 
     def close(self) -> None:
-        pass
+        with _shared_lock:
+            if not self._open:
+                return
+            self._open = False
+            self._users[0] -= 1
+            if self._users[0] == 0 and _shared.get(self._path, (None,))[0] is self._data:
+                del _shared[self._path]
 
     def __repr__(self) -> str:
         return f"<MemoryEngine {sum(len(d) for d in self._data)} records>"
