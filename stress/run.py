@@ -7,6 +7,7 @@ scenario and a verdict, and exits 1 if any invariant was violated.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -17,7 +18,7 @@ import time
 from typing import Any
 
 from ._common import fmt_int, fmt_seconds, format_table, mp_context, percentile
-from .scenarios import NAMES, Context, Result
+from .scenarios import NAMES, Context, Result, opened
 
 BACKENDS = ("lmdb", "shelve", "memory")
 SETUP_SECONDS = 0.4  # what a scenario spends starting workers and checking, roughly, on 2 cores
@@ -204,13 +205,15 @@ def run_scenarios(args: argparse.Namespace, base: str, display: _Display) -> lis
             tick=display.tick,
         )
         if "://" in base:
-            from .scenarios import opened
-
             with opened(ctx.store_options()) as store:
                 store.clear()
         display.begin(name, load, counters)
         try:
-            result = module.run(ctx)
+            # the memory backend keeps a path's data while a store is open on it: hold one for the checks
+            with contextlib.ExitStack() as stack:
+                if ctx.in_process:
+                    stack.enter_context(opened(ctx.store_options()))
+                result = module.run(ctx)
         except Exception as exc:  # a scenario that cannot even run is a failed run, with the reason
             result = Result(name, violations=[f"the scenario failed: {type(exc).__name__}: {exc}"])
         display.end()
