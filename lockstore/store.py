@@ -83,8 +83,9 @@ class BaseStore(MutableMapping[str, Any], ABC):
         """Refresh the last access of a live session; False if there is none."""
 
     @abstractmethod
-    def clean(self) -> int:
-        """Remove every expired session; returns how many."""
+    def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
+        """Remove every expired session (or, with *max_idle*, every session idle longer than that many
+        seconds, atomically per session); returns how many."""
 
     @abstractmethod
     def stats(self) -> dict[str, Any]:
@@ -410,14 +411,18 @@ class Store(BaseStore):
             return False
         return self._touch_shard(shard, key, now)
 
-    def clean(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Sweep every shard of its expired sessions; *progress(shards_done, shards)* after each."""
+    def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
+        """Sweep every shard of its expired sessions; *progress(shards_done, shards)* after each.
+
+        With *max_idle* (seconds), sessions idle longer than that go too, each checked and removed under
+        its shard's lock (session2's ``delete_old_sessions``)."""
         self._check_open()
+        idle = self.max_age if max_idle is None else min(float(max_idle), self.max_age)
         removed = 0
         for shard in range(self.shards):
             with self._locks.held(shard, self.timeout):
                 now = self.clock()
-                removed += self._engine.sweep(shard, now, now - self.max_age, None)
+                removed += self._engine.sweep(shard, now, now - idle, None)
                 self._next_clean[shard] = now + self.clean_interval
             if progress is not None:
                 progress(shard + 1, self.shards)

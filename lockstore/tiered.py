@@ -31,7 +31,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .codec import Codec, Record
@@ -351,14 +351,16 @@ class TieredStore(BaseStore):
                 del self._entries[sid]
             self._store_all()
 
-    def clean(self) -> int:
-        """Drop expired sessions from memory and sweep the persistent store; returns how many."""
+    def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
+        """Drop expired (or idle over *max_idle*) sessions from memory and sweep the persistent store;
+        returns how many."""
+        idle = self.max_age if max_idle is None else min(float(max_idle), self.max_age)
         with self._lock:
             now = self._enter()
-            doomed = [s for s, e in self._entries.items() if now - e.last_access > self.max_age]
+            doomed = [s for s, e in self._entries.items() if now - e.last_access > idle]
             for sid in doomed:
                 del self._entries[sid]
-            return len(doomed) + self.persistent.clean()
+            return len(doomed) + self.persistent.clean(progress, max_idle=max_idle)
 
     def stats(self) -> dict[str, Any]:
         """The persistent store's statistics, after writing the memory tier, plus the tier's."""

@@ -122,3 +122,13 @@ def test_real_time_expiry(tmp_path: Any) -> None:
         assert store["a"] == 1
         time.sleep(0.7)
         assert "a" not in store
+
+
+def test_clean_max_idle_removes_idle_sessions_only(make_store: Any, any_backend: str) -> None:
+    store = make_store(any_backend, max_age=1000)
+    now = store.clock()
+    store.put_record("idle", {"v": 1}, created=now - 500, last_access=now - 400)
+    store.put_record("busy", {"v": 2}, created=now - 500, last_access=now - 10)
+    assert store.clean(max_idle=300) == 1
+    assert sorted(store) == ["busy"]
+    assert store.clean(max_idle=300) == 0

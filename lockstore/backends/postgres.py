@@ -554,12 +554,14 @@ class PostgresStore(BaseStore):
             self._touch_record(sid, rec, now)
         return True
 
-    def clean(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Remove every expired session (in batches, skipping rows an edit holds)."""
+    def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
+        """Remove every expired session, or every one idle over *max_idle* seconds (in batches,
+        skipping rows an edit holds)."""
+        idle = self.max_age if max_idle is None else min(float(max_idle), self.max_age)
         removed = batches = 0
         while True:
             now = self.clock()
-            cutoff = now - self.max_age
+            cutoff = now - idle
 
             def sweep(conn: psycopg.Connection[Any], cutoff: float = cutoff) -> int:
                 return conn.execute(self._q_sweep, (cutoff, CLEAN_BATCH)).rowcount

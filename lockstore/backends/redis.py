@@ -501,15 +501,17 @@ class RedisStore(BaseStore):
             self._touch_record(sid, rec, now)
         return True
 
-    def clean(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Remove the sessions expired by the store's clock that the server has not dropped yet."""
+    def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
+        """Remove the sessions expired by the store's clock that the server has not dropped yet, or with
+        *max_idle*, every session idle longer than that many seconds (each deleted only if unchanged)."""
+        idle = self.max_age if max_idle is None else min(float(max_idle), self.max_age)
         removed = batches = 0
         for keys in self._scan():
             now = self.clock()
             stale = [
                 (k, h)
                 for k, h in zip(keys, self._fetch(keys, header_only=True), strict=True)
-                if h is not None and not self._live(h, now)
+                if h is not None and now - self._codec.times(h)[2] > idle
             ]
             if stale:
 

@@ -166,37 +166,19 @@ class SessionStore:
         modification, so a session that is only read stays alive. Sessions idle longer than the
         store's ``max_age`` are already gone: they are removed as well and counted.
 
-        Notes
-        -----
-        Each idle session's time is read again right before it is deleted, but not under the
-        same lock as the deletion: a session saved in the microseconds between the two (after
-        *minutes* of idleness) is deleted all the same. The store's own expiry (``max_age``,
-        ``store.clean()``) has no such window.
+        Each session's idle time is checked and the session removed under the same lock, so a
+        session saved meanwhile is never deleted.
         """
         if minutes < 0:
             msg = f"minutes must be >= 0, got {minutes!r}"
             raise ValueError(msg)
-        store = self.store
-        removed = store.clean()
-        cutoff = store.clock() - minutes * 60.0
-        for sid, record in list(store.records()):
-            if record.last_access < cutoff and _delete_if_idle(store, sid, cutoff):
-                removed += 1
-        return removed
+        return self.store.clean(max_idle=minutes * 60.0)
 
     def close(self) -> None:
         """Close the underlying store (idempotent)."""
         with self._init_lock:
             if self._store is not None:
                 self._store.close()
-
-
-def _delete_if_idle(store: lockstore.BaseStore, sid: str, cutoff: float) -> bool:
-    """Delete *sid* if it was last used before *cutoff*; re-checked right before deleting."""
-    record = store.record(sid)
-    if record is None or record.last_access >= cutoff:
-        return False
-    return store.pop(sid, None) is not None
 
 
 class _PathSessionStore(SessionStore):
