@@ -24,6 +24,7 @@ from .errors import (
 from .ids import is_valid_id, new_id, validate_id
 from .opener import open
 from .store import BaseStore, Store
+from .tiered import TieredStore, tiered
 
 __version__ = "0.1.0"
 
@@ -39,10 +40,12 @@ __all__ = [
     "Store",
     "StoreClosed",
     "StoreMismatch",
+    "TieredStore",
     "UnsafeStore",
     "ValueTooLarge",
     "is_valid_id",
     "new_id",
     "open",
+    "tiered",
     "validate_id",
 ]
