@@ -123,6 +123,8 @@ class ShardLocks:
             self.release(shard)
 
     def close(self) -> None:
+        if not self._files:
+            return  # thread locks only, shared by the memory stores of one path: nothing to release
         with self._guard:
             self._closed = True
             fds, self._fds = self._fds, [None] * self.shards

@@ -94,7 +94,8 @@ def open(
     if settings["backend"] == "memory":
         from .backends.memory import MemoryEngine
 
-        engine, locks = MemoryEngine(path, n), ShardLocks(None, n)
+        engine = MemoryEngine(path, n)
+        locks = engine.locks  # shared by every store on this path, like the data
     elif settings["backend"] == "lmdb":
         from .backends.lmdb import LmdbEngine
 

@@ -1,8 +1,8 @@
 """The memory engine: one process, thread safe, the same semantics as the files. For tests and development.
 
 Records are kept encoded, exactly as on disk, so a value that cannot be encoded fails here as it would
-there, and reads return fresh copies. Stores opened on the same path in one process share their data,
-which is dropped when the last of them is closed.
+there, and reads return fresh copies. Stores opened on the same path in one process share their data
+and their shard locks; the data is dropped when the last of them is closed.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 import threading
 
 from ..codec import HEADER
+from ..locks import ShardLocks
 from ..store import KEEP, Updater
 
 _header = HEADER.unpack_from
-_shared: dict[str, tuple[list[dict[bytes, bytes]], list[float], list[int]]] = {}
+_shared: dict[str, tuple[list[dict[bytes, bytes]], list[float], list[int], ShardLocks]] = {}
 _shared_lock = threading.Lock()
 
 
@@ -25,11 +26,11 @@ class MemoryEngine:
         with _shared_lock:
             data = _shared.get(path)
             if data is None or len(data[0]) != shards:
-                data = ([{} for _ in range(shards)], [0.0] * shards, [0])
+                data = ([{} for _ in range(shards)], [0.0] * shards, [0], ShardLocks(None, shards))
                 _shared[path] = data
             data[2][0] += 1  # open stores on this path; the data goes with the last one closed
         self._path = path
-        self._data, self._cleaned, self._users = data
+        self._data, self._cleaned, self._users, self.locks = data
         self._open = True
 
     def get(self, shard: int, key: bytes) -> bytes | None:
