@@ -72,8 +72,11 @@ class ShardLocks:
     def acquire(self, shard: int, timeout: float) -> None:
         """Take *shard* for this thread, or raise :class:`LockTimeout` after *timeout* seconds."""
         tlock = self._threads[shard]
-        if not tlock.acquire(True, timeout):
-            raise LockTimeout(f"shard {shard} of {self.directory} is held by another thread past {timeout} s")
+        if not tlock.acquire(False):  # another thread of this process has it: wait, within the timeout
+            started = time.monotonic()
+            if not tlock.acquire(True, timeout):
+                raise LockTimeout(f"shard {shard} of {self.directory} is held by another thread past {timeout} s")
+            timeout = max(0.0, timeout - (time.monotonic() - started))
         if self._depth[shard] or not self._files:
             self._depth[shard] += 1
             return
