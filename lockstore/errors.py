@@ -35,6 +35,10 @@ class EncodeError(LockstoreError, TypeError):
     """The codec cannot encode a value; nothing was written."""
 
 
+class StorageError(LockstoreError, OSError):
+    """The files under the store failed: a full disk, an I/O error. The operation wrote nothing."""
+
+
 class UnsafeStore(LockstoreError):
     """A pickle store whose files another user could write or owns: refusing to unpickle from it."""
 

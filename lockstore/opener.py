@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import math
 import os
@@ -10,7 +11,7 @@ import stat
 from typing import Any
 
 from .codec import Codec, codec_functions
-from .errors import LockstoreError, StoreMismatch, UnsafeStore
+from .errors import LockstoreError, StorageError, StoreMismatch, UnsafeStore
 from .locks import ShardLocks
 from .store import BaseStore, Clock, Store
 
@@ -242,12 +243,17 @@ def _create_meta(path: str, meta: dict[str, Any]) -> dict[str, Any]:
     """Write the metadata atomically; if another process won the race, return its metadata."""
     final = os.path.join(path, META)
     tmp = os.path.join(path, f".{META}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
-        os.write(fd, json.dumps(meta, indent=1).encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.write(fd, json.dumps(meta, indent=1).encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError(f"cannot create store metadata in {path}: {exc.strerror or exc}") from None
     try:
         os.link(tmp, final)
     except FileExistsError:

@@ -217,3 +217,40 @@ def test_nested_writes_in_one_thread_do_not_deadlock(tmp_path: Path, backend: st
             store["b"] = {"inner": True}  # same shard, same thread, with a clean due: no self-deadlock
             assert store["b"] == {"inner": True}
         assert store["a"] == {"n": 1}
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Any:
+    """A 1 MiB tmpfs mounted for the test (needs root, as CI runs)."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must be able to mount a small tmpfs for the full-disk test")
+        pytest.skip("mounting a tmpfs needs root")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_full_disk_is_a_clear_error_and_loses_nothing(tiny_disk: Path, file_backend: str) -> None:
+    store = lockstore.open(tiny_disk / "s", backend=file_backend, codec="json")
+    written = 0
+    with pytest.raises(lockstore.StorageError) as info:
+        for i in range(10_000):
+            store[f"s{i}"] = {"pad": os.urandom(3000).hex()}
+            written += 1
+    assert isinstance(info.value, OSError)
+    assert "No space left" in str(info.value)
+    assert written > 10
+    acknowledged = {f"s{i}" for i in range(written)}
+    assert set(store) == acknowledged
+    assert store.verify() == []
+    with pytest.raises(lockstore.StorageError), store.edit("s0") as session:
+        session["more"] = os.urandom(200_000).hex()
+    assert set(store["s0"]) == {"pad"}
+    store.close()
+    with lockstore.open(tiny_disk / "s") as again:
+        assert set(again) == acknowledged
+        assert again.verify() == []

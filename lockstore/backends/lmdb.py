@@ -30,7 +30,7 @@ import lmdb
 from filelock import lock_descriptor, unlock_descriptor
 
 from ..codec import ATIME, HEADER
-from ..errors import LockstoreError
+from ..errors import LockstoreError, StorageError
 from ..store import KEEP, Updater
 
 T = TypeVar("T")
@@ -106,7 +106,11 @@ class LmdbEngine:
                     # (LMDB's locks belong to the parent process, its reader slots carry the
                     # parent's pid); the environment must be closed before it can be opened again
                     entry[1].env.close()
-                entry = (gen, _Env(self.directory, self._durability, self._map_size, self._file_mode))
+                try:
+                    env = _Env(self.directory, self._durability, self._map_size, self._file_mode)
+                except lmdb.Error as exc:
+                    raise StorageError(f"cannot open LMDB store at {self.directory}: {exc}") from exc
+                entry = (gen, env)
                 _envs[self.directory] = entry
             handle = entry[1]
             handle.users += 1
@@ -134,6 +138,8 @@ class LmdbEngine:
                     self._grow(handle)
                 except lmdb.ReadersFullError:
                     handle.env.reader_check()
+                except lmdb.Error as exc:  # a full disk, an I/O error: the transaction was aborted
+                    raise StorageError(f"LMDB store at {self.directory}: {exc}") from exc
         raise LockstoreError(f"LMDB store at {self.directory} could not complete a transaction")
 
     def _grow(self, handle: _Env) -> None:
@@ -169,6 +175,8 @@ class LmdbEngine:
                     txn.abort()
             except (lmdb.MapResizedError, lmdb.ReadersFullError):
                 pass
+            except lmdb.Error as exc:
+                raise StorageError(f"LMDB store at {self.directory}: {exc}") from exc
         return self._run(False, lambda txn, h: txn.get(k))
 
     def update(self, shard: int, key: bytes, fn: Updater, sweep: tuple[float, float, int] | None) -> int:

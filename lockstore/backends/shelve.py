@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import importlib
 import os
 import re
@@ -34,7 +35,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from ..codec import ATIME, HEADER
-from ..errors import CorruptRecord, StoreMismatch
+from ..errors import CorruptRecord, StorageError, StoreMismatch
 from ..store import KEEP, Updater
 
 _header = HEADER.unpack_from
@@ -62,6 +63,19 @@ def pick_dbm(requested: str | None) -> str:
             continue
         return name
     raise StoreMismatch("no dbm module is available")  # pragma: no cover - dbm.dumb is always there
+
+
+def _write_all(fd: int, data: bytes, pos: int | None = None) -> None:
+    """Write all of *data* (at *pos*, or at the descriptor's position), or raise ``OSError``: a full disk
+    shows as a short write first, and a short value must never be indexed."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view) if pos is None else os.pwrite(fd, view, pos)
+        if n <= 0:  # pragma: no cover - the kernel raises ENOSPC rather than return 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+        if pos is not None:
+            pos += n
 
 
 class DumbShard(MutableMapping[bytes, bytes]):
@@ -149,7 +163,7 @@ class DumbShard(MutableMapping[bytes, bytes]):
         line = b"'%s', (%d, %d)\n" % (key, pos, size)
         fd = os.open(self._dir, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
-            os.write(fd, line)
+            _write_all(fd, line)
             if self._durable:
                 os.fsync(fd)
         finally:
@@ -160,7 +174,7 @@ class DumbShard(MutableMapping[bytes, bytes]):
         data = b"".join(b"'%s', (%d, %d)\n" % (k, p, s) for k, (p, s) in index.items())
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self._mode)
         try:
-            os.write(fd, data)
+            _write_all(fd, data)
             if self._durable:
                 os.fsync(fd)
         finally:
@@ -178,7 +192,7 @@ class DumbShard(MutableMapping[bytes, bytes]):
         if b"'" in key or b"\\" in key or b"\n" in key:
             raise KeyError(key)  # ids never contain these; the index format relies on it
         pos = os.fstat(self._dat_fd).st_size
-        os.pwrite(self._dat_fd, value, pos)
+        _write_all(self._dat_fd, value, pos)
         if self._durable:
             os.fsync(self._dat_fd)
         self._append_line(key, pos, len(value))
@@ -211,7 +225,7 @@ class DumbShard(MutableMapping[bytes, bytes]):
         try:
             pos = 0
             for key, (p, s) in self._index.items():
-                os.write(fd, os.pread(self._dat_fd, s, p))
+                _write_all(fd, os.pread(self._dat_fd, s, p))
                 index[key] = (pos, s)
                 pos += s
             if self._durable:
@@ -301,6 +315,14 @@ class ShelveEngine:
 
     @contextlib.contextmanager
     def _shelf(self, shard: int) -> Iterator[shelve.Shelf[Any]]:
+        try:
+            with self._open_shelf(shard) as shelf:
+                yield shelf
+        except OSError as exc:  # a full disk, an I/O error: nothing acknowledged was changed
+            raise StorageError(f"shelve store at {self.directory}, shard {shard}: {exc.strerror or exc}") from exc
+
+    @contextlib.contextmanager
+    def _open_shelf(self, shard: int) -> Iterator[shelve.Shelf[Any]]:
         if self._dumb:
             if self._pid != os.getpid():  # after fork: new descriptors of our own
                 self._pid = os.getpid()
