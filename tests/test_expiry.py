@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -132,3 +133,16 @@ def test_clean_max_idle_removes_idle_sessions_only(make_store: Any, any_backend:
     assert store.clean(max_idle=300) == 1
     assert sorted(store) == ["busy"]
     assert store.clean(max_idle=300) == 0
+
+
+@pytest.mark.parametrize(("file_backend_", "count"), [("lmdb", 100_000), ("shelve", 10_000)])
+def test_lock_files_stay_bounded(tmp_path: Any, clock: Any, file_backend_: str, count: int) -> None:
+    with lockstore.open(tmp_path / "s", backend=file_backend_, shards=8, max_age=10, clock=clock) as store:
+        for i in range(count):
+            store[f"s{i}"] = i
+        clock.now += 100
+        assert store.clean() == count
+        assert len(store) == 0
+    names = os.listdir(tmp_path / "s")
+    assert sorted(n for n in names if n.startswith("lock-")) == [f"lock-{i:03d}" for i in range(8)]
+    assert len(names) <= 8 + 3  # lock files, metadata, engine directory (and LMDB's grow lock)

@@ -6,6 +6,8 @@ import multiprocessing as mp
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -106,26 +108,30 @@ def test_store_opened_in_parent_used_by_forked_children(tmp_path: Any, backend: 
     store.close()
 
 
-def _short_lived(path: str, i: int, start: Any) -> None:
-    start.wait()
-    with lockstore.open(path) as store:
-        store[f"cgi{i}"] = {"i": i}
-        with store.edit("counter") as session:
-            session["n"] = session.get("n", 0) + 1
+CGI_SCRIPT = """
+import sys, time, lockstore
+path, i, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+time.sleep(max(0.0, start - time.time()))  # all fifty open at once
+with lockstore.open(path) as store:
+    store[f"cgi{i}"] = {"i": i}
+    with store.edit("counter") as session:
+        session["n"] = session.get("n", 0) + 1
+"""
 
 
 @pytest.mark.parametrize("backend", ["lmdb", "shelve"])
 def test_fifty_short_lived_processes(tmp_path: Any, backend: str) -> None:
+    """The CGI pattern: fresh interpreters open, write and close the store at the same moment."""
     path = str(tmp_path / "s")
     lockstore.open(path, backend=backend).close()
-    start = ctx.Event()
-    procs = [ctx.Process(target=_short_lived, args=(path, i, start)) for i in range(50)]
+    start = time.time() + 3.0
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CGI_SCRIPT, path, str(i), str(start)], stderr=subprocess.PIPE)
+        for i in range(50)
+    ]
     for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
     with lockstore.open(path) as store:
         assert store["counter"]["n"] == 50
         assert len(store) == 51
