@@ -66,7 +66,6 @@ def test_memory_backend_runs_workers_as_threads():
     assert "memory backend" in fork["skipped"]
 
 
-@pytest.mark.xfail(reason="memory stores opened twice on one path share data but not their shard locks")
 def test_memory_backend_counter_with_a_store_object_per_thread():
     run_json("--backend", "memory", "--scenario", "counter", "--seconds", "1.5")
 

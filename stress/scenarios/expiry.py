@@ -30,7 +30,7 @@ POOL = 4000
 
 
 def _params(seconds: float) -> dict[str, float]:
-    max_age = min(2.0, max(0.3, seconds / 3))
+    max_age = min(2.0, max(0.05, seconds / 3))
     return {"max_age": max_age, "clean_interval": max_age / 4, "touch_interval": max_age / 10}
 
 
