@@ -43,6 +43,13 @@ class Engine(Protocol):
         Returns the number of records swept."""
         ...
 
+    def put(
+        self, shard: int, key: bytes, rec: bytes, old_atime: float | None, sweep: tuple[float, float, int] | None
+    ) -> int:
+        """Like :meth:`update` storing *rec*, where the caller read the current record under the same lock
+        (*old_atime* its last access, None if there was none): engines may skip reading it again."""
+        ...
+
     def sweep(self, shard: int, now: float, cutoff: float, limit: int | None) -> int: ...
 
     def last_clean(self, shard: int) -> float: ...
@@ -127,23 +134,28 @@ class _Edit:
     __slots__ = ("_atime", "_create", "_created", "_key", "_old", "_shard", "_sid", "_store", "_value")
 
     def __init__(self, store: Store, sid: str, create: bool) -> None:
+        if type(sid) is not str or not _valid(sid) or sid == "." or sid == "..":
+            validate_id(sid)
         self._store = store
-        self._sid = validate_id(sid)
-        self._key = _key(sid)
-        self._shard = shard_of(sid, store.shards)
+        self._sid = sid
+        self._key = key = sid.encode()
+        self._shard = _crc32(key) % store.shards
         self._create = create
 
     def __enter__(self) -> dict[str, Any]:
         store = self._store
-        store._check_open()
+        if store._closed:
+            raise StoreClosed(f"store at {store.path} is closed")
         shard, key = self._shard, self._key
         store._locks.acquire(shard, store.timeout)
         try:
             rec = store._engine.get(shard, key)
             now = store.clock()
             codec = store._codec
+            self._atime = None  # last access of the stored record, live or not: its index entry
             if rec is not None:
                 _, _, atime, created = codec.times(rec)
+                self._atime = atime
                 if now - atime > store.max_age:
                     rec = None
             if rec is None:
@@ -152,7 +164,6 @@ class _Edit:
                 value: Any = {}
                 self._old = None
                 self._created = now
-                self._atime = -math.inf
             else:
                 body = codec.payload(key, rec)
                 value = codec.loads(body, key)
@@ -160,9 +171,8 @@ class _Edit:
                     raise TypeError(
                         f"edit() needs a dict session; {describe_id(self._sid)} holds a {type(value).__name__}"
                     )
-                self._old = bytes(body)
+                self._old = body.tobytes()
                 self._created = created
-                self._atime = atime
             self._value = value
             return value
         except BaseException:
@@ -181,10 +191,12 @@ class _Edit:
                 return  # just in time: an absent session left empty is not created
             payload = codec.encode(value)
             now = store.clock()
-            if payload == self._old and now - self._atime < store.touch_interval:
+            atime = self._atime
+            if payload == self._old and atime is not None and now - atime < store.touch_interval:
                 return
             rec = codec.record(self._key, payload, now, self._created)
-            store._engine.update(shard, self._key, lambda old: rec, store._sweep_due(shard, now))
+            sweep = None if now < store._next_clean[shard] else store._sweep_due(shard, now)
+            store._engine.put(shard, self._key, rec, atime, sweep)
         finally:
             store._locks.release(shard)
 
@@ -480,12 +492,17 @@ class Store(BaseStore):
         live_total = expired_total = 0
         for shard in range(self.shards):
             now = self.clock()
-            times = self._scan_times(shard)
+            if self._lock_reads:  # the engine's state is only read under the lock (shelve)
+                with self._locks.held(shard, self.timeout):
+                    times = self._engine.scan_times(shard)
+                    last = self._engine.last_clean(shard)
+            else:
+                times = self._engine.scan_times(shard)
+                last = self._engine.last_clean(shard)
             live = sum(1 for _, atime in times if now - atime <= self.max_age)
             expired = len(times) - live
             live_total += live
             expired_total += expired
-            last = self._engine.last_clean(shard)
             per_shard.append(
                 {"shard": shard, "live": live, "expired": expired, "last_clean": last if last > 0 else None}
             )

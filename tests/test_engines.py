@@ -139,3 +139,28 @@ def test_shelve_values_survive_compaction(tmp_path: Path) -> None:
     with lockstore.open(path) as store:
         assert len(store) == 200
         assert all(store[f"s{i}"]["round"] == 2 for i in range(200))
+
+
+def test_dumb_shards_in_two_processes_follow_each_others_index_rewrites(tmp_path: Path) -> None:
+    """Deletions replace the index file; the other side must never read a replaced index as its own
+    (a freed inode number comes back quickly: only a descriptor held open pins it)."""
+    import random
+
+    base = str(tmp_path / "shard")
+    a = DumbShard(base, durable=False, file_mode=0o600)
+    b = DumbShard(base, durable=False, file_mode=0o600)
+    model: dict[bytes, bytes] = {}
+    rng = random.Random(5)
+    for step in range(400):
+        writer = a if rng.random() < 0.5 else b
+        writer.refresh()
+        key = b"k%d" % rng.randrange(12)
+        if rng.random() < 0.4 and key in model:
+            del writer[key]
+            del model[key]
+        else:
+            model[key] = b"v%d" % step
+            writer[key] = model[key]
+        reader = b if writer is a else a
+        reader.refresh()
+        assert dict(reader.items()) == model, step

@@ -249,3 +249,22 @@ def test_killed_lock_holder_releases_at_once(tmp_path: Any, backend: str) -> Non
             session["y"] = 2
         assert time.monotonic() - t0 < 0.3
         assert store["held"] == {"y": 2}  # the killed holder's edit was never saved
+
+
+def test_stats_while_others_write_loses_nothing(tmp_path: Any, file_backend: str) -> None:
+    """stats(), info and ls read every shard while other processes write: no write is disturbed."""
+    path = str(tmp_path / "s")
+    lockstore.open(path, backend=file_backend, shards=2).close()
+    sids = [f"s{i}" for i in range(8)]
+    procs = [ctx.Process(target=_increment, args=(path, sids, 400)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    with lockstore.open(path) as store:
+        while any(p.is_alive() for p in procs):
+            stats = store.stats()
+            assert stats["live"] <= len(sids)
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+        assert sum(store[sid]["n"] for sid in sids) == 3 * 400
+        assert store.verify() == []

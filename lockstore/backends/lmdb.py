@@ -205,12 +205,37 @@ class LmdbEngine:
 
         return self._run(True, body)
 
+    def put(
+        self, shard: int, key: bytes, rec: bytes, old_atime: float | None, sweep: tuple[float, float, int] | None
+    ) -> int:
+        """Store *rec*, replacing a record the caller read under the same lock (last access *old_atime*)."""
+        handle = self._handle
+        if sweep is None and handle is not None and self._gen == _fork_generation[0]:
+            prefix = self._prefix[shard]
+            old_bucket = -1 if old_atime is None else max(0, int(old_atime // BUCKET_SECONDS))
+            new_bucket = max(0, int(_header(rec)[2] // BUCKET_SECONDS))
+            with handle.mutex:
+                try:
+                    with handle.env.begin(write=True) as txn:
+                        txn.put(prefix + key, rec)
+                        if new_bucket != old_bucket:
+                            if old_bucket >= 0:
+                                txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=handle.atime)
+                            txn.put(prefix + _BUCKET.pack(new_bucket) + key, b"", db=handle.atime)
+                        return 0
+                except (lmdb.MapResizedError, lmdb.MapFullError, lmdb.ReadersFullError):
+                    pass  # the general path below deals with these
+                except lmdb.Error as exc:
+                    raise StorageError(f"LMDB store at {self.directory}: {exc}") from exc
+        return self.update(shard, key, lambda old: rec, sweep)
+
     def _sweep_txn(self, txn: Any, h: _Env, shard: int, now: float, cutoff: float, limit: int | None) -> int:
         # every entry in a bucket before the cutoff's is expired; in the cutoff's own bucket, some are
         prefix = self._prefix[shard]
         start = len(prefix) + _BUCKET.size
         end = prefix + _BUCKET.pack(_bucket(cutoff) + 1)
         doomed = []
+        stale = []
         with txn.cursor(db=h.atime) as cur:
             if cur.set_range(prefix):
                 for ikey in cur.iternext(values=False):
@@ -218,16 +243,22 @@ class LmdbEngine:
                         break
                     k = prefix + ikey[start:]
                     rec = txn.get(k)
-                    if rec is None or _header(rec)[2] < cutoff:
-                        doomed.append((ikey, k, rec is not None))
+                    if rec is None:
+                        stale.append(ikey)
+                        continue
+                    atime = _header(rec)[2]
+                    if atime < cutoff:
+                        doomed.append((ikey, k))
                         if limit is not None and len(doomed) >= limit:
                             break
-        removed = 0
-        for ikey, k, present in doomed:
+                    elif _BUCKET.pack(_bucket(atime)) != ikey[len(prefix) : start]:
+                        stale.append(ikey)  # left behind by a record rewritten since: not the record's
+        for ikey in stale:
             txn.delete(ikey, db=h.atime)
-            if present:
-                txn.delete(k)
-                removed += 1
+        for ikey, k in doomed:
+            txn.delete(ikey, db=h.atime)
+            txn.delete(k)
+        removed = len(doomed)
         txn.put(b"clean" + prefix, ATIME.pack(now), db=h.meta)
         return removed
 

@@ -46,6 +46,11 @@ class MemoryEngine:
             data[key] = new
         return swept
 
+    def put(
+        self, shard: int, key: bytes, rec: bytes, old_atime: float | None, sweep: tuple[float, float, int] | None
+    ) -> int:
+        return self.update(shard, key, lambda old: rec, sweep)
+
     def sweep(self, shard: int, now: float, cutoff: float, limit: int | None) -> int:
         data = self._data[shard]
         doomed = [key for key, rec in data.items() if _header(rec)[2] < cutoff]

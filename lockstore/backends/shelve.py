@@ -42,6 +42,7 @@ _header = HEADER.unpack_from
 _LINE = re.compile(rb"'([^'\\\n]*)', \((\d+), (\d+)\)\n")
 _CLEAN = "#clean"  # '#' is not in the id alphabet: no session can have this key
 PREFERENCE = ("dbm.gnu", "dbm.sqlite3", "dbm.dumb")
+COMPACT_ON_WRITE_MAX = 8 << 20  # bytes of .dat a write may compact (a few ms); larger: clean()
 KNOWN = ("dbm.gnu", "dbm.ndbm", "dbm.sqlite3", "dbm.dumb")
 
 
@@ -92,6 +93,7 @@ class DumbShard(MutableMapping[bytes, bytes]):
         self._ident: tuple[int, int] = (-1, -1)
         self._dir_size = 0
         self._dat_fd = -1
+        self._dir_fd = -1
         self._live_bytes = 0
 
     # -- keeping up with other processes --------------------------------------------------
@@ -118,11 +120,14 @@ class DumbShard(MutableMapping[bytes, bytes]):
             os.close(fd)
 
     def _load(self, dat_ino: int, dir_ino: int) -> None:
-        if self._dat_fd >= 0:
-            os.close(self._dat_fd)
+        # Both files stay open: an inode cannot be reused while a descriptor holds it, so "same inode
+        # number as ours" really means "the same file" (a replaced index's number is otherwise free to
+        # come back for its successor, and a process would read on from a stale offset).
+        self._close_fds()
         self._dat_fd = os.open(self._dat, os.O_RDWR | os.O_CLOEXEC)
-        if os.fstat(self._dat_fd).st_ino != dat_ino:  # replaced between stat and open: start again
-            self._ident = (-1, -1)
+        self._dir_fd = os.open(self._dir, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        if (os.fstat(self._dir_fd).st_ino, os.fstat(self._dat_fd).st_ino) != (dir_ino, dat_ino):
+            self._ident = (-1, -1)  # replaced between stat and open: start again
             return self.refresh()
         self._index = {}
         self._live_bytes = 0
@@ -131,13 +136,11 @@ class DumbShard(MutableMapping[bytes, bytes]):
         self._read_lines(0)
 
     def _read_lines(self, start: int) -> None:
-        with open(self._dir, "rb") as f:
-            f.seek(start)
-            data = f.read()
+        size = os.fstat(self._dir_fd).st_size
+        data = os.pread(self._dir_fd, size - start, start)
         end = data.rfind(b"\n") + 1
         if end < len(data):  # a line torn by a killed writer was never acknowledged: drop it
-            with open(self._dir, "r+b") as f:
-                f.truncate(start + end)
+            os.ftruncate(self._dir_fd, start + end)
             data = data[:end]
         index = self._index
         for line in data.splitlines(keepends=True):
@@ -161,13 +164,9 @@ class DumbShard(MutableMapping[bytes, bytes]):
 
     def _append_line(self, key: bytes, pos: int, size: int) -> None:
         line = b"'%s', (%d, %d)\n" % (key, pos, size)
-        fd = os.open(self._dir, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        try:
-            _write_all(fd, line)
-            if self._durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_all(self._dir_fd, line)  # O_APPEND: one write at the end
+        if self._durable:
+            os.fsync(self._dir_fd)
         self._dir_size += len(line)
 
     def _write_index(self, path: str, index: dict[bytes, tuple[int, int]]) -> None:
@@ -183,8 +182,11 @@ class DumbShard(MutableMapping[bytes, bytes]):
     def _rewrite_index(self) -> None:
         tmp = self._dir + ".tmp"
         self._write_index(tmp, self._index)
+        fd = os.open(tmp, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         os.replace(tmp, self._dir)
-        st = os.stat(self._dir)
+        os.close(self._dir_fd)
+        self._dir_fd = fd
+        st = os.fstat(fd)
         self._ident = (st.st_ino, self._ident[1])
         self._dir_size = st.st_size
 
@@ -213,9 +215,12 @@ class DumbShard(MutableMapping[bytes, bytes]):
             self._live_bytes -= self._index.pop(k)[1]
         self._rewrite_index()
 
-    def dead_share(self) -> float:
+    def dead_share(self, max_size: int | None = None) -> float:
+        """The share of ``.dat`` no index entry points at (0 when under 1 MiB, or over *max_size*)."""
         size = os.fstat(self._dat_fd).st_size
-        return 0.0 if size < (1 << 20) else 1 - self._live_bytes / size
+        if size < (1 << 20) or (max_size is not None and size > max_size):
+            return 0.0
+        return 1 - self._live_bytes / size
 
     def compact(self) -> None:
         """Rewrite ``.dat`` without dead values; crash-safe through a marker and two renames."""
@@ -233,8 +238,7 @@ class DumbShard(MutableMapping[bytes, bytes]):
         finally:
             os.close(fd)
         self._write_index(new_dir, index)
-        with open(self._marker, "wb"):
-            pass
+        os.close(os.open(self._marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, self._mode))
         os.replace(new_dat, self._dat)
         os.replace(new_dir, self._dir)
         os.unlink(self._marker)
@@ -281,10 +285,14 @@ class DumbShard(MutableMapping[bytes, bytes]):
     def close(self) -> None:
         """Called by :class:`shelve.Shelf` when it is dropped: the shard stays open for the next one."""
 
+    def _close_fds(self) -> None:
+        for fd in (self._dat_fd, self._dir_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._dat_fd = self._dir_fd = -1
+
     def release(self) -> None:
-        if self._dat_fd >= 0:
-            os.close(self._dat_fd)
-            self._dat_fd = -1
+        self._close_fds()
         self._ident = (-1, -1)
 
     def bytes_on_disk(self) -> int:
@@ -326,6 +334,9 @@ class ShelveEngine:
         if self._dumb:
             if self._pid != os.getpid():  # after fork: new descriptors of our own
                 self._pid = os.getpid()
+                for inherited in self._shards:
+                    if inherited is not None:
+                        inherited.release()  # closing our copies leaves the parent's open
                 self._shards = [None] * len(self._shards)
             db = self._shards[shard]
             if db is None:
@@ -374,9 +385,16 @@ class ShelveEngine:
             for sid in doomed:
                 del shelf[sid]
         shelf[_CLEAN] = ATIME.pack(now)
-        if isinstance(db, DumbShard) and db.dead_share() > 0.5:
+        # a sweep inside a write compacts only small shards, so the write's pause stays short;
+        # a full clean() (cron, the CLI) compacts whatever needs it
+        if isinstance(db, DumbShard) and db.dead_share(None if limit is None else COMPACT_ON_WRITE_MAX) > 0.5:
             db.compact()
         return len(doomed)
+
+    def put(
+        self, shard: int, key: bytes, rec: bytes, old_atime: float | None, sweep: tuple[float, float, int] | None
+    ) -> int:
+        return self.update(shard, key, lambda old: rec, sweep)
 
     def sweep(self, shard: int, now: float, cutoff: float, limit: int | None) -> int:
         with self._shelf(shard) as shelf:
