@@ -43,6 +43,7 @@ from django.http import HttpResponse
 
 import lockstore
 
+from .opener import SETTINGS_KEYS
 from .wsgi import BUSY_BODY, stripe_locks_for
 
 if TYPE_CHECKING:
@@ -52,18 +53,7 @@ if TYPE_CHECKING:
 
     from .stripes import StripeHold, StripeLocks
 
-_OPTIONS = {
-    "BACKEND": "backend",
-    "SHARDS": "shards",
-    "CODEC": "codec",
-    "MAX_AGE": "max_age",
-    "CLEAN_INTERVAL": "clean_interval",
-    "TOUCH_INTERVAL": "touch_interval",
-    "TIMEOUT": "timeout",
-    "MAX_VALUE_SIZE": "max_value_size",
-    "SECRET": "secret",
-    "DURABILITY": "durability",
-}
+_OPTIONS = SETTINGS_KEYS
 _opened: dict[str, tuple[lockstore.BaseStore, StripeLocks | None]] = {}
 _opening = threading.Lock()
 _scope: contextvars.ContextVar[dict[int, StripeHold] | None] = contextvars.ContextVar(

@@ -30,6 +30,7 @@ from werkzeug.exceptions import ServiceUnavailable
 
 import lockstore
 
+from .opener import SETTINGS_KEYS
 from .stripes import DEFAULT_STRIPES
 from .wsgi import Session, stripe_locks_for
 
@@ -161,18 +162,7 @@ def _teardown(app: Flask, exc: BaseException | None = None, **extra: object) -> 
         session.release()
 
 
-_CONFIG_OPTIONS = {
-    "BACKEND": "backend",
-    "SHARDS": "shards",
-    "CODEC": "codec",
-    "MAX_AGE": "max_age",
-    "CLEAN_INTERVAL": "clean_interval",
-    "TOUCH_INTERVAL": "touch_interval",
-    "TIMEOUT": "timeout",
-    "MAX_VALUE_SIZE": "max_value_size",
-    "SECRET": "secret",
-    "DURABILITY": "durability",
-}
+_CONFIG_OPTIONS = SETTINGS_KEYS
 _INTERFACE_OPTIONS = {
     "REQUEST_LOCK": "request_lock",
     "LOCK_TIMEOUT": "lock_timeout",

@@ -20,6 +20,22 @@ META = "lockstore.json"
 DEFAULTS = {"backend": "lmdb", "shards": 16, "codec": "pickle"}
 BACKENDS = ("lmdb", "shelve", "memory")
 DURABILITY = ("process", "system")
+SETTINGS_KEYS = {
+    "BACKEND": "backend",
+    "SHARDS": "shards",
+    "CODEC": "codec",
+    "MAX_AGE": "max_age",
+    "CLEAN_INTERVAL": "clean_interval",
+    "CLEAN_LIMIT": "clean_limit",
+    "TOUCH_INTERVAL": "touch_interval",
+    "TIMEOUT": "timeout",
+    "MAX_VALUE_SIZE": "max_value_size",
+    "SECRET": "secret",
+    "DURABILITY": "durability",
+    "DBM": "dbm",
+    "MAP_SIZE": "map_size",
+}
+"""Framework settings (``LOCKSTORE_MAX_AGE`` in Flask, ``LOCKSTORE = {"MAX_AGE": ...}`` in Django) -> open()."""
 REMOTE_SCHEMES = ("redis", "rediss", "postgresql", "postgres")
 DIR_MODE = 0o700
 FILE_MODE = 0o600
