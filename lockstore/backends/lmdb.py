@@ -180,30 +180,41 @@ class LmdbEngine:
         return self._run(False, lambda txn, h: txn.get(k))
 
     def update(self, shard: int, key: bytes, fn: Updater, sweep: tuple[float, float, int] | None) -> int:
+        handle = self._handle
+        if handle is not None and self._gen == _fork_generation[0]:
+            with handle.mutex:  # the common case, without the retry loop of _run
+                try:
+                    with handle.env.begin(write=True) as txn:
+                        return self._apply(txn, handle, shard, key, fn, sweep)
+                except (lmdb.MapResizedError, lmdb.MapFullError, lmdb.ReadersFullError):
+                    pass  # _run below deals with these
+                except lmdb.Error as exc:
+                    raise StorageError(f"LMDB store at {self.directory}: {exc}") from exc
+        return self._run(True, lambda txn, h: self._apply(txn, h, shard, key, fn, sweep))
+
+    def _apply(
+        self, txn: Any, h: _Env, shard: int, key: bytes, fn: Updater, sweep: tuple[float, float, int] | None
+    ) -> int:
         prefix = self._prefix[shard]
         k = prefix + key
-
-        def body(txn: Any, h: _Env) -> int:
-            swept = self._sweep_txn(txn, h, shard, sweep[0], sweep[1], sweep[2]) if sweep else 0
-            old = txn.get(k)
-            new = fn(old)
-            if new is KEEP:
-                return swept
-            old_bucket = -1 if old is None else _bucket(_header(old)[2])
-            if new is None:
-                if old is not None:
-                    txn.delete(k)
-                    txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
-                return swept
-            txn.put(k, new)
-            new_bucket = _bucket(_header(new)[2])
-            if new_bucket != old_bucket:
-                if old is not None:
-                    txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
-                txn.put(prefix + _BUCKET.pack(new_bucket) + key, b"", db=h.atime)
+        swept = self._sweep_txn(txn, h, shard, sweep[0], sweep[1], sweep[2]) if sweep else 0
+        old = txn.get(k)
+        new = fn(old)
+        if new is KEEP:
             return swept
-
-        return self._run(True, body)
+        old_bucket = -1 if old is None else max(0, int(_header(old)[2] // BUCKET_SECONDS))
+        if new is None:
+            if old is not None:
+                txn.delete(k)
+                txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
+            return swept
+        txn.put(k, new)
+        new_bucket = max(0, int(_header(new)[2] // BUCKET_SECONDS))
+        if new_bucket != old_bucket:
+            if old is not None:
+                txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
+            txn.put(prefix + _BUCKET.pack(new_bucket) + key, b"", db=h.atime)
+        return swept
 
     def put(
         self, shard: int, key: bytes, rec: bytes, old_atime: float | None, sweep: tuple[float, float, int] | None
