@@ -1,4 +1,4 @@
-"""Flask sessions under gunicorn: lockstore vs Flask's cookie sessions vs cachelib FileSystemCache.
+"""Flask sessions under gunicorn: lockstore vs Flask's cookie sessions vs Flask-Session (filesystem).
 
 The same counter app (tests/web_apps/apps.py) runs under gunicorn with sync workers, once per kind
 of session. For each kind:
@@ -10,8 +10,8 @@ of session. For each kind:
   session (permanent sessions, SESSION_REFRESH_EACH_REQUEST on); lost updates of the 40.
 * ``users``: C clients with their own sessions, N increments each; requests/s and lost updates.
 
-The ``cachelib`` kind writes sessions the way Flask-Session 0.8's filesystem backend does (whole
-dict read at the start, written back at the end when modified or permanent and refreshed).
+The ``flask-session`` kind is Flask-Session (extra ``[bench]``) with its filesystem sessions: the
+``cachelib`` session type on a ``FileSystemCache``.
 
     python -m stress.web_compare                     # 4 workers, 8 clients x 200
     python -m stress.web_compare --requests 40 --json
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.web_apps.servers import Client, get, gunicorn  # noqa: E402
 
-KINDS = ("lockstore", "cookie", "cachelib")
+KINDS = ("lockstore", "cookie", "flask-session")
 
 
 def shared(port: int, clients: int, requests: int) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             r = results["kinds"][kind]
             s, rd, u = r["shared"], r["readers"], r["users"]
             print(
-                f"{kind:10} shared cookie: {s['rps']:5} req/s, lost {s['lost']:4} of {s['expected']:4} "
+                f"{kind:13} shared cookie: {s['rps']:5} req/s, lost {s['lost']:4} of {s['expected']:4} "
                 f"({100 * s['lost'] / s['expected']:4.1f} %) | 40 writes vs 7 readers: lost {rd['lost']:2} "
                 f"of {rd['increments']} | own cookies: {u['rps']:5} req/s, lost {u['lost']}",
                 flush=True,

@@ -4,8 +4,8 @@ Configured by environment variables, so a server process started by a test finds
 
 ``LOCKSTORE_TEST_PATH``   the store directory
 ``LOCKSTORE_TEST_MODE``   Flask session kind: ``lockstore`` (default), ``cookie`` (Flask's own signed
-                          cookies) or ``cachelib`` (server-side sessions on cachelib's FileSystemCache,
-                          written the way Flask-Session 0.8 writes them)
+                          cookies) or ``flask-session`` (Flask-Session's filesystem sessions on cachelib's
+                          FileSystemCache)
 ``LOCKSTORE_TEST_LOCK``   ``0`` turns the request-long session lock off
 
 Routes: ``/incr`` adds one to ``n``; ``/read`` only reads it; ``/slow?s=2`` adds one, then sleeps;
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
@@ -79,58 +78,15 @@ def make_wsgi_app() -> Any:
 # -- Flask ------------------------------------------------------------------------------------
 
 
-def _cachelib_interface(directory: str) -> Any:
-    """Server-side sessions on cachelib's FileSystemCache, saved as Flask-Session 0.8 saves them.
-
-    Flask-Session's ``ServerSideSessionInterface``: the whole dict is read at the start of the
-    request and written back at the end when ``session.modified`` or (permanent and
-    ``SESSION_REFRESH_EACH_REQUEST``), ``SESSION_PERMANENT`` being true by default.
-    """
+def _flask_session(app: Any, directory: str) -> None:
+    """Flask-Session's filesystem sessions (its ``cachelib`` type on a ``FileSystemCache``), as its
+    documentation configures them, for comparison."""
     from cachelib import FileSystemCache
-    from flask.sessions import SessionInterface, SessionMixin
-    from werkzeug.datastructures import CallbackDict
+    from flask_session import Session
 
-    cache = FileSystemCache(directory, threshold=0, default_timeout=1800)
-
-    class ServerSideSession(CallbackDict[str, Any], SessionMixin):
-        def __init__(self, initial: dict[str, Any] | None = None, sid: str = "", permanent: bool = True) -> None:
-            def on_update(this: Any) -> None:
-                this.modified = True
-
-            super().__init__(initial, on_update)
-            self.sid = sid
-            if permanent:
-                self.permanent = True
-            self.modified = False
-
-    class CachelibSessionInterface(SessionInterface):
-        def open_session(self, app: Any, request: Any) -> ServerSideSession:
-            sid = request.cookies.get(self.get_cookie_name(app))
-            if sid:
-                data = cache.get(sid)
-                if data is not None:
-                    return ServerSideSession(data, sid=sid)
-            return ServerSideSession(sid=uuid.uuid4().hex)
-
-        def save_session(self, app: Any, session: Any, response: Any) -> None:
-            name = self.get_cookie_name(app)
-            if not session:
-                if session.modified:
-                    cache.delete(session.sid)
-                    response.delete_cookie(name)
-                return
-            if not (session.modified or (session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"])):
-                return
-            cache.set(session.sid, dict(session), timeout=1800)
-            response.set_cookie(
-                name,
-                session.sid,
-                expires=self.get_expiration_time(app, session),
-                httponly=True,
-                samesite="Lax",
-            )
-
-    return CachelibSessionInterface()
+    app.config["SESSION_TYPE"] = "cachelib"
+    app.config["SESSION_CACHELIB"] = FileSystemCache(directory, threshold=0, default_timeout=1800)
+    Session(app)
 
 
 def make_flask_app() -> Any:
@@ -146,8 +102,8 @@ def make_flask_app() -> Any:
         from lockstore.flask import LockstoreSessionInterface
 
         app.session_interface = LockstoreSessionInterface(_store(), request_lock=_locking())
-    elif mode == "cachelib":
-        app.session_interface = _cachelib_interface(os.path.join(os.environ["LOCKSTORE_TEST_PATH"], "cachelib"))
+    elif mode == "flask-session":
+        _flask_session(app, os.path.join(os.environ["LOCKSTORE_TEST_PATH"], "flask-session"))
     elif mode != "cookie":
         raise ValueError(f"unknown LOCKSTORE_TEST_MODE {mode!r}")
     session = flask.session
