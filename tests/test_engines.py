@@ -164,3 +164,22 @@ def test_dumb_shards_in_two_processes_follow_each_others_index_rewrites(tmp_path
         reader = b if writer is a else a
         reader.refresh()
         assert dict(reader.items()) == model, step
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "shelve"])
+def test_system_durability(tmp_path: Path, backend: str) -> None:
+    with lockstore.open(tmp_path / "s", backend=backend, durability="system") as store:
+        store["a"] = {"n": 1}
+        with store.edit("a") as session:
+            session["n"] += 1
+        del store["a"]
+        store["b"] = {"n": 3}
+        if backend == "lmdb":
+            flags = store._engine._env().env.flags()  # type: ignore[attr-defined]
+            assert flags["sync"] and flags["metasync"]  # every commit reaches the disk
+            with pytest.raises(lockstore.StoreMismatch, match="durability"):
+                lockstore.open(tmp_path / "s")  # the same environment, in the same process
+    with lockstore.open(tmp_path / "s") as store:  # durability is per opening, not recorded
+        assert dict(store.items()) == {"b": {"n": 3}}
+    with pytest.raises(ValueError, match="durability"):
+        lockstore.open(tmp_path / "s", durability="maybe")

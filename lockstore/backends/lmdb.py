@@ -30,7 +30,7 @@ import lmdb
 from filelock import lock_descriptor, unlock_descriptor
 
 from ..codec import ATIME, HEADER
-from ..errors import LockstoreError, StorageError
+from ..errors import LockstoreError, StorageError, StoreMismatch
 from ..store import KEEP, Updater
 
 T = TypeVar("T")
@@ -53,6 +53,7 @@ class _Env:
 
     def __init__(self, directory: str, durability: str, map_size: int, file_mode: int) -> None:
         system = durability == "system"
+        self.durability = durability
         self.env = lmdb.open(
             directory,
             map_size=map_size,
@@ -113,6 +114,11 @@ class LmdbEngine:
                 entry = (gen, env)
                 _envs[self.directory] = entry
             handle = entry[1]
+            if handle.durability != self._durability:
+                raise StoreMismatch(
+                    f"LMDB store at {self.directory} is already open in this process with "
+                    f"durability={handle.durability!r}; one process uses one durability per store"
+                )
             handle.users += 1
         self._gen = gen
         self._handle = handle
