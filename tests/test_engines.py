@@ -51,13 +51,18 @@ def test_dead_readers_do_not_fill_the_reader_table(tmp_path: Path) -> None:
     path = str(tmp_path / "s")
     with lockstore.open(path) as store:
         store["a"] = 1
-    for _ in range(40):
-        ready = ctx.Event()
-        p = ctx.Process(target=_reader_killed, args=(os.path.join(path, "lmdb"), ready))
-        p.start()
-        assert ready.wait(30)
-        os.kill(p.pid, signal.SIGKILL)
-        p.join()
+    for _ in range(10):  # ANCHORS T9: 200 readers killed mid-transaction, 20 at a time
+        batch = [(ctx.Event(), None) for _ in range(20)]
+        procs = []
+        for ready, _ in batch:
+            p = ctx.Process(target=_reader_killed, args=(os.path.join(path, "lmdb"), ready))
+            p.start()
+            procs.append(p)
+        for (ready, _), p in zip(batch, procs, strict=True):
+            assert ready.wait(30)
+            os.kill(p.pid, signal.SIGKILL)
+        for p in procs:
+            p.join()
     with lockstore.open(path) as store:  # reader_check on open frees the dead slots
         assert store["a"] == 1
         env = store._engine._env().env  # type: ignore[attr-defined]

@@ -67,6 +67,17 @@ def test_no_lost_update_six_processes(tmp_path: Any, backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["lmdb", "shelve"])
+def test_eight_processes_one_session(tmp_path: Any, backend: str) -> None:
+    """ANCHORS T1: 8 processes x 500 read-modify-writes of one session leave exactly 4,000."""
+    path = str(tmp_path / "s")
+    lockstore.open(path, backend=backend).close()
+    _run([ctx.Process(target=_increment, args=(path, ["one"], 500)) for _ in range(8)])
+    with lockstore.open(path) as store:
+        assert store["one"]["n"] == 4000
+        assert sorted(store["one"]["by"].values()) == [500] * 8
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "shelve"])
 def test_threads_and_processes_mixed(tmp_path: Any, backend: str) -> None:
     path = str(tmp_path / "s")
     lockstore.open(path, backend=backend, shards=2).close()
