@@ -124,7 +124,7 @@ def open(
         directory = _subdir(path, "shelve")
         engine = ShelveEngine(directory, n, settings["dbm"], durability, FILE_MODE)
         locks = ShardLocks(path, n, FILE_MODE)
-    return Store(
+    store = Store(
         path,
         engine,
         locks,
@@ -139,6 +139,25 @@ def open(
         clock=clock,
         settings=settings,
     )
+    # what a pickled store carries to reopen itself in another process (multiprocessing "spawn")
+    store._reopen = {
+        "max_age": max_age,
+        "clean_interval": clean_interval,
+        "touch_interval": touch_interval,
+        "timeout": timeout,
+        "max_value_size": max_value_size,
+        "secret": secret,
+        "durability": durability,
+        "clean_limit": clean_limit,
+        "map_size": map_size,
+        "clock": clock,
+    }
+    return store
+
+
+def reopen(path: str, options: dict[str, Any]) -> BaseStore:
+    """Open a store unpickled in another process: the same path and options, its own handles."""
+    return open(path, **options)
 
 
 def _open_remote(url: str, **options: Any) -> BaseStore:

@@ -240,6 +240,16 @@ class Store(BaseStore):
         self._codec = codec
         self._next_clean = [-math.inf] * shards
         self._closed = False
+        self._reopen: dict[str, Any] | None = None
+
+    def __reduce__(self) -> tuple[Any, tuple[str, dict[str, Any]]]:
+        """Pickling carries the path and options; the copy opens its own files, locks and LMDB handle
+        (so a store can be passed to a ``multiprocessing`` worker under any start method)."""
+        if self.backend == "memory" or self._reopen is None:
+            raise TypeError(f"a {self.backend} store lives in one process and cannot be pickled")
+        from .opener import reopen
+
+        return reopen, (self.path, self._reopen)
 
     # -- helpers ---------------------------------------------------------------------------
 

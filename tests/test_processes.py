@@ -279,3 +279,27 @@ def test_stats_while_others_write_loses_nothing(tmp_path: Any, file_backend: str
             assert p.exitcode == 0
         assert sum(store[sid]["n"] for sid in sids) == 3 * 400
         assert store.verify() == []
+
+
+def _edit_passed_store(store: Any, rounds: int) -> None:
+    for _ in range(rounds):
+        with store.edit("spawned") as session:
+            session["n"] = session.get("n", 0) + 1
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "shelve"])
+def test_store_passed_to_spawned_processes(tmp_path: Any, backend: str) -> None:
+    """A store is picklable: a spawn worker gets the path and options and opens its own handles."""
+    import pickle
+
+    with lockstore.open(tmp_path / "s", backend=backend, max_age=600, codec="json") as store:
+        spawn = mp.get_context("spawn")
+        procs = [spawn.Process(target=_edit_passed_store, args=(store, 100)) for _ in range(3)]
+        _run(procs)
+        assert store["spawned"] == {"n": 300}
+        copy = pickle.loads(pickle.dumps(store))
+        assert (copy.max_age, copy.backend) == (600, backend)
+        assert copy["spawned"] == {"n": 300}
+        copy.close()
+    with lockstore.open(tmp_path / "m", backend="memory") as memory, pytest.raises(TypeError, match="one process"):
+        pickle.dumps(memory)
