@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .base import BaseStore
 from .errors import CorruptRecord
-from .store import BaseStore
 
 
 def copy_store(src: BaseStore, dst: BaseStore, progress: Callable[[int, int], None] | None = None) -> int:

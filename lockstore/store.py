@@ -1,19 +1,19 @@
-"""The store: a mapping of session ids to values, sharded, locked and expiring.
+"""The embedded store: a mapping of session ids to values, sharded, locked and expiring.
 
-:class:`BaseStore` is the interface every backend offers (embedded or remote). :class:`Store` is the
-embedded implementation: ids hash to shards, each shard is guarded by a :class:`~lockstore.locks.ShardLocks`
-lock, and an :class:`Engine` (LMDB, shelve, memory) keeps the records of each shard.
+:class:`Store` implements :class:`~lockstore.base.BaseStore` for the embedded backends: ids hash to
+shards, each shard is guarded by a :class:`~lockstore.locks.ShardLocks` lock, and an
+:class:`~lockstore.base.Engine` (LMDB, shelve, memory) keeps the records of each shard.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, MutableMapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any
 from zlib import crc32 as _crc32
 
+from .base import KEEP, BaseStore, Clock, Engine, Updater
 from .codec import ATIME, HEADER_SIZE, Codec, Record
 from .errors import StoreClosed
 from .ids import _VALID as _valid
@@ -21,111 +21,6 @@ from .ids import describe_id, shard_of, validate_id
 from .locks import ShardLocks
 
 _atime = ATIME.unpack_from
-KEEP = object()
-"""Returned by an update function: leave the record as it is."""
-
-Clock = Callable[[], float]
-Updater = Callable[[bytes | None], Any]
-
-
-class Engine(Protocol):
-    """What a backend does for :class:`Store`, per shard. Writes are called with the shard lock held."""
-
-    name: str
-    lock_reads: bool  # True when reads must hold the shard lock too
-
-    def get(self, shard: int, key: bytes) -> bytes | None: ...
-
-    def update(self, shard: int, key: bytes, fn: Updater, sweep: tuple[float, float, int] | None) -> int:
-        """In one atomic write: first, if *sweep* = (now, cutoff, limit), remove up to *limit* records
-        of *shard* last accessed before *cutoff* and record *now* as the shard's last clean; then call
-        ``fn(old_record)`` and store what it returns (bytes), delete (None) or leave it (:data:`KEEP`).
-        Returns the number of records swept."""
-        ...
-
-    def put(
-        self, shard: int, key: bytes, rec: bytes, old_atime: float | None, sweep: tuple[float, float, int] | None
-    ) -> int:
-        """Like :meth:`update` storing *rec*, where the caller read the current record under the same lock
-        (*old_atime* its last access, None if there was none): engines may skip reading it again."""
-        ...
-
-    def sweep(self, shard: int, now: float, cutoff: float, limit: int | None) -> int: ...
-
-    def last_clean(self, shard: int) -> float: ...
-
-    def scan(self, shard: int) -> list[tuple[bytes, bytes]]: ...
-
-    def scan_times(self, shard: int) -> list[tuple[bytes, float]]: ...
-
-    def clear(self, shard: int) -> int: ...
-
-    def bytes_on_disk(self) -> int: ...
-
-    def close(self) -> None: ...
-
-
-def _key(sid: str) -> bytes:
-    return sid.encode()
-
-
-class BaseStore(MutableMapping[str, Any], ABC):
-    """The interface of every lockstore store: a mutable mapping of session ids to values.
-
-    Reads return fresh copies; sessions idle longer than ``max_age`` seconds are absent everywhere.
-    """
-
-    backend: str
-    path: str
-    max_age: float
-    timeout: float
-    clock: Clock
-
-    @abstractmethod
-    def edit(self, sid: str, *, create: bool = True) -> Any:
-        """A context manager yielding the session as a dict, locked; saved on clean exit if changed."""
-
-    @abstractmethod
-    def touch(self, sid: str) -> bool:
-        """Refresh the last access of a live session; False if there is none."""
-
-    @abstractmethod
-    def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
-        """Remove every expired session (or, with *max_idle*, every session idle longer than that many
-        seconds, atomically per session); returns how many."""
-
-    @abstractmethod
-    def stats(self) -> dict[str, Any]:
-        """Counts, sizes and last clean per shard."""
-
-    @abstractmethod
-    def verify(self) -> list[tuple[str, str]]:
-        """(id, problem) for every record that does not decode or whose signature fails."""
-
-    @abstractmethod
-    def record(self, sid: str) -> Record | None:
-        """The value and times of a live session, without refreshing its last access."""
-
-    @abstractmethod
-    def records(self, *, expired: bool = False) -> Iterator[tuple[str, Record]]:
-        """Every live session (or, with *expired*, every expired one not yet swept) and its times."""
-
-    @abstractmethod
-    def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
-        """Store *value* under *sid* with the given times (copying stores, fixing clocks)."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release files and connections; the store cannot be used afterwards."""
-
-    def __enter__(self) -> BaseStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.backend} {self.path!r}>"
 
 
 class _Edit:
@@ -537,3 +432,6 @@ class Store(BaseStore):
             self._closed = True
             self._engine.close()
             self._locks.close()
+
+
+__all__ = ["KEEP", "BaseStore", "Clock", "Engine", "Store", "Updater"]

@@ -34,10 +34,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .base import BaseStore
 from .codec import Codec, Record
 from .errors import LockstoreError, StoreClosed
 from .ids import validate_id
-from .store import BaseStore
 
 TIERED_BACKENDS = ("shelve",)
 """The backends a memory tier is worth having over (see docs/compat.md for the figures)."""

@@ -29,9 +29,9 @@ from typing import Any, TypeVar
 import lmdb
 from filelock import lock_descriptor, unlock_descriptor
 
+from ..base import KEEP, Updater
 from ..codec import ATIME, HEADER
 from ..errors import LockstoreError, StorageError, StoreMismatch
-from ..store import KEEP, Updater
 
 T = TypeVar("T")
 _BUCKET = struct.Struct(">I")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import threading
 
+from ..base import KEEP, Updater
 from ..codec import HEADER
 from ..locks import ShardLocks
-from ..store import KEEP, Updater
 
 _header = HEADER.unpack_from
 _shared: dict[str, tuple[list[dict[bytes, bytes]], list[float], list[int], ShardLocks]] = {}

@@ -40,11 +40,11 @@ import psycopg_pool
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from ..base import BaseStore, Clock
 from ..codec import HEADER_SIZE, Codec, Record, codec_functions
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, validate_id
 from ..opener import _check_numbers
-from ..store import BaseStore, Clock
 
 logger = logging.getLogger(__name__)
 

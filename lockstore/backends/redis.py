@@ -33,11 +33,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..base import BaseStore, Clock
 from ..codec import HEADER_SIZE, Codec, Record, codec_functions
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, validate_id
 from ..opener import _check_numbers
-from ..store import BaseStore, Clock
 
 logger = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ import shelve
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+from ..base import KEEP, Updater
 from ..codec import ATIME, HEADER
 from ..errors import CorruptRecord, StorageError, StoreMismatch
-from ..store import KEEP, Updater
 
 _header = HEADER.unpack_from
 _LINE = re.compile(rb"'([^'\\\n]*)', \((\d+), (\d+)\)\n")
