@@ -12,7 +12,7 @@ import lmdb
 import pytest
 
 import lockstore
-from lockstore.backends.shelve import DumbShard
+from lockstore.backends.dumb import DumbShard
 
 ctx = mp.get_context("fork")
 
