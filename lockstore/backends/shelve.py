@@ -51,6 +51,17 @@ def pick_dbm(requested: str | None) -> str:
     raise StoreMismatch("no dbm module is available")  # pragma: no cover - dbm.dumb is always there
 
 
+def _delete(shelf: shelve.Shelf[Any], sids: list[str]) -> Any:
+    """Delete *sids* from *shelf*; a dumb shard rewrites its index once for all of them. Returns the dbm."""
+    db = shelf.dict  # type: ignore[attr-defined]
+    if isinstance(db, DumbShard):
+        db.delete_many([sid.encode() for sid in sids])
+    else:
+        for sid in sids:
+            del shelf[sid]
+    return db
+
+
 class ShelveEngine:
     name = "shelve"
     lock_reads = True
@@ -126,12 +137,7 @@ class ShelveEngine:
                 expired.append((atime, sid))
         expired.sort()
         doomed = [sid for _, sid in expired[:limit]]
-        db = shelf.dict  # type: ignore[attr-defined]
-        if isinstance(db, DumbShard):
-            db.delete_many([sid.encode() for sid in doomed])
-        else:
-            for sid in doomed:
-                del shelf[sid]
+        db = _delete(shelf, doomed)
         shelf[_CLEAN] = ATIME.pack(now)
         # a sweep inside a write compacts only small shards, so the write's pause stays short;
         # a full clean() (cron, the CLI) compacts whatever needs it
@@ -163,12 +169,7 @@ class ShelveEngine:
     def clear(self, shard: int) -> int:
         with self._shelf(shard) as shelf:
             sids = [sid for sid in list(shelf.keys()) if sid != _CLEAN]
-            db = shelf.dict  # type: ignore[attr-defined]
-            if isinstance(db, DumbShard):
-                db.delete_many([sid.encode() for sid in sids])
-            else:
-                for sid in sids:
-                    del shelf[sid]
+            _delete(shelf, sids)
             return len(sids)
 
     def bytes_on_disk(self) -> int:
