@@ -62,6 +62,7 @@ class BaseStore(MutableMapping[str, Any], ABC):
     backend: str
     path: str
     max_age: float
+    touch_interval: float
     timeout: float
     clock: Clock
 

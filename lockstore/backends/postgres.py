@@ -40,11 +40,12 @@ import psycopg_pool
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ..base import BaseStore, Clock
+from ..base import Clock
 from ..codec import HEADER_SIZE, Codec, Record, codec_functions
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, validate_id
 from ..opener import _check_numbers
+from ._remote import RemoteStore
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class _Edit:
         self._finish(rec, now)
 
 
-class PostgresStore(BaseStore):
+class PostgresStore(RemoteStore):
     """A store in a PostgreSQL table: see :func:`open_postgres` and :func:`lockstore.open`.
 
     Notes
@@ -440,9 +441,6 @@ class PostgresStore(BaseStore):
         rec = self._fetch_one(self._q_get, (validate_id(sid),))
         return None if rec is None else bytes(rec)
 
-    def _live(self, rec: bytes | None, now: float) -> bool:
-        return rec is not None and now - Codec.times(rec)[2] <= self.max_age
-
     def _clean_on_write(self, now: float) -> None:
         """Sweep up to ``clean_limit`` expired rows once ``clean_interval`` has passed in this process."""
         if self.clean_interval <= 0 or now < self._next_clean:
@@ -469,16 +467,6 @@ class PostgresStore(BaseStore):
             last = rows[-1][0]
 
     # -- the mapping -------------------------------------------------------------------------
-
-    def __getitem__(self, sid: str) -> Any:
-        rec = self._get(sid)
-        now = self.clock()
-        if rec is None or not self._live(rec, now):
-            raise KeyError(sid)
-        value = self._codec.decode(sid.encode(), rec)
-        if now - Codec.times(rec)[2] >= self.touch_interval:
-            self._touch_record(sid, rec, now)
-        return value
 
     def __contains__(self, sid: object) -> bool:
         atime = self._fetch_one(self._q_atime, (validate_id(sid),))
@@ -545,15 +533,6 @@ class PostgresStore(BaseStore):
         old_atime = Codec.times(rec)[2]
         self._run(lambda conn: conn.execute(self._q_retime, (new, now, sid, old_atime)))
 
-    def touch(self, sid: str) -> bool:
-        rec = self._get(sid)
-        now = self.clock()
-        if rec is None or not self._live(rec, now):
-            return False
-        if now - Codec.times(rec)[2] >= self.touch_interval:
-            self._touch_record(sid, rec, now)
-        return True
-
     def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
         """Remove every expired session, or every one idle over *max_idle* seconds (in batches,
         skipping rows an edit holds)."""
@@ -612,13 +591,6 @@ class PostgresStore(BaseStore):
                 except Exception as exc:
                     bad.append((sid, str(exc)))
         return bad
-
-    def record(self, sid: str) -> Record | None:
-        rec = self._get(sid)
-        if rec is None or not self._live(rec, self.clock()):
-            return None
-        _, _, atime, created = Codec.times(rec)
-        return Record(self._codec.decode(sid.encode(), rec), created, atime)
 
     def records(self, *, expired: bool = False) -> Iterator[tuple[str, Record]]:
         for rows in self._pages(self._q_page):

@@ -33,11 +33,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..base import BaseStore, Clock
+from ..base import Clock
 from ..codec import HEADER_SIZE, Codec, Record, codec_functions
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, validate_id
 from ..opener import _check_numbers
+from ._remote import RemoteStore
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class _Edit:
         store._commit(sid, self._token, rec, now)
 
 
-class RedisStore(BaseStore):
+class RedisStore(RemoteStore):
     """A store on a Redis server: see :func:`open_redis` and :func:`lockstore.open`.
 
     Notes
@@ -382,9 +383,6 @@ class RedisStore(BaseStore):
         value: bytes | None = self._do(self._client.get, self._data_key(validate_id(sid)))
         return value
 
-    def _live(self, rec: bytes | None, now: float) -> bool:
-        return rec is not None and now - self._codec.times(rec)[2] <= self.max_age
-
     def _scan(self) -> Iterator[list[bytes]]:
         """Batches of the store's data keys (each key once)."""
         seen: set[bytes] = set()
@@ -418,17 +416,6 @@ class RedisStore(BaseStore):
                     yield key, header
 
     # -- the mapping -------------------------------------------------------------------------
-
-    def __getitem__(self, sid: str) -> Any:
-        rec = self._get(sid)
-        now = self.clock()
-        if rec is None or not self._live(rec, now):
-            raise KeyError(sid)
-        key = sid.encode()
-        value = self._codec.decode(key, rec)
-        if now - self._codec.times(rec)[2] >= self.touch_interval:
-            self._touch_record(sid, rec, now)
-        return value
 
     def __contains__(self, sid: object) -> bool:
         key = self._data_key(validate_id(sid))
@@ -491,15 +478,6 @@ class RedisStore(BaseStore):
     def _touch_record(self, sid: str, rec: bytes, now: float) -> None:
         new = self._codec.retime(sid.encode(), rec, now)
         self._do(self._retime, keys=[self._data_key(sid)], args=[rec, new, self._px(now, now)])
-
-    def touch(self, sid: str) -> bool:
-        rec = self._get(sid)
-        now = self.clock()
-        if rec is None or not self._live(rec, now):
-            return False
-        if now - Codec.times(rec)[2] >= self.touch_interval:
-            self._touch_record(sid, rec, now)
-        return True
 
     def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
         """Remove the sessions expired by the store's clock that the server has not dropped yet, or with
@@ -578,13 +556,6 @@ class RedisStore(BaseStore):
                 except Exception as exc:
                     bad.append((sid, str(exc)))
         return bad
-
-    def record(self, sid: str) -> Record | None:
-        rec = self._get(sid)
-        if rec is None or not self._live(rec, self.clock()):
-            return None
-        _, _, atime, created = Codec.times(rec)
-        return Record(self._codec.decode(sid.encode(), rec), created, atime)
 
     def records(self, *, expired: bool = False) -> Iterator[tuple[str, Record]]:
         for keys in self._scan():
