@@ -29,12 +29,9 @@ class _Edit:
     __slots__ = ("_atime", "_create", "_created", "_key", "_old", "_shard", "_sid", "_store", "_value")
 
     def __init__(self, store: Store, sid: str, create: bool) -> None:
-        if type(sid) is not str or not _valid(sid) or sid == "." or sid == "..":
-            validate_id(sid)
+        self._shard, self._key = store._locate(sid)
         self._store = store
         self._sid = sid
-        self._key = key = sid.encode()
-        self._shard = _crc32(key) % store.shards
         self._create = create
 
     def __enter__(self) -> dict[str, Any]:
@@ -153,10 +150,13 @@ class Store(BaseStore):
             raise StoreClosed(f"store at {self.path} is closed")
 
     def _locate(self, sid: str) -> tuple[int, bytes]:
-        validate_id(sid)
+        """(shard, key) of a valid id in an open store; the regular expression alone on the hot path."""
+        if type(sid) is not str or not _valid(sid) or sid == "." or sid == "..":
+            validate_id(sid)  # raises, saying what is wrong
         if self._closed:
             raise StoreClosed(f"store at {self.path} is closed")
-        return shard_of(sid, self.shards), sid.encode()
+        key = sid.encode()
+        return _crc32(key) % self.shards, key
 
     def _sweep_due(self, shard: int, now: float) -> tuple[float, float, int] | None:
         """Called with the shard lock held: the sweep a write into *shard* must do first, if any."""
@@ -203,7 +203,7 @@ class Store(BaseStore):
     # -- the mapping -------------------------------------------------------------------------
 
     def __getitem__(self, sid: str) -> Any:
-        # the hot path, kept flat: validate, locate, read, check age, decode
+        # the hot path, kept flat: _locate inlined (a call costs ~0.15 us of a 3 us read), read, age, decode
         if type(sid) is not str or not _valid(sid) or sid == "." or sid == "..":
             validate_id(sid)
         if self._closed:
@@ -229,12 +229,7 @@ class Store(BaseStore):
         return self._live(self._read(shard, key), self.clock())
 
     def __setitem__(self, sid: str, value: Any) -> None:
-        if type(sid) is not str or not _valid(sid) or sid == "." or sid == "..":
-            validate_id(sid)
-        if self._closed:
-            raise StoreClosed(f"store at {self.path} is closed")
-        key = sid.encode()
-        shard = _crc32(key) % self.shards
+        shard, key = self._locate(sid)
         codec = self._codec
         payload = codec.encode(value)  # before the lock: an unencodable value touches nothing
         max_age = self.max_age
