@@ -354,6 +354,17 @@ def load_worker(url: str, options: dict[str, Any], sids: list[str], name: str, s
             store.close()
 
 
+def hold_edit(url: str, options: dict[str, Any], sid: str, ready: Any) -> None:
+    """Hold *sid*'s edit lock (a Redis lock key, a PostgreSQL row lock) until killed, with a change that
+    must never be saved."""
+    import lockstore
+
+    with lockstore.open(url, **options) as s, s.edit(sid) as session:
+        session["n"] = -1
+        ready.set()
+        time.sleep(120)
+
+
 def run_increments(url: str, options: dict[str, Any], sids: list[str], processes: int, n: int) -> float:
     """*processes* spawned processes x *n* edit() increments over *sids*; returns the seconds taken.
 

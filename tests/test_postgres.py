@@ -12,7 +12,6 @@ import os
 import signal
 import time
 import uuid
-from typing import Any
 
 import pytest
 
@@ -21,21 +20,13 @@ from lockstore.backends.postgres import open_postgres
 
 psycopg = pytest.importorskip("psycopg")
 
-from servers import fault_run, free_port, run_increments, running_postgres  # noqa: E402
+from servers import fault_run, free_port, hold_edit, run_increments, running_postgres  # noqa: E402
 
 pytestmark = pytest.mark.servers
 
 
 def table() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
-
-
-def hold_edit(url: str, options: dict[str, Any], sid: str, ready: Any) -> None:
-    """Hold *sid*'s row lock forever (until killed), with a change that must never be saved."""
-    with lockstore.open(url, **options) as s, s.edit(sid) as session:
-        session["n"] = -1
-        ready.set()
-        time.sleep(120)
 
 
 def test_processes_with_own_pools_count_exactly(postgres_server: str) -> None:

@@ -22,7 +22,7 @@ import lockstore
 redis = pytest.importorskip("redis")
 key_slot = pytest.importorskip("redis.crc").key_slot
 
-from servers import fault_run, free_port, run_increments, running_redis  # noqa: E402
+from servers import fault_run, free_port, hold_edit, run_increments, running_redis  # noqa: E402
 
 pytestmark = pytest.mark.servers
 
@@ -35,14 +35,6 @@ def prefix() -> str:
 def store(redis_server: str) -> Any:
     with lockstore.open(redis_server, prefix=prefix()) as s:
         yield s
-
-
-def hold_edit(url: str, options: dict[str, Any], sid: str, ready: Any) -> None:
-    """Hold *sid*'s edit lock forever (until killed), with a change that must never be saved."""
-    with lockstore.open(url, **options) as s, s.edit(sid) as session:
-        session["n"] = -1
-        ready.set()
-        time.sleep(120)
 
 
 def test_processes_with_own_pools_count_exactly(redis_server: str) -> None:
