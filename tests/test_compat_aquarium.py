@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import pytest
+from procs import run_all
 
 import lockstore
 from lockstore.compat.aquarium import SessionContainer
@@ -231,16 +232,7 @@ def test_two_processes_lose_no_update(tmp_path: Any, backend: str) -> None:
     barrier = ctx.Barrier(2)
     rounds = 300
     procs = [ctx.Process(target=_request, args=(path, sid, name, rounds, barrier)) for name in "ab"]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-        assert [p.exitcode for p in procs] == [0, 0]
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
+    assert run_all(procs, 60) == [0, 0]
     with lockstore.open(path) as store:
         data = store[sid]
         assert data == {f"{n}{i}": i for n in "ab" for i in range(rounds)} | {"a": rounds - 1, "b": rounds - 1}

@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+from procs import run_all
 
 import lockstore
 from lockstore.compat.session2 import (
@@ -32,18 +33,7 @@ class Session:
 
 
 def _run(ctx: Any, target: Any, args_list: list[tuple[Any, ...]], timeout: float = 60) -> list[int | None]:
-    procs = [ctx.Process(target=target, args=args) for args in args_list]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(timeout)
-        return [p.exitcode for p in procs]
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
+    return run_all([ctx.Process(target=target, args=args) for args in args_list], timeout)
 
 
 @pytest.fixture(params=["directory-lmdb", "directory-shelve", "shelve", "volatile", "wrapped-memory"])

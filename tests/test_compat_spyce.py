@@ -6,6 +6,7 @@ import multiprocessing as mp
 from typing import Any
 
 import pytest
+from procs import run_all
 
 import lockstore
 from lockstore.compat.spyce import SpyceSession
@@ -177,16 +178,7 @@ def test_two_processes_putting_into_one_session_lose_no_key(tmp_path: Any, backe
     barrier = ctx.Barrier(2)
     rounds = 600
     procs = [ctx.Process(target=_putter, args=(path, session.id, name, rounds, barrier)) for name in "ab"]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-        assert [p.exitcode for p in procs] == [0, 0]
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
+    assert run_all(procs, 60) == [0, 0]
     with lockstore.open(path) as store:
         expected = {"owner": "test"} | {f"{n}{i}": i for n in "ab" for i in range(rounds) if i % 3}
         assert dict(SpyceSession(store, session.id)) == expected

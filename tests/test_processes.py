@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from procs import run_all
 
 import lockstore
 
@@ -42,11 +43,8 @@ def _increment(path: str, sids: list[str], rounds: int, threads: int = 1) -> Non
 
 
 def _run(procs: list[Any], timeout: float = 120) -> None:
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout)
-        assert p.exitcode == 0, f"worker exited with {p.exitcode}"
+    codes = run_all(procs, timeout)
+    assert codes == [0] * len(procs), f"worker exit codes {codes}"
 
 
 @pytest.mark.parametrize("backend", ["lmdb", "shelve"])
