@@ -14,6 +14,7 @@ hand-off neither sleeps for tens of milliseconds nor spins on a core.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 import weakref
@@ -92,21 +93,9 @@ class ShardLocks:
         self._depth[shard] = 1
 
     def _wait(self, shard: int, fd: int, timeout: float) -> None:
-        """Poll for a lock another process holds, backing off from 20 us to 1 ms."""
-        deadline = time.monotonic() + timeout
-        for _ in range(_YIELDS):  # a holder usually lets go within microseconds: give it the core first
-            os.sched_yield()
-            if lock_descriptor(fd, blocking=False):
-                return
-        delay = _FIRST_DELAY
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                raise LockTimeout(f"shard {shard} of {self.directory} is held by another process past {timeout} s")
-            time.sleep(min(delay, deadline - now))
-            if lock_descriptor(fd, blocking=False):
-                return
-            delay = min(delay * 2, _MAX_DELAY)
+        """Wait for a lock another process holds, backing off from 20 us to 1 ms."""
+        if not wait_flock(fd, time.monotonic() + timeout, first=_FIRST_DELAY, cap=_MAX_DELAY, yields=_YIELDS):
+            raise LockTimeout(f"shard {shard} of {self.directory} is held by another process past {timeout} s")
 
     def release(self, shard: int) -> None:
         """Give *shard* back; the file lock goes when the outermost holder releases."""
@@ -134,6 +123,38 @@ class ShardLocks:
         for fd in fds:
             if fd is not None:
                 os.close(fd)
+
+
+def try_flock(fd: int) -> bool:
+    """Take the ``flock`` of *fd* if it is free, without waiting (:func:`filelock.lock_descriptor`)."""
+    return lock_descriptor(fd, blocking=False)
+
+
+def unflock(fd: int) -> None:
+    """Release the ``flock`` of *fd* (:func:`filelock.unlock_descriptor`)."""
+    unlock_descriptor(fd)
+
+
+def wait_flock(fd: int, deadline: float, *, first: float, cap: float, yields: int = 0, jitter: bool = False) -> bool:
+    """Take the ``flock`` of *fd* (held by another process) before the monotonic *deadline*, or return False.
+
+    ``flock`` has no timed wait, so this polls: it first yields its core to the holder *yields* times, then
+    sleeps *first* seconds doubling up to *cap* (with *jitter*, each sleep is scaled by 0.5 to 1.5 so that
+    waiters do not wake in step).
+    """
+    for _ in range(yields):  # a holder usually lets go within microseconds: give it the core first
+        os.sched_yield()
+        if lock_descriptor(fd, blocking=False):
+            return True
+    delay = first
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        time.sleep(min(delay * (0.5 + random.random()) if jitter else delay, deadline - now))
+        if lock_descriptor(fd, blocking=False):
+            return True
+        delay = min(delay * 2, cap)
 
 
 def _reset_all_after_fork() -> None:

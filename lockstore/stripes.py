@@ -20,20 +20,18 @@ kept apart by one :class:`threading.Lock` per stripe in front of it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
-import random
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import filelock
-
 import lockstore
+
+from .locks import try_flock, unflock, wait_flock
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -271,21 +269,10 @@ class StripeLocks:
         if self.directory is None:
             return True
         fd = self._open(index)
-        delay = 0.0002
-        while True:
-            try:
-                if filelock.lock_descriptor(fd, blocking=False):
-                    return True
-            except OSError as exc:  # pragma: no cover - EINTR is retried by Python itself
-                if exc.errno != errno.EINTR:
-                    raise
-            remaining = deadline - time.monotonic()
-            if not blocking or remaining <= 0:
-                return False
-            # flock has no timed wait: poll with capped exponential back-off and
-            # jitter so waiters do not wake in step.
-            time.sleep(min(remaining, delay * (0.5 + random.random())))
-            delay = min(delay * 2, 0.005)
+        if try_flock(fd):
+            return True
+        # request-long locks are held for milliseconds: longer, jittered sleeps than the shard locks'
+        return blocking and wait_flock(fd, deadline, first=0.0002, cap=0.005, jitter=True)
 
     def _release(self, index: int) -> None:
         with self._guard:
@@ -300,7 +287,7 @@ class StripeLocks:
             stripe.owner = None
             fd = self._fds.get(index)
         if fd is not None:
-            filelock.unlock_descriptor(fd)
+            unflock(fd)
         stripe.mutex.release()
         logger.debug("stripe %d released", index)
 

@@ -20,6 +20,7 @@ other processes adopt the new size when LMDB tells them (``MapResizedError``).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import struct
 import threading
@@ -27,11 +28,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import lmdb
-from filelock import lock_descriptor, unlock_descriptor
 
 from ..base import KEEP, Updater
 from ..codec import ATIME, HEADER
 from ..errors import LockstoreError, StorageError, StoreMismatch
+from ..locks import try_flock, unflock, wait_flock
 
 T = TypeVar("T")
 _BUCKET = struct.Struct(">I")
@@ -152,7 +153,8 @@ class LmdbEngine:
         """Double the map, holding the process's transaction lock and an exclusive file lock."""
         fd = os.open(self._grow_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self._file_mode)
         try:
-            lock_descriptor(fd, blocking=True, poll_interval=0.001)
+            if not try_flock(fd):  # resizes are rare and short: wait for the other process's, however long
+                wait_flock(fd, math.inf, first=0.001, cap=0.001)
             try:
                 before = handle.env.info()["map_size"]
                 handle.env.set_mapsize(0)  # adopt a size another process may have set meanwhile
@@ -161,7 +163,7 @@ class LmdbEngine:
                     with handle.env.begin(write=True) as txn:  # commit to make the new size known
                         txn.put(b"grown", struct.pack("<Q", before * 2), db=handle.meta)
             finally:
-                unlock_descriptor(fd)
+                unflock(fd)
         finally:
             os.close(fd)
 
