@@ -87,7 +87,7 @@ class _Edit:
             if payload == self._old and atime is not None and now - atime < store.touch_interval:
                 return
             rec = codec.record(self._key, payload, now, self._created)
-            sweep = None if now < store._next_clean[shard] else store._sweep_due(shard, now)
+            sweep = store._sweep_due(shard, now)
             store._engine.put(shard, self._key, rec, atime, sweep)
         finally:
             store._locks.release(shard)
@@ -246,7 +246,7 @@ class Store(BaseStore):
                         created = old_created
                 return codec.record(key, payload, now, created)
 
-            sweep = None if now < self._next_clean[shard] else self._sweep_due(shard, now)
+            sweep = self._sweep_due(shard, now)
             self._engine.update(shard, key, put, sweep)
         finally:
             locks.release(shard)
