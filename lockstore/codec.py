@@ -2,8 +2,10 @@
 
 A record is ``header [mac] payload``. The header is 18 bytes, ``<BBdd``: format version, flags,
 last-access time, creation time (seconds since the epoch), so times are read without decoding the
-payload. With a secret, a 32-byte HMAC-SHA256 over the session id, the header and the payload follows
-the header, and a record whose MAC does not hold is never decoded.
+payload. With a secret, a 32-byte HMAC-SHA256 over the store's scope (an identity recorded when the store
+was created: a signed record cannot be replayed into another store that shares the secret), the session id,
+the header and the payload follows the header, and a record whose MAC does not hold is never decoded.
+Stores created before scopes existed have an empty scope, and their MAC input is the one they always had.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def codec_functions(name: str) -> tuple[Callable[[Any], bytes], Callable[[Any], 
 class Codec:
     """Turns values into records and back, for one store (codec, optional secret, size limit)."""
 
-    def __init__(self, name: str, secret: bytes | str | None, max_value_size: int) -> None:
+    def __init__(self, name: str, secret: bytes | str | None, max_value_size: int, *, scope: bytes = b"") -> None:
         self.name = name
         self._dumps, self._loads = codec_functions(name)
         if isinstance(secret, str):
@@ -78,6 +80,14 @@ class Codec:
             raise ValueError("secret must be at least 16 bytes")
         self._secret = secret
         self.signed = secret is not None
+        self.scope = scope
+        # MAC input: [NUL, scope length (2 bytes), scope] id NUL header payload. An id never starts with
+        # NUL, so a scoped MAC can never equal the unscoped one of an older store.
+        if len(scope) > 0xFFFF:
+            raise ValueError("scope must be at most 65535 bytes")
+        self._mac_base = None if secret is None else hmac.new(secret, digestmod=hashlib.sha256)
+        if self._mac_base is not None and scope:
+            self._mac_base.update(b"\0" + len(scope).to_bytes(2, "big") + scope)
         self.max_value_size = max_value_size
 
     def encode(self, value: object) -> bytes:
@@ -91,8 +101,9 @@ class Codec:
         return payload
 
     def _mac(self, key: bytes, header: bytes | memoryview, payload: bytes | memoryview) -> bytes:
-        assert self._secret is not None
-        mac = hmac.new(self._secret, key, hashlib.sha256)
+        assert self._mac_base is not None
+        mac = self._mac_base.copy()
+        mac.update(key)
         mac.update(b"\0")
         mac.update(header)
         mac.update(payload)
