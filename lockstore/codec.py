@@ -66,18 +66,24 @@ def codec_functions(name: str) -> tuple[Callable[[Any], bytes], Callable[[Any], 
     raise StoreMismatch(f"unknown codec {name!r}: use 'pickle', 'json' or 'msgpack'")
 
 
+def check_secret(secret: bytes | str | None) -> bytes | None:
+    """*secret* as bytes, or None; ``TypeError``/``ValueError`` if it cannot sign records."""
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if secret is not None and not isinstance(secret, bytes):
+        raise TypeError(f"secret must be bytes or str, not {type(secret).__name__}")
+    if secret is not None and len(secret) < 16:
+        raise ValueError("secret must be at least 16 bytes")
+    return secret
+
+
 class Codec:
     """Turns values into records and back, for one store (codec, optional secret, size limit)."""
 
     def __init__(self, name: str, secret: bytes | str | None, max_value_size: int, *, scope: bytes = b"") -> None:
         self.name = name
         self._dumps, self._loads = codec_functions(name)
-        if isinstance(secret, str):
-            secret = secret.encode()
-        if secret is not None and not isinstance(secret, bytes):
-            raise TypeError(f"secret must be bytes or str, not {type(secret).__name__}")
-        if secret is not None and len(secret) < 16:
-            raise ValueError("secret must be at least 16 bytes")
+        secret = check_secret(secret)
         self._secret = secret
         self.signed = secret is not None
         self.scope = scope

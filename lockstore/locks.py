@@ -34,9 +34,10 @@ _all_locks: weakref.WeakSet[ShardLocks] = weakref.WeakSet()
 class ShardLocks:
     """The locks of one store's shards (``lock-NNN`` files in *directory*)."""
 
-    def __init__(self, directory: str | None, shards: int, file_mode: int = 0o600) -> None:
-        """*directory* None: threads only (the memory backend)."""
+    def __init__(self, directory: str | None, shards: int, file_mode: int = 0o600, *, label: str | None = None) -> None:
+        """*directory* None: threads only (the memory backend); *label* names the store in messages."""
         self.directory = directory
+        self.label = label or directory
         self.shards = shards
         self._file_mode = file_mode
         self._files = directory is not None
@@ -64,7 +65,7 @@ class ShardLocks:
                 fd = self._fds[shard]
                 if fd is None:
                     if self._closed:
-                        raise StoreClosed(f"store at {self.directory} is closed")
+                        raise StoreClosed(f"store at {self.label} is closed")
                     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
                     fd = os.open(self._paths[shard], flags, self._file_mode)
                     self._fds[shard] = fd
@@ -76,7 +77,7 @@ class ShardLocks:
         if not tlock.acquire(False):  # another thread of this process has it: wait, within the timeout
             started = time.monotonic()
             if not tlock.acquire(True, timeout):
-                raise LockTimeout(f"shard {shard} of {self.directory} is held by another thread past {timeout} s")
+                raise LockTimeout(f"shard {shard} of {self.label} is held by another thread past {timeout} s")
             timeout = max(0.0, timeout - (time.monotonic() - started))
         if self._depth[shard] or not self._files:
             self._depth[shard] += 1
@@ -95,7 +96,7 @@ class ShardLocks:
     def _wait(self, shard: int, fd: int, timeout: float) -> None:
         """Wait for a lock another process holds, backing off from 20 us to 1 ms."""
         if not wait_flock(fd, time.monotonic() + timeout, first=_FIRST_DELAY, cap=_MAX_DELAY, yields=_YIELDS):
-            raise LockTimeout(f"shard {shard} of {self.directory} is held by another process past {timeout} s")
+            raise LockTimeout(f"shard {shard} of {self.label} is held by another process past {timeout} s")
 
     def release(self, shard: int) -> None:
         """Give *shard* back; the file lock goes when the outermost holder releases."""

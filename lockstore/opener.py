@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import builtins
 import contextlib
-import json
 import math
 import os
-import stat
+import secrets
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from .codec import Codec, codec_functions
-from .errors import LockstoreError, StorageError, StoreMismatch, UnsafeStore
-from .locks import ShardLocks
+from ._files import FILE_MODE, FORMAT, MAX_CLEAN_LIMIT, MAX_SECONDS, MAX_SHARDS, RULES, StoreDir, check_tree
+from .codec import Codec, check_secret, codec_functions
+from .errors import LockstoreError, LockTimeout, StoreMismatch
+from .locks import ShardLocks, try_flock, unflock, wait_flock
 from .store import BaseStore, Clock, Store
 
-FORMAT = 1
-META = "lockstore.json"
 DEFAULTS = {"backend": "lmdb", "shards": 16, "codec": "pickle"}
+RULE_DEFAULTS: dict[str, float | int] = {"max_age": 1800.0, "clean_interval": 300.0, "clean_limit": 1000}
+"""The sweep rules a new store records when open() names none."""
 BACKENDS = ("lmdb", "shelve", "memory")
 DURABILITY = ("process", "system")
 SETTINGS_KEYS = {
@@ -37,8 +38,6 @@ SETTINGS_KEYS = {
 }
 """Framework settings (``LOCKSTORE_MAX_AGE`` in Flask, ``LOCKSTORE = {"MAX_AGE": ...}`` in Django) -> open()."""
 REMOTE_SCHEMES = ("redis", "rediss", "postgresql", "postgres")
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 
 
 def open(
@@ -47,20 +46,26 @@ def open(
     backend: str | None = None,
     shards: int | None = None,
     codec: str | None = None,
-    max_age: float = 1800,
-    clean_interval: float = 300,
+    max_age: float | None = None,
+    clean_interval: float | None = None,
     touch_interval: float = 60,
     timeout: float = 10.0,
     max_value_size: int = 1 << 20,
     secret: bytes | str | None = None,
     durability: str = "process",
-    clean_limit: int = 1000,
+    clean_limit: int | None = None,
     dbm: str | None = None,
     map_size: int | None = None,
     clock: Clock | None = None,
     **options: Any,
 ) -> BaseStore:
-    """Open the store at *path*, creating it if needed. See the README for every option."""
+    """Open the store at *path*, creating it if needed. See the README for every option.
+
+    ``max_age``, ``clean_interval`` and ``clean_limit`` decide which sessions a sweep deletes: they are
+    recorded when the store is created (defaults 1800, 300, 1000), and None takes the recorded values.
+    An explicit value that differs from the recorded one raises :class:`StoreMismatch`; change them with
+    :func:`set_rules` (``lockstore config``). Every option is checked before anything is created.
+    """
     if isinstance(path, str) and path.partition("://")[0] in REMOTE_SCHEMES:
         embedded_only = {"backend": backend, "shards": shards, "dbm": dbm, "map_size": map_size}
         given = sorted(name for name, value in embedded_only.items() if value is not None)
@@ -71,22 +76,22 @@ def open(
                 f"option(s) for embedded stores only, not for {path.partition('://')[0]}: {', '.join(given)}"
             )
         _check_numbers(max_age, clean_interval, touch_interval, timeout, max_value_size, clean_limit, None)
+        remote_rules = {"max_age": max_age, "clean_interval": clean_interval, "clean_limit": clean_limit}
         return _open_remote(
             path,
             codec=codec,
-            max_age=max_age,
-            clean_interval=clean_interval,
-            clean_limit=clean_limit,
             touch_interval=touch_interval,
             timeout=timeout,
             max_value_size=max_value_size,
             secret=secret,
             clock=clock,
+            **{name: value for name, value in remote_rules.items() if value is not None},
             **options,
         )
     if options:
         raise TypeError(f"unknown option(s) for an embedded store: {', '.join(sorted(options))}")
     path = os.path.abspath(os.fspath(path))
+    # every option is checked before anything is created (a rejected option must leave no store behind)
     _check_numbers(max_age, clean_interval, touch_interval, timeout, max_value_size, clean_limit, shards)
     if backend is not None and backend not in BACKENDS:
         raise StoreMismatch(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
@@ -94,65 +99,274 @@ def open(
         raise ValueError(f"durability must be 'process' or 'system', not {durability!r}")
     if codec is not None:
         codec_functions(codec)  # unknown codec or missing package: a clear error before any file exists
+    check_secret(secret)
+    if map_size is not None and (isinstance(map_size, bool) or not isinstance(map_size, int) or map_size < 1 << 20):
+        raise ValueError(f"map_size must be an int of at least 1 MiB, not {map_size!r}")
+    if dbm is not None:
+        if backend not in (None, "shelve"):
+            raise StoreMismatch("dbm= applies to the shelve backend only")
+        from .backends.shelve import pick_dbm
 
+        pick_dbm(dbm)
+    rules: dict[str, Any] = {"max_age": max_age, "clean_interval": clean_interval, "clean_limit": clean_limit}
     if backend == "memory":
-        settings: dict[str, Any] = {
-            "backend": "memory",
-            "shards": shards or DEFAULTS["shards"],
-            "codec": codec or DEFAULTS["codec"],
-        }
-    else:
-        settings = _settings(path, backend, shards, codec, dbm, secret is not None)
-    codec_obj = Codec(settings["codec"], secret, max_value_size)
-    if settings["codec"] == "pickle" and settings["backend"] != "memory":
-        check_ownership(path)
-    n = int(settings["shards"])
-    engine: Any
-    if settings["backend"] == "memory":
-        from .backends.memory import MemoryEngine
+        return _open_memory(
+            path, shards, codec, rules, secret, max_value_size, touch_interval, timeout, durability, clock
+        )
 
-        engine = MemoryEngine(path, n)
-        locks = engine.locks  # shared by every store on this path, like the data
-    elif settings["backend"] == "lmdb":
-        from .backends.lmdb import LmdbEngine
+    files = StoreDir(path, create=True)
+    try:
+        settings = _settings(files, backend, shards, codec, dbm, secret is not None, rules)
+        codec_obj = Codec(settings["codec"], secret, max_value_size, scope=settings.get("store_id", "").encode())
+        check_tree(path, files.pinned)
+        n = int(settings["shards"])
+        engine: Any
+        if settings["backend"] == "lmdb":
+            from .backends.lmdb import LmdbEngine
 
-        directory = _subdir(path, "lmdb")
-        engine, locks = LmdbEngine(directory, n, durability, map_size, FILE_MODE), ShardLocks(path, n, FILE_MODE)
-    else:
-        from .backends.shelve import ShelveEngine
+            engine = LmdbEngine(files.subdir("lmdb"), n, durability, map_size, FILE_MODE, label=path)
+        else:
+            from .backends.shelve import ShelveEngine
 
-        directory = _subdir(path, "shelve")
-        engine = ShelveEngine(directory, n, settings["dbm"], durability, FILE_MODE)
-        locks = ShardLocks(path, n, FILE_MODE)
+            engine = ShelveEngine(files.subdir("shelve"), n, settings["dbm"], durability, FILE_MODE)
+        locks = ShardLocks(files.pinned, n, FILE_MODE, label=path)
+    except BaseException:
+        files.close()
+        raise
     store = Store(
         path,
         engine,
         locks,
         codec_obj,
         shards=n,
-        max_age=float(max_age),
-        clean_interval=float(clean_interval),
+        max_age=float(settings["max_age"]),
+        clean_interval=float(settings["clean_interval"]),
         touch_interval=float(touch_interval),
         timeout=float(timeout),
-        clean_limit=clean_limit,
+        clean_limit=int(settings["clean_limit"]),
         durability=durability,
         clock=clock,
         settings=settings,
+        files=files,
     )
     # what a pickled store carries to reopen itself in another process (multiprocessing "spawn")
     store._reopen = {
-        "max_age": max_age,
-        "clean_interval": clean_interval,
+        "max_age": store.max_age,
+        "clean_interval": store.clean_interval,
         "touch_interval": touch_interval,
         "timeout": timeout,
         "max_value_size": max_value_size,
         "secret": secret,
         "durability": durability,
-        "clean_limit": clean_limit,
+        "clean_limit": store.clean_limit,
         "map_size": map_size,
         "clock": clock,
     }
     return store
+
+
+def _open_memory(
+    path: str,
+    shards: int | None,
+    codec: str | None,
+    given: dict[str, Any],
+    secret: bytes | str | None,
+    max_value_size: int,
+    touch_interval: float,
+    timeout: float,
+    durability: str,
+    clock: Clock | None,
+) -> Store:
+    from .backends.memory import MemoryEngine
+
+    rules = {name: RULE_DEFAULTS[name] if value is None else value for name, value in given.items()}
+    settings: dict[str, Any] = {
+        "backend": "memory",
+        "shards": shards or DEFAULTS["shards"],
+        "codec": codec or DEFAULTS["codec"],
+        **rules,
+    }
+    engine = MemoryEngine(path, settings["shards"])
+    return Store(
+        path,
+        engine,
+        engine.locks,  # shared by every store on this path, like the data
+        Codec(settings["codec"], secret, max_value_size),
+        shards=settings["shards"],
+        max_age=float(rules["max_age"]),
+        clean_interval=float(rules["clean_interval"]),
+        touch_interval=float(touch_interval),
+        timeout=float(timeout),
+        clean_limit=int(rules["clean_limit"]),
+        durability=durability,
+        clock=clock,
+        settings=settings,
+        files=None,
+    )
+
+
+def _check_numbers(
+    max_age: float | None,
+    clean_interval: float | None,
+    touch_interval: float,
+    timeout: float,
+    max_value_size: int,
+    clean_limit: int | None,
+    shards: int | None,
+) -> None:
+    """Check the numeric options (None: the recorded value, checked when it is read)."""
+    for name, value in (
+        ("max_age", max_age),
+        ("clean_interval", clean_interval),
+        ("touch_interval", touch_interval),
+        ("timeout", timeout),
+    ):
+        if value is None and name in RULES:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value < 0:
+            raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
+        if value > MAX_SECONDS:
+            raise ValueError(f"{name} must be at most {MAX_SECONDS:g} seconds, not {value!r}")
+    if max_age is not None and max_age <= 0:
+        raise ValueError(f"max_age must be > 0, not {max_age!r}")
+    if isinstance(max_value_size, bool) or not isinstance(max_value_size, int) or max_value_size < 1:
+        raise ValueError(f"max_value_size must be a positive int, not {max_value_size!r}")
+    if clean_limit is not None and (
+        isinstance(clean_limit, bool) or not isinstance(clean_limit, int) or not 1 <= clean_limit <= MAX_CLEAN_LIMIT
+    ):
+        raise ValueError(f"clean_limit must be a positive int, not {clean_limit!r}")
+    if shards is not None and (
+        isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS
+    ):
+        raise ValueError(f"shards must be an int from 1 to {MAX_SHARDS}, not {shards!r}")
+
+
+def read_meta(path: str) -> dict[str, Any] | None:
+    """The recorded, validated settings of the store at *path*, or None if there is no store there."""
+    try:
+        files = StoreDir(os.path.abspath(path), create=False)
+    except LockstoreError:
+        if not os.path.lexists(path):
+            return None
+        raise
+    try:
+        return files.read_meta()
+    finally:
+        files.close()
+
+
+@contextlib.contextmanager
+def _meta_lock(files: StoreDir) -> Iterator[None]:
+    """Serialise the processes that rewrite the metadata of one store (``lock-meta``, never deleted)."""
+    fd = os.open("lock-meta", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE, dir_fd=files.fd)
+    try:
+        if not try_flock(fd) and not wait_flock(fd, time.monotonic() + 30, first=0.001, cap=0.05):
+            raise LockTimeout(f"the metadata of {files.path} stayed locked for 30 s")
+        try:
+            yield
+        finally:
+            unflock(fd)
+    finally:
+        os.close(fd)
+
+
+def _settings(
+    files: StoreDir,
+    backend: str | None,
+    shards: int | None,
+    codec: str | None,
+    dbm: str | None,
+    signed: bool,
+    given: dict[str, Any],
+) -> dict[str, Any]:
+    meta = files.read_meta()
+    if meta is None:
+        meta = {
+            "format": FORMAT,
+            "backend": backend or DEFAULTS["backend"],
+            "shards": shards or DEFAULTS["shards"],
+            "codec": codec or DEFAULTS["codec"],
+            "signed": signed,
+            "store_id": secrets.token_hex(16),
+            **_rules(given, {}),
+        }
+        if meta["backend"] == "shelve":
+            from .backends.shelve import pick_dbm
+
+            meta["dbm"] = pick_dbm(dbm)
+        meta = files.write_meta(meta, replace=False)
+    where = f"store at {files.path}"
+    asked = {"backend": backend, "shards": shards, "codec": codec, "dbm": dbm}
+    for name, value in asked.items():
+        if value is not None and meta.get(name) != value:
+            raise StoreMismatch(f"{where} was created with {name}={meta.get(name)!r}; opened with {name}={value!r}")
+    if meta["signed"] != signed:
+        raise StoreMismatch(
+            f"{where} was created {'with' if meta['signed'] else 'without'} a secret; "
+            f"open it {'with its secret=' if meta['signed'] else 'without secret='}"
+        )
+    if not all(rule in meta for rule in RULES):
+        # created by a lockstore that did not record its sweep rules: the application says them once
+        if given["max_age"] is None:
+            raise StoreMismatch(
+                f"{where} was created by an older lockstore and records no max_age: open it once with the "
+                "application's max_age= (and clean_interval=, clean_limit=) to record them, or run "
+                "'lockstore config PATH --max-age SECONDS'"
+            )
+        with _meta_lock(files):
+            meta = files.read_meta() or meta
+            if not all(rule in meta for rule in RULES):
+                meta = files.write_meta({**meta, **_rules(given, meta)}, replace=True)
+    _check_rules(where, meta, given)
+    return meta
+
+
+def _rules(given: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+    """The sweep rules to record: what was given, else what is recorded, else the defaults."""
+    out: dict[str, Any] = {}
+    for name in RULES:
+        value = given.get(name)
+        if value is None:
+            value = recorded.get(name, RULE_DEFAULTS[name])
+        out[name] = int(value) if name == "clean_limit" else float(value)
+    return out
+
+
+def _check_rules(where: str, meta: dict[str, Any], given: dict[str, Any]) -> None:
+    for name in RULES:
+        value = given.get(name)
+        if value is not None and value != meta[name]:
+            raise StoreMismatch(
+                f"{where} records {name}={meta[name]!r}, opened with {name}={value!r}: every process must sweep by "
+                f"the same rule (open without {name}= to use the recorded one, or change it with "
+                f"'lockstore config PATH --{name.replace('_', '-')} VALUE')"
+            )
+
+
+def set_rules(
+    path: str | os.PathLike[str],
+    *,
+    max_age: float | None = None,
+    clean_interval: float | None = None,
+    clean_limit: int | None = None,
+) -> dict[str, Any]:
+    """Change the recorded sweep rules of the embedded store at *path*; returns the new metadata.
+
+    Processes that have the store open keep their rules in memory; each notices the change before its
+    next sweep and skips sweeping (logging a warning) until it is restarted, so no process ever sweeps by
+    a rule other than the store's.
+    """
+    _check_numbers(max_age, clean_interval, 0, 0, 1, clean_limit, None)
+    files = StoreDir(os.path.abspath(os.fspath(path)), create=False)
+    try:
+        with _meta_lock(files):
+            meta = files.read_meta()
+            if meta is None:
+                raise LockstoreError(f"no store at {path}: the directory holds no lockstore metadata")
+            given = {"max_age": max_age, "clean_interval": clean_interval, "clean_limit": clean_limit}
+            return files.write_meta({**meta, **_rules(given, meta)}, replace=True)
+    finally:
+        files.close()
 
 
 def reopen(path: str, options: dict[str, Any]) -> BaseStore:
@@ -169,158 +383,3 @@ def _open_remote(url: str, **options: Any) -> BaseStore:
     from .backends.postgres import open_postgres
 
     return open_postgres(url, **options)
-
-
-def _check_numbers(
-    max_age: float,
-    clean_interval: float,
-    touch_interval: float,
-    timeout: float,
-    max_value_size: int,
-    clean_limit: int,
-    shards: int | None,
-) -> None:
-    for name, value in (
-        ("max_age", max_age),
-        ("clean_interval", clean_interval),
-        ("touch_interval", touch_interval),
-        ("timeout", timeout),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value < 0:
-            raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
-    if max_age <= 0:
-        raise ValueError(f"max_age must be > 0, not {max_age!r}")
-    if isinstance(max_value_size, bool) or not isinstance(max_value_size, int) or max_value_size < 1:
-        raise ValueError(f"max_value_size must be a positive int, not {max_value_size!r}")
-    if isinstance(clean_limit, bool) or not isinstance(clean_limit, int) or clean_limit < 1:
-        raise ValueError(f"clean_limit must be a positive int, not {clean_limit!r}")
-    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 4096):
-        raise ValueError(f"shards must be an int from 1 to 4096, not {shards!r}")
-
-
-def _mkdir(path: str) -> None:
-    try:
-        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
-    except FileExistsError:
-        raise LockstoreError(f"{path} exists and is not a directory") from None
-    except OSError as exc:
-        raise LockstoreError(f"cannot create store directory {path}: {exc.strerror}") from None
-    if not os.path.isdir(path):
-        raise LockstoreError(f"{path} exists and is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise LockstoreError(f"store directory {path} is not writable by this user")
-
-
-def _subdir(path: str, name: str) -> str:
-    sub = os.path.join(path, name)
-    _mkdir(sub)
-    return sub
-
-
-def read_meta(path: str) -> dict[str, Any] | None:
-    """The recorded settings of the store at *path*, or None if there is no store there."""
-    meta_path = os.path.join(path, META)
-    try:
-        with builtins.open(meta_path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise LockstoreError(f"cannot read {meta_path}: {exc.strerror}") from None
-    try:
-        meta = json.loads(raw)
-        if not isinstance(meta, dict):
-            raise ValueError("not an object")
-    except ValueError as exc:
-        raise StoreMismatch(f"{meta_path} is not lockstore metadata: {exc}") from None
-    if meta.get("format", 0) > FORMAT:
-        raise StoreMismatch(
-            f"store at {path} has format {meta.get('format')}, newer than this lockstore reads ({FORMAT}): upgrade"
-        )
-    return meta
-
-
-def _settings(
-    path: str, backend: str | None, shards: int | None, codec: str | None, dbm: str | None, signed: bool
-) -> dict[str, Any]:
-    _mkdir(path)
-    meta = read_meta(path)
-    if meta is None:
-        meta = {
-            "format": FORMAT,
-            "backend": backend or DEFAULTS["backend"],
-            "shards": shards or DEFAULTS["shards"],
-            "codec": codec or DEFAULTS["codec"],
-            "signed": signed,
-        }
-        if meta["backend"] == "shelve":
-            from .backends.shelve import pick_dbm
-
-            meta["dbm"] = pick_dbm(dbm)
-        elif dbm is not None:
-            raise StoreMismatch("dbm= applies to the shelve backend only")
-        meta = _create_meta(path, meta)
-    asked = {"backend": backend, "shards": shards, "codec": codec, "dbm": dbm}
-    for name, value in asked.items():
-        if value is not None and meta.get(name) != value:
-            raise StoreMismatch(
-                f"store at {path} was created with {name}={meta.get(name)!r}; opened with {name}={value!r}"
-            )
-    if bool(meta.get("signed")) != signed:
-        raise StoreMismatch(
-            f"store at {path} was created {'with' if meta.get('signed') else 'without'} a secret; "
-            f"open it {'with its secret=' if meta.get('signed') else 'without secret='}"
-        )
-    return meta
-
-
-def _create_meta(path: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """Write the metadata atomically; if another process won the race, return its metadata."""
-    final = os.path.join(path, META)
-    tmp = os.path.join(path, f".{META}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-        try:
-            os.write(fd, json.dumps(meta, indent=1).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise StorageError(f"cannot create store metadata in {path}: {exc.strerror or exc}") from None
-    try:
-        os.link(tmp, final)
-    except FileExistsError:
-        other = read_meta(path)
-        assert other is not None
-        return other
-    finally:
-        os.unlink(tmp)
-    return meta
-
-
-def check_ownership(path: str) -> None:
-    """Refuse a pickle store another user owns or could write (OpenSSH's StrictModes rule)."""
-    uid = os.geteuid()
-    for root, dirs, files in os.walk(path):
-        # lock files and the request-lock stripes are never read: only what is unpickled matters
-        dirs[:] = [d for d in dirs if d != "stripes"]
-        names = [os.path.join(root, n) for n in dirs + files if not (root == path and n.startswith("lock-"))]
-        for name in [root, *names]:
-            try:
-                st = os.lstat(name)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                raise UnsafeStore(f"{name} is a symbolic link: a pickle store holds no links")
-            if st.st_uid != uid:
-                raise UnsafeStore(
-                    f"{name} is owned by uid {st.st_uid}, not {uid}: refusing to unpickle from it "
-                    "(use codec='json', or fix the ownership)"
-                )
-            if st.st_mode & 0o022:
-                raise UnsafeStore(
-                    f"{name} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}): "
-                    "refusing to unpickle from it (chmod go-w, or use codec='json')"
-                )

@@ -7,19 +7,25 @@ shards, each shard is guarded by a :class:`~lockstore.locks.ShardLocks` lock, an
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zlib import crc32 as _crc32
 
+from ._files import RULES
 from .base import KEEP, BaseStore, Clock, Engine, Updater
 from .codec import ATIME, HEADER_SIZE, Codec, Record
-from .errors import StoreClosed
+from .errors import LockstoreError, StoreClosed, StoreMismatch
 from .ids import _VALID as _valid
 from .ids import describe_id, shard_of, validate_id
 from .locks import ShardLocks
 
+if TYPE_CHECKING:
+    from ._files import StoreDir
+
+logger = logging.getLogger(__name__)
 _atime = ATIME.unpack_from
 
 
@@ -112,6 +118,7 @@ class Store(BaseStore):
         durability: str,
         clock: Clock | None,
         settings: dict[str, Any],
+        files: StoreDir | None = None,
     ) -> None:
         self.path = path
         self.backend = engine.name
@@ -133,6 +140,9 @@ class Store(BaseStore):
         self._next_clean = [-math.inf] * shards
         self._closed = False
         self._reopen: dict[str, Any] | None = None
+        self._files = files
+        self._meta_ident = files.meta_ident() if files is not None else None
+        self._rules_warned = False
 
     def __reduce__(self) -> tuple[Any, tuple[str, dict[str, Any]]]:
         """Pickling carries the path and options; the copy opens its own files, locks and LMDB handle
@@ -167,7 +177,39 @@ class Store(BaseStore):
             self._next_clean[shard] = last + self.clean_interval
             return None
         self._next_clean[shard] = now + self.clean_interval
+        if self._files is not None and self._rules_changed():
+            return None
         return (now, now - self.max_age, self.clean_limit)
+
+    def _rules_changed(self) -> str | None:
+        """Before a sweep: what differs between this process's sweep rules and the recorded ones, if any.
+
+        One ``stat`` of the metadata per sweep (at most one per shard per ``clean_interval``); the file is
+        read again only when it was rewritten (``lockstore config``). A process whose rules are no longer
+        the store's never sweeps again: it warns once, and the operator restarts it.
+        """
+        assert self._files is not None
+        ident = self._files.meta_ident()
+        if ident == self._meta_ident:
+            return None
+        try:
+            meta = self._files.read_meta() or {}
+        except LockstoreError as exc:
+            differs = f"its metadata cannot be read ({exc})"
+        else:
+            changed = [f"{name}={meta.get(name)!r}" for name in RULES if meta.get(name) != getattr(self, name)]
+            if not changed:
+                self._meta_ident = ident
+                return None
+            differs = "the store now records " + ", ".join(changed)
+        if not self._rules_warned:
+            self._rules_warned = True
+            logger.warning(
+                "store at %s: %s; this process opened it with other sweep rules and no longer sweeps: restart it",
+                self.path,
+                differs,
+            )
+        return differs
 
     def _read(self, shard: int, key: bytes) -> bytes | None:
         if self._lock_reads:
@@ -329,6 +371,9 @@ class Store(BaseStore):
         With *max_idle* (seconds), sessions idle longer than that go too, each checked and removed under
         its shard's lock (session2's ``delete_old_sessions``)."""
         self._check_open()
+        differs = self._rules_changed() if self._files is not None else None
+        if differs:
+            raise StoreMismatch(f"store at {self.path}: {differs}; reopen it to clean by the recorded rules")
         idle = self.max_age if max_idle is None else min(float(max_idle), self.max_age)
         removed = 0
         for shard in range(self.shards):
@@ -427,6 +472,8 @@ class Store(BaseStore):
             self._closed = True
             self._engine.close()
             self._locks.close()
+            if self._files is not None:
+                self._files.close()
 
 
 __all__ = ["KEEP", "BaseStore", "Clock", "Engine", "Store", "Updater"]

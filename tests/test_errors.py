@@ -134,10 +134,11 @@ def test_unwritable_directory(tmp_path: Path) -> None:
     os.chown(tmp_path / "s" / "lockstore.json", 65534, 65534)
     with pytest.raises(lockstore.UnsafeStore, match="owned by uid 65534"):
         lockstore.open(tmp_path / "s")
-    # json stores unpickle nothing: they open
+    # the metadata picks the backend and codec: another user's is refused whatever the codec
     lockstore.open(tmp_path / "j", codec="json").close()
     os.chown(tmp_path / "j" / "lockstore.json", 65534, 65534)
-    lockstore.open(tmp_path / "j").close()
+    with pytest.raises(lockstore.UnsafeStore, match="owned by uid 65534"):
+        lockstore.open(tmp_path / "j")
 
 
 def test_private_files_and_writable_pickle_store_refused(tmp_path: Path, file_backend: str) -> None:

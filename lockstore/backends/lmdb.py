@@ -75,7 +75,9 @@ class _Env:
         self.users = 0
 
 
-_envs: dict[str, tuple[int, _Env]] = {}
+_envs: dict[tuple[int, int], tuple[int, _Env]] = {}
+"""Open environments by (device, inode) of their directory: one per directory per process, however it is
+reached (stores reach theirs through their own pinned descriptor)."""
 _envs_lock = threading.Lock()
 
 
@@ -83,8 +85,20 @@ class LmdbEngine:
     name = "lmdb"
     lock_reads = False
 
-    def __init__(self, directory: str, shards: int, durability: str, map_size: int | None, file_mode: int) -> None:
+    def __init__(
+        self,
+        directory: str,
+        shards: int,
+        durability: str,
+        map_size: int | None,
+        file_mode: int,
+        *,
+        label: str | None = None,
+    ) -> None:
         self.directory = directory
+        self.label = os.path.join(label, "lmdb") if label else directory
+        st = os.stat(directory)
+        self._ident = (st.st_dev, st.st_ino)
         self.shards = shards
         self._durability = durability
         self._map_size = map_size or DEFAULT_MAP_SIZE
@@ -100,7 +114,7 @@ class LmdbEngine:
     def _open(self) -> _Env:
         gen = _fork_generation[0]
         with _envs_lock:
-            entry = _envs.get(self.directory)
+            entry = _envs.get(self._ident)
             if entry is None or entry[0] != gen:
                 if entry is not None:
                     # inherited across fork: no transaction of ours is open and none is cached
@@ -111,13 +125,13 @@ class LmdbEngine:
                 try:
                     env = _Env(self.directory, self._durability, self._map_size, self._file_mode)
                 except lmdb.Error as exc:
-                    raise StorageError(f"cannot open LMDB store at {self.directory}: {exc}") from exc
+                    raise StorageError(f"cannot open LMDB store at {self.label}: {exc}") from exc
                 entry = (gen, env)
-                _envs[self.directory] = entry
+                _envs[self._ident] = entry
             handle = entry[1]
             if handle.durability != self._durability:
                 raise StoreMismatch(
-                    f"LMDB store at {self.directory} is already open in this process with "
+                    f"LMDB store at {self.label} is already open in this process with "
                     f"durability={handle.durability!r}; one process uses one durability per store"
                 )
             handle.users += 1
@@ -146,8 +160,8 @@ class LmdbEngine:
                 except lmdb.ReadersFullError:
                     handle.env.reader_check()
                 except lmdb.Error as exc:  # a full disk, an I/O error: the transaction was aborted
-                    raise StorageError(f"LMDB store at {self.directory}: {exc}") from exc
-        raise LockstoreError(f"LMDB store at {self.directory} could not complete a transaction")
+                    raise StorageError(f"LMDB store at {self.label}: {exc}") from exc
+        raise LockstoreError(f"LMDB store at {self.label} could not complete a transaction")
 
     def _grow(self, handle: _Env) -> None:
         """Double the map, holding the process's transaction lock and an exclusive file lock."""
@@ -184,7 +198,7 @@ class LmdbEngine:
             except (lmdb.MapResizedError, lmdb.ReadersFullError):
                 pass
             except lmdb.Error as exc:
-                raise StorageError(f"LMDB store at {self.directory}: {exc}") from exc
+                raise StorageError(f"LMDB store at {self.label}: {exc}") from exc
         return self._run(False, lambda txn, h: txn.get(k))
 
     def update(self, shard: int, key: bytes, fn: Updater, sweep: tuple[float, float, int] | None) -> int:
@@ -197,7 +211,7 @@ class LmdbEngine:
                 except (lmdb.MapResizedError, lmdb.MapFullError, lmdb.ReadersFullError):
                     pass  # _run below deals with these
                 except lmdb.Error as exc:
-                    raise StorageError(f"LMDB store at {self.directory}: {exc}") from exc
+                    raise StorageError(f"LMDB store at {self.label}: {exc}") from exc
         return self._run(True, lambda txn, h: self._apply(txn, h, shard, key, fn, sweep))
 
     def _apply(
@@ -245,7 +259,7 @@ class LmdbEngine:
                 except (lmdb.MapResizedError, lmdb.MapFullError, lmdb.ReadersFullError):
                     pass  # the general path below deals with these
                 except lmdb.Error as exc:
-                    raise StorageError(f"LMDB store at {self.directory}: {exc}") from exc
+                    raise StorageError(f"LMDB store at {self.label}: {exc}") from exc
         return self.update(shard, key, lambda old: rec, sweep)
 
     def _sweep_txn(self, txn: Any, h: _Env, shard: int, now: float, cutoff: float, limit: int | None) -> int:
@@ -345,6 +359,6 @@ class LmdbEngine:
             return
         with _envs_lock:
             handle.users -= 1
-            if handle.users == 0 and _envs.get(self.directory, (None, None))[1] is handle:
-                del _envs[self.directory]
+            if handle.users == 0 and _envs.get(self._ident, (None, None))[1] is handle:
+                del _envs[self._ident]
                 handle.env.close()
