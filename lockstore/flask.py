@@ -176,7 +176,8 @@ def init_app(app: Flask, path: str | os.PathLike[str] | None = None, **options: 
 
     Settings come from *options* first, then ``LOCKSTORE_*`` config keys:
     ``LOCKSTORE_PATH`` (default ``<instance folder>/sessions``), the store's
-    options (``LOCKSTORE_BACKEND``, ``_SHARDS``, ``_CODEC``, ``_MAX_AGE``,
+    options (``LOCKSTORE_BACKEND``, ``_SHARDS``, ``_CODEC``, ``_MAX_AGE`` (default
+    ``PERMANENT_SESSION_LIFETIME``),
     ``_CLEAN_INTERVAL``, ``_TOUCH_INTERVAL``, ``_TIMEOUT``, ``_MAX_VALUE_SIZE``,
     ``_SECRET``, ``_DURABILITY``) and the interface's (``LOCKSTORE_REQUEST_LOCK``,
     ``_LOCK_TIMEOUT``, ``_LOCK_DIR``, ``_STRIPES``).  The store is also
@@ -195,6 +196,9 @@ def init_app(app: Flask, path: str | os.PathLike[str] | None = None, **options: 
         (interface_options if name in _INTERFACE_OPTIONS.values() else store_options)[name] = value
     if path is None:
         path = config.get("LOCKSTORE_PATH") or os.path.join(app.instance_path, "sessions")
+    # a permanent ("remember me") session must outlive idle spells as long as its cookie does: the store
+    # keeps sessions for PERMANENT_SESSION_LIFETIME unless told otherwise (as Django's follows SESSION_COOKIE_AGE)
+    store_options.setdefault("max_age", app.permanent_session_lifetime.total_seconds())
     store = lockstore.open(path, **store_options)
     app.session_interface = LockstoreSessionInterface(store, **interface_options)
     app.extensions["lockstore"] = store

@@ -116,9 +116,9 @@ def open(
 
     files = StoreDir(path, create=True)
     try:
+        check_tree(path, files.pinned)  # before anything is written or read in it
         settings = _settings(files, backend, shards, codec, dbm, secret is not None, rules)
         codec_obj = Codec(settings["codec"], secret, max_value_size, scope=settings.get("store_id", "").encode())
-        check_tree(path, files.pinned)
         n = int(settings["shards"])
         engine: Any
         if settings["backend"] == "lmdb":
