@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import lockstore
 
+from ._files import make_dirs
 from .locks import try_flock, unflock, wait_flock
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ class StripeLocks:
         self._guard = threading.Lock()
         self._reset()
         if self.directory is not None:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_dirs(os.path.realpath(self.directory))  # missing parents too are 0700, whatever the umask
 
     def _reset(self) -> None:
         self._pid = os.getpid()

@@ -145,11 +145,8 @@ def test_metadata_symlink_is_not_followed(tmp_path: Path) -> None:
 
 
 def test_missing_parents_are_created_0700_under_umask_0(tmp_path: Path) -> None:
-    old = os.umask(0)
-    try:
+    with _umask(0):
         lockstore.open(tmp_path / "a" / "b" / "s").close()
-    finally:
-        os.umask(old)
     for p in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "s"):
         assert os.stat(p).st_mode & 0o777 == 0o700, p
 
@@ -364,3 +361,23 @@ def test_flask_store_keeps_sessions_for_the_permanent_lifetime(tmp_path: Path) -
         assert store["remembered"]["user"] == 1  # idle an hour: alive, as its 31-day cookie is
     finally:
         store.close()
+
+
+def test_request_lock_directory_parents_are_created_0700(tmp_path: Path) -> None:
+    from lockstore.stripes import StripeLocks
+
+    with _umask(0):
+        StripeLocks(tmp_path / "locks" / "app" / "stripes", stripes=4).close()
+    for p in (tmp_path / "locks", tmp_path / "locks" / "app", tmp_path / "locks" / "app" / "stripes"):
+        assert os.stat(p).st_mode & 0o777 == 0o700, p
+
+
+class _umask:
+    def __init__(self, mask: int) -> None:
+        self.mask = mask
+
+    def __enter__(self) -> None:
+        self.old = os.umask(self.mask)
+
+    def __exit__(self, *exc: object) -> None:
+        os.umask(self.old)
