@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import pickle
 import struct
 from collections.abc import Callable
@@ -28,6 +29,16 @@ FLAG_SIGNED = 1
 _unpack_header = HEADER.unpack_from
 _pack_header = HEADER.pack
 ATIME = struct.Struct("<d")
+_unpack_atime = ATIME.unpack_from
+
+
+def stored_atime(rec: bytes | memoryview) -> float:
+    """The last access of a stored record, read from its header; ``-inf`` for a record too short to have
+    one or whose time is not finite (damaged or forged: never live, never swept, reported by verify())."""
+    if len(rec) < HEADER_SIZE:
+        return -math.inf
+    atime: float = _unpack_atime(rec, 2)[0]
+    return atime if math.isfinite(atime) else -math.inf
 
 
 class Record(NamedTuple):

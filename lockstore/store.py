@@ -16,7 +16,7 @@ from zlib import crc32 as _crc32
 
 from ._files import RULES
 from .base import KEEP, BaseStore, Clock, Engine, Updater
-from .codec import ATIME, HEADER_SIZE, Codec, Record
+from .codec import ATIME, HEADER_SIZE, Codec, Record, stored_atime
 from .errors import LockstoreError, StoreClosed, StoreMismatch
 from .ids import _VALID as _valid
 from .ids import describe_id, shard_of, validate_id
@@ -218,7 +218,7 @@ class Store(BaseStore):
         return self._get(shard, key)
 
     def _live(self, rec: bytes | None, now: float) -> bool:
-        return rec is not None and now - self._codec.times(rec)[2] <= self.max_age
+        return rec is not None and now - stored_atime(rec) <= self.max_age
 
     def _touch_shard(self, shard: int, key: bytes, now: float) -> bool:
         """Rewrite only the last-access time of *key*, if it is live and older than touch_interval."""
@@ -230,8 +230,8 @@ class Store(BaseStore):
             nonlocal found
             if old is None:
                 return KEEP
-            atime = codec.times(old)[2]
-            if now - atime > max_age:
+            atime = stored_atime(old)
+            if not now - atime <= max_age:
                 return KEEP
             found = True
             if now - atime < touch_interval:
@@ -259,7 +259,7 @@ class Store(BaseStore):
             self._codec.times(rec)  # raises CorruptRecord
         now = self.clock()
         age = now - _atime(rec, 2)[0]
-        if age > self.max_age:
+        if not age <= self.max_age:  # NaN (a forged time) counts as expired
             raise KeyError(sid)
         value = self._codec.decode(key, rec)
         if age >= self.touch_interval:
@@ -282,10 +282,8 @@ class Store(BaseStore):
 
             def put(old: bytes | None) -> bytes:
                 created = now
-                if old is not None:
-                    _, _, atime, old_created = codec.times(old)
-                    if now - atime <= max_age:
-                        created = old_created
+                if old is not None and now - stored_atime(old) <= max_age:  # a damaged record is replaced
+                    created = codec.times(old)[3]
                 return codec.record(key, payload, now, created)
 
             sweep = self._sweep_due(shard, now)

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from ..base import KEEP, Updater
-from ..codec import ATIME, HEADER
+from ..codec import ATIME, stored_atime
 from ..errors import LockstoreError, StorageError, StoreMismatch
 from ..locks import try_flock, unflock, wait_flock
 
@@ -38,7 +38,6 @@ T = TypeVar("T")
 _BUCKET = struct.Struct(">I")
 BUCKET_SECONDS = 32
 _SHARD = struct.Struct(">H")
-_header = HEADER.unpack_from
 _fork_generation = [0]
 os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(0, _fork_generation[0] + 1))
 
@@ -47,6 +46,12 @@ DEFAULT_MAP_SIZE = 64 << 30  # reserved address space, not disk: the file grows 
 
 def _bucket(t: float) -> int:
     return max(0, int(t // BUCKET_SECONDS))
+
+
+def _record_bucket(rec: bytes) -> int:
+    """The index bucket of a stored record; -1 (no index entry) for a damaged one."""
+    atime = stored_atime(rec)
+    return -1 if atime == -math.inf else _bucket(atime)
 
 
 class _Env:
@@ -224,14 +229,14 @@ class LmdbEngine:
         new = fn(old)
         if new is KEEP:
             return swept
-        old_bucket = -1 if old is None else max(0, int(_header(old)[2] // BUCKET_SECONDS))
+        old_bucket = -1 if old is None else _record_bucket(old)
         if new is None:
             if old is not None:
                 txn.delete(k)
                 txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
             return swept
         txn.put(k, new)
-        new_bucket = max(0, int(_header(new)[2] // BUCKET_SECONDS))
+        new_bucket = _record_bucket(new)
         if new_bucket != old_bucket:
             if old is not None:
                 txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
@@ -246,7 +251,7 @@ class LmdbEngine:
         if sweep is None and handle is not None and self._gen == _fork_generation[0]:
             prefix = self._prefix[shard]
             old_bucket = -1 if old_atime is None else max(0, int(old_atime // BUCKET_SECONDS))
-            new_bucket = max(0, int(_header(rec)[2] // BUCKET_SECONDS))
+            new_bucket = _record_bucket(rec)
             with handle.mutex:
                 try:
                     with handle.env.begin(write=True) as txn:
@@ -279,8 +284,10 @@ class LmdbEngine:
                     if rec is None:
                         stale.append(ikey)
                         continue
-                    atime = _header(rec)[2]
-                    if atime < cutoff:
+                    atime = stored_atime(rec)
+                    if atime == -math.inf:
+                        stale.append(ikey)  # a damaged record: left for verify() and the operator
+                    elif atime < cutoff:
                         doomed.append((ikey, k))
                         if limit is not None and len(doomed) >= limit:
                             break
@@ -314,7 +321,7 @@ class LmdbEngine:
                 for k, v in cur.iternext():
                     if not k.startswith(prefix):
                         break
-                    out.append((k[n:], _header(v)[2] if times_only else v))
+                    out.append((k[n:], stored_atime(v) if times_only else v))
             return out
 
         return self._run(False, body)

@@ -7,13 +7,12 @@ and their shard locks; the data is dropped when the last of them is closed.
 
 from __future__ import annotations
 
+import math
 import threading
 
 from ..base import KEEP, Updater
-from ..codec import HEADER
+from ..codec import stored_atime
 from ..locks import ShardLocks
-
-_header = HEADER.unpack_from
 _shared: dict[str, tuple[list[dict[bytes, bytes]], list[float], list[int], ShardLocks]] = {}
 _shared_lock = threading.Lock()
 
@@ -53,8 +52,8 @@ class MemoryEngine:
 
     def sweep(self, shard: int, now: float, cutoff: float, limit: int | None) -> int:
         data = self._data[shard]
-        doomed = [key for key, rec in data.items() if _header(rec)[2] < cutoff]
-        doomed.sort(key=lambda k: _header(data[k])[2])
+        doomed = [key for key, rec in data.items() if -math.inf < stored_atime(rec) < cutoff]
+        doomed.sort(key=lambda k: stored_atime(data[k]))
         for key in doomed[:limit]:
             del data[key]
         self._cleaned[shard] = now
@@ -67,7 +66,7 @@ class MemoryEngine:
         return list(self._data[shard].items())
 
     def scan_times(self, shard: int) -> list[tuple[bytes, float]]:
-        return [(key, _header(rec)[2]) for key, rec in list(self._data[shard].items())]
+        return [(key, stored_atime(rec)) for key, rec in list(self._data[shard].items())]
 
     def clear(self, shard: int) -> int:
         n = len(self._data[shard])
