@@ -13,6 +13,7 @@ import threading
 from ..base import KEEP, Updater
 from ..codec import stored_atime
 from ..locks import ShardLocks
+
 _shared: dict[str, tuple[list[dict[bytes, bytes]], list[float], list[int], ShardLocks]] = {}
 _shared_lock = threading.Lock()
 
