@@ -11,23 +11,63 @@ Here a shard on ``dumb`` is a :class:`DumbShard`: the same two files (``.dat`` v
   acknowledged only after both, so a kill at any moment leaves the old or the new value, never a torn one;
 - a deletion rewrites ``.dir`` whole into a temporary file and renames it over the old one (atomic);
 - other processes notice changes by the files' inode and size and read only the appended lines;
+- the index is parsed strictly (ids or ``#clean`` as keys, numbers of at most 19 digits, every value within
+  ``.dat``). Readers never change a file: a torn final line (a proper prefix of a valid line: a writer was
+  killed while appending it, so it was never acknowledged) is skipped, and cut by the next writer, under the
+  lock, before it appends; anything else that does not parse is :class:`CorruptRecord` naming the file,
+  which is left as it is, so no read can turn a damaged index into an empty shard;
 - compaction (when more than half of ``.dat`` is dead) writes new files beside the old and swaps them
   under a marker file, so a compaction killed half-way is finished or undone by the next user.
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import errno
 import os
 import re
 from collections.abc import Iterator, MutableMapping
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import CorruptRecord
 
-_LINE = re.compile(rb"'([^'\\\n]*)', \((\d+), (\d+)\)\n")
+_KEY = rb"[A-Za-z0-9_.~-]{1,256}|#clean"  # session ids (lockstore.ids) and the shelve engine's last-clean key
+_NUM = rb"[0-9]{1,19}"  # int() of at most 19 digits cannot fail, and positions are checked against .dat
+# one index line, as DumbShard and the standard dbm.dumb ("%r, %r\n" % (key, (pos, size))) write it for these keys
+_LINE = re.compile(rb"'(%s)', \((%s), (%s)\)\n" % (_KEY, _NUM, _NUM))
+_VALID_KEY = re.compile(_KEY).fullmatch
+_MAX_LINE = 1 + 256 + 4 + 19 + 2 + 19 + 2
+
+
+def _literal_prefix(text: bytes) -> bytes:
+    """A pattern matching every proper prefix of *text* (the empty one included)."""
+    pattern = b""
+    for char in reversed(text[:-1]):
+        pattern = b"(?:%s%s)?" % (re.escape(bytes([char])), pattern)
+    return pattern
+
+
+def _prefix_pattern(tokens: list[tuple[bytes, bytes]]) -> bytes:
+    """A pattern matching every prefix of the concatenation of *tokens*, each (pattern, proper-prefix pattern)."""
+    full, partial = tokens[0]
+    rest = _prefix_pattern(tokens[1:]) if len(tokens) > 1 else b""
+    return b"(?:(?:%s)%s|%s)" % (full, rest, partial)
+
+
+# a torn line: the start of a valid line, up to its closing parenthesis, without the newline
+_TORN = re.compile(
+    _prefix_pattern(
+        [
+            (b"'", b""),
+            (_KEY, rb"[A-Za-z0-9_.~-]{0,256}|" + b"#" + _literal_prefix(b"clean") + b"|"),
+            (re.escape(b"', ("), _literal_prefix(b"', (")),
+            (_NUM, rb"[0-9]{0,19}"),
+            (re.escape(b", "), _literal_prefix(b", ")),
+            (_NUM, rb"[0-9]{0,19}"),
+            (re.escape(b")"), b""),
+        ]
+    )
+)
 
 
 def _write_all(fd: int, data: bytes, pos: int | None = None) -> None:
@@ -56,6 +96,7 @@ class DumbShard(MutableMapping[bytes, bytes]):
         self._index: dict[bytes, tuple[int, int]] = {}
         self._ident: tuple[int, int] = (-1, -1)
         self._dir_size = 0
+        self._torn = False  # .dir ends in a torn line after _dir_size
         self._dat_fd = -1
         self._dir_fd = -1
         self._live_bytes = 0
@@ -75,8 +116,10 @@ class DumbShard(MutableMapping[bytes, bytes]):
                 self._recover()
                 sd, st = os.stat(self._dir), os.stat(self._dat)
             self._load(st.st_ino, sd.st_ino)
-        elif sd.st_size != self._dir_size:
+        elif sd.st_size > self._dir_size:
             self._read_lines(self._dir_size)
+        elif sd.st_size < self._dir_size:  # shrunk in place, which lockstore never does: read it all again
+            self._load(st.st_ino, sd.st_ino)
 
     def _create(self) -> None:
         for name in (self._dat, self._dir):
@@ -96,33 +139,54 @@ class DumbShard(MutableMapping[bytes, bytes]):
         self._index = {}
         self._live_bytes = 0
         self._dir_size = 0
-        self._ident = (dir_ino, dat_ino)
+        self._torn = False
+        self._ident = (-1, -1)  # until the whole index has been read: a failed read is retried from scratch
         self._read_lines(0)
+        self._ident = (dir_ino, dat_ino)
 
     def _read_lines(self, start: int) -> None:
-        size = os.fstat(self._dir_fd).st_size
-        data = os.pread(self._dir_fd, size - start, start)
+        """Index the lines of ``.dir`` from byte *start* (just after a newline) on, changing no file.
+
+        All of them parse and point inside ``.dat``, or none is indexed and :class:`CorruptRecord` says
+        where. A torn final line is left out (and left in the file: :meth:`_cut_torn` is for writers)."""
+        data = os.pread(self._dir_fd, os.fstat(self._dir_fd).st_size - start, start)
         end = data.rfind(b"\n") + 1
-        if end < len(data):  # a line torn by a killed writer was never acknowledged: drop it
-            os.ftruncate(self._dir_fd, start + end)
-            data = data[:end]
+        tail = data[end:]
+        if tail and (len(tail) >= _MAX_LINE or _TORN.fullmatch(tail) is None):
+            self._corrupt(start + end, tail, "is not an index line")
+        dat_size = os.fstat(self._dat_fd).st_size
+        entries = []
+        match = _LINE.match
+        pos = 0
+        while pos < end:
+            m = match(data, pos)
+            if m is None:
+                self._corrupt(start + pos, data[pos : data.index(b"\n", pos)], "is not an index line")
+            at, size = int(m[2]), int(m[3])
+            if at + size > dat_size:
+                self._corrupt(start + pos, m[0][:-1], f"points past the end of {self._dat} ({dat_size} bytes)")
+            entries.append((m[1], at, size))
+            pos = m.end()
         index = self._index
-        for line in data.splitlines(keepends=True):
-            m = _LINE.fullmatch(line)
-            if m is not None:
-                key, pos, size = m.group(1), int(m.group(2)), int(m.group(3))
-            else:  # a line the standard dbm.dumb wrote (any key): its own format
-                try:
-                    skey, (pos, size) = ast.literal_eval(line.decode("latin-1"))
-                except (ValueError, SyntaxError, TypeError):
-                    raise CorruptRecord(f"{self._dir}: unreadable index line {line[:60]!r}") from None
-                key = skey.encode("latin-1")
+        for key, at, size in entries:
             old = index.get(key)
             if old is not None:
                 self._live_bytes -= old[1]
-            index[key] = (pos, size)
+            index[key] = (at, size)
             self._live_bytes += size
         self._dir_size = start + end
+        self._torn = bool(tail)
+
+    def _corrupt(self, offset: int, line: bytes, problem: str) -> NoReturn:
+        line = line if len(line) <= 60 else line[:57] + b"..."
+        raise CorruptRecord(f"{self._dir}: the line at byte {offset} ({line!r}) {problem}; the file is left as it is")
+
+    def _cut_torn(self) -> None:
+        """Cut a torn final line off ``.dir`` so that the next line starts clean (writers, under the lock)."""
+        self._read_lines(self._dir_size)  # what follows our last line is still just the torn one
+        if self._torn:
+            os.ftruncate(self._dir_fd, self._dir_size)
+            self._torn = False
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -153,10 +217,13 @@ class DumbShard(MutableMapping[bytes, bytes]):
         st = os.fstat(fd)
         self._ident = (st.st_ino, self._ident[1])
         self._dir_size = st.st_size
+        self._torn = False
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
-        if b"'" in key or b"\\" in key or b"\n" in key:
-            raise KeyError(key)  # ids never contain these; the index format relies on it
+        if _VALID_KEY(key) is None:
+            raise KeyError(key)  # the index would not read back: only ids and #clean are keys
+        if self._torn:
+            self._cut_torn()
         pos = os.fstat(self._dat_fd).st_size
         _write_all(self._dat_fd, value, pos)
         if self._durable:
@@ -225,9 +292,18 @@ class DumbShard(MutableMapping[bytes, bytes]):
     # -- reading -----------------------------------------------------------------------------
 
     def __getitem__(self, key: bytes) -> bytes:
-        pos, size = self._index[key]
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: bytes, default: None = None) -> bytes | None:  # type: ignore[override]
+        entry = self._index.get(key)
+        if entry is None:
+            return None
+        pos, size = entry
         data = os.pread(self._dat_fd, size, pos)
-        if len(data) != size:
+        if len(data) != size:  # .dat shrank since the index was read
             raise CorruptRecord(f"{self._dat}: value of {key[:24]!r} is cut short")
         return data
 
@@ -242,12 +318,6 @@ class DumbShard(MutableMapping[bytes, bytes]):
 
     def keys(self) -> Any:
         return list(self._index)
-
-    def sync(self) -> None:
-        pass
-
-    def close(self) -> None:
-        """Called by :class:`shelve.Shelf` when it is dropped: the shard stays open for the next one."""
 
     def _close_fds(self) -> None:
         for fd in (self._dat_fd, self._dir_fd):

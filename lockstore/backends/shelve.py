@@ -1,6 +1,12 @@
-"""The shelve engine: one :class:`shelve.Shelf` per shard, on a dbm module pinned when the store is created.
+"""The shelve engine: one dbm database per shard, on a dbm module pinned when the store is created.
 
-Every operation runs under the shard's lock (reads too: a shelf's index lives in memory).
+The dbm values are lockstore records, as bytes: nothing here unpickles, so the codec, after the MAC check,
+is the only decoder of what the files hold. Stores written before this went through :class:`shelve.Shelf`,
+whose values are pickles of the record bytes; a ``legacy`` engine reads those with :func:`unwrap_legacy`, a
+strict parser of the few byte forms :func:`pickle.dumps` gives a ``bytes`` object, which runs no pickle code,
+and :meth:`ShelveEngine.upgrade` rewrites them raw. A value that is neither is :class:`CorruptRecord`.
+
+Every operation runs under the shard's lock (reads too: a dumb shard's index lives in memory).
 
 ``dbm.dumb`` shards are :class:`~lockstore.backends.dumb.DumbShard`: the same files, used crash-safely.
 
@@ -14,18 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
-import shelve
 from collections.abc import Iterator
 from typing import Any
 
 from ..base import KEEP, Updater
-from ..codec import ATIME, HEADER
-from ..errors import StorageError, StoreMismatch
+from ..codec import ATIME, HEADER, HEADER_SIZE, RECORD_VERSION
+from ..errors import CorruptRecord, StorageError, StoreMismatch
 from .dumb import DumbShard
 
 _header = HEADER.unpack_from
-_CLEAN = "#clean"  # '#' is not in the id alphabet: no session can have this key
+_CLEAN = b"#clean"  # '#' is not in the id alphabet: no session can have this key
+_RAW = bytes([RECORD_VERSION])  # the first byte of every record
+_PICKLE = b"\x80"  # pickle's PROTO opcode, the first byte of every value a legacy store wrote
 PREFERENCE = ("dbm.gnu", "dbm.sqlite3", "dbm.dumb")
 COMPACT_ON_WRITE_MAX = 8 << 20  # bytes of .dat a write may compact (a few ms); larger: clean()
 KNOWN = ("dbm.gnu", "dbm.ndbm", "dbm.sqlite3", "dbm.dumb")
@@ -51,24 +59,97 @@ def pick_dbm(requested: str | None) -> str:
     raise StoreMismatch("no dbm module is available")  # pragma: no cover - dbm.dumb is always there
 
 
-def _delete(shelf: shelve.Shelf[Any], sids: list[str]) -> Any:
-    """Delete *sids* from *shelf*; a dumb shard rewrites its index once for all of them. Returns the dbm."""
-    db = shelf.dict  # type: ignore[attr-defined]
-    if isinstance(db, DumbShard):
-        db.delete_many([sid.encode() for sid in sids])
+# The byte forms of pickle.dumps(b"...", protocol=p) (the C pickler, which shelve uses), opcode by opcode:
+#   p 4, 5: PROTO p, [FRAME <8-byte length of the rest>], SHORT_BINBYTES <1>|BINBYTES <4>|BINBYTES8 <8>,
+#           the bytes, MEMOIZE, STOP (a value of 64 KiB or more is written outside any frame)
+#   p 3:    PROTO 3, SHORT_BINBYTES|BINBYTES, the bytes, BINPUT 0, STOP
+#   p 2:    a call of _codecs.encode(<the bytes as latin-1 text>, "latin1"), or of bytes() when empty
+_FRAME, _SHORT_BINBYTES, _BINBYTES, _BINBYTES8, _STOP = 0x95, 0x43, 0x42, 0x8E, b"."
+_ENDS = {3: (b"q\x00.", _STOP), 4: (b"\x94.", _STOP), 5: (b"\x94.", _STOP)}  # [memo], STOP
+_P2_EMPTY = b"\x80\x02c__builtin__\nbytes\nq\x00)Rq\x01."
+_P2_HEAD = b"\x80\x02c_codecs\nencode\nq\x00X"
+_P2_TAIL = b"q\x01X\x06\x00\x00\x00latin1q\x02\x86q\x03Rq\x04."
+
+
+def unwrap_legacy(value: bytes) -> bytes:
+    """The ``bytes`` object that *value*, a pickle of one ``bytes`` object (protocol 2 to 5), holds.
+
+    A strict parser of the forms :func:`pickle.dumps` writes for a single ``bytes`` object, lengths checked
+    exactly; it calls nothing in :mod:`pickle`. Anything else is :class:`CorruptRecord`.
+    """
+    n = len(value)
+    if n < 4 or value[0] != 0x80:
+        raise CorruptRecord("not a pickle")
+    proto = value[1]
+    if proto == 2:
+        return _unwrap_protocol_2(value)
+    ends = _ENDS.get(proto)
+    if ends is None:
+        raise CorruptRecord(f"a pickle of protocol {proto}, not one of a bytes object")
+    pos = 2
+    if proto >= 4 and value[pos] == _FRAME:
+        if int.from_bytes(value[pos + 1 : pos + 9], "little") != n - pos - 9:
+            raise CorruptRecord("a pickle whose frame length does not match")
+        pos += 9
+    op = value[pos] if pos < n else -1
+    if op == _SHORT_BINBYTES:
+        width = 1
+    elif op == _BINBYTES:
+        width = 4
+    elif op == _BINBYTES8 and proto >= 4:
+        width = 8
     else:
-        for sid in sids:
-            del shelf[sid]
-    return db
+        raise CorruptRecord("a pickle of something else than a bytes object")
+    start = pos + 1 + width
+    end = start + int.from_bytes(value[pos + 1 : start], "little")
+    if start > n or end > n or value[end:] not in ends:
+        raise CorruptRecord("a pickle whose length does not match, or which holds more than a bytes object")
+    return value[start:end]
+
+
+def _unwrap_protocol_2(value: bytes) -> bytes:
+    if value == _P2_EMPTY:
+        return b""
+    head = len(_P2_HEAD)
+    size = int.from_bytes(value[head : head + 4], "little")
+    end = head + 4 + size
+    if not value.startswith(_P2_HEAD) or size == 0 or value[end:] != _P2_TAIL:
+        raise CorruptRecord("a protocol 2 pickle of something else than a bytes object")
+    try:  # the bytes, as latin-1 text, in UTF-8 (Python's strict decoder accepts one encoding per text)
+        return value[head + 4 : end].decode("utf-8").encode("latin-1")
+    except UnicodeError:
+        raise CorruptRecord("a protocol 2 pickle of text that is not bytes") from None
+
+
+def _delete(db: Any, keys: list[bytes]) -> None:
+    """Delete *keys* from *db*; a dumb shard rewrites its index once for all of them."""
+    if isinstance(db, DumbShard):
+        db.delete_many(keys)
+    else:
+        for key in keys:
+            del db[key]
 
 
 class ShelveEngine:
+    """The shelve engine over the shards in *directory*.
+
+    Parameters
+    ----------
+    legacy
+        The store was written by a lockstore whose values were pickles of the record bytes (it went
+        through :class:`shelve.Shelf`): read those too, by :func:`unwrap_legacy`, which runs no pickle
+        code. Writes are raw either way, so a store is a mix until :meth:`upgrade` has run on every shard.
+    """
+
     name = "shelve"
     lock_reads = True
 
-    def __init__(self, directory: str, shards: int, dbm_name: str, durability: str, file_mode: int) -> None:
+    def __init__(
+        self, directory: str, shards: int, dbm_name: str, durability: str, file_mode: int, *, legacy: bool = False
+    ) -> None:
         self.directory = directory
         self.dbm = dbm_name
+        self.legacy = legacy
         self._durable = durability == "system"
         self._mode = file_mode
         self._bases = [os.path.join(directory, f"shard-{i:03d}") for i in range(shards)]
@@ -81,15 +162,16 @@ class ShelveEngine:
         self._shards: list[DumbShard | None] = [None] * shards
 
     @contextlib.contextmanager
-    def _shelf(self, shard: int) -> Iterator[shelve.Shelf[Any]]:
+    def _db(self, shard: int) -> Iterator[Any]:
+        """The shard's dbm (bytes keys, bytes values), current, for the length of one operation."""
         try:
-            with self._open_shelf(shard) as shelf:
-                yield shelf
+            with self._open_db(shard) as db:
+                yield db
         except OSError as exc:  # a full disk, an I/O error: nothing acknowledged was changed
             raise StorageError(f"shelve store at {self.directory}, shard {shard}: {exc.strerror or exc}") from exc
 
     @contextlib.contextmanager
-    def _open_shelf(self, shard: int) -> Iterator[shelve.Shelf[Any]]:
+    def _open_db(self, shard: int) -> Iterator[Any]:
         if self._dumb:
             if self._pid != os.getpid():  # after fork: new descriptors of our own
                 self._pid = os.getpid()
@@ -101,44 +183,97 @@ class ShelveEngine:
             if db is None:
                 db = self._shards[shard] = DumbShard(self._bases[shard], self._durable, self._mode)
             db.refresh()
-            yield shelve.Shelf(db, protocol=5)
+            yield db
             return
         raw = self._module.open(self._bases[shard], "c", self._mode)
         try:
-            yield shelve.Shelf(raw, protocol=5)
+            yield raw
             if self._durable and hasattr(raw, "sync"):
                 raw.sync()
         finally:
             raw.close()
 
+    # -- stored values to records -------------------------------------------------------
+
+    def _record(self, value: bytes, shard: int, key: bytes) -> bytes:
+        """The record a stored value holds (the value itself, in the common case), or :class:`CorruptRecord`."""
+        if value[:1] == _RAW:
+            return value
+        where = f"shelve store at {self.directory}, shard {shard}, key {key[:40]!r}"
+        if value[:1] != _PICKLE:
+            raise CorruptRecord(f"{where}: not a lockstore record")
+        if not self.legacy:
+            raise CorruptRecord(f"{where}: holds a pickle, which this store never writes: refusing to read it")
+        try:
+            rec = unwrap_legacy(value)
+        except CorruptRecord as exc:
+            raise CorruptRecord(f"{where}: {exc}") from None
+        if rec[:1] != _RAW:
+            raise CorruptRecord(f"{where}: not a lockstore record")
+        return rec
+
+    def _stored(self, value: bytes | None, shard: int, key: bytes) -> bytes | None:
+        """What a write's updater gets: the record, or the stored bytes if they hold none (the codec refuses
+        them, their first byte not being the record version: a write replaces them, a delete removes them)."""
+        if value is None or value[:1] == _RAW:
+            return value
+        try:
+            return self._record(value, shard, key)
+        except CorruptRecord:
+            return value
+
+    def _clean_time(self, value: bytes | None) -> float:
+        """The time a shard's ``#clean`` value holds; 0.0 (clean now) for anything else."""
+        if value is not None and len(value) != ATIME.size and self.legacy:
+            with contextlib.suppress(CorruptRecord):
+                value = unwrap_legacy(value)
+        if type(value) is not bytes or len(value) != ATIME.size:
+            return 0.0
+        when: float = ATIME.unpack(value)[0]
+        return when if math.isfinite(when) else 0.0
+
+    def _keys(self, db: Any, shard: int) -> list[bytes]:
+        keys = db.keys()
+        if not self._dumb and any(type(k) is not bytes for k in keys):
+            raise CorruptRecord(f"shelve store at {self.directory}, shard {shard}: a key that is not bytes")
+        return [k for k in keys if k != _CLEAN]
+
+    # -- the engine ---------------------------------------------------------------------
+
     def get(self, shard: int, key: bytes) -> bytes | None:
-        with self._shelf(shard) as shelf:
-            return shelf.get(key.decode())
+        with self._db(shard) as db:
+            value: bytes | None = db.get(key)
+        if value is None or value[:1] == _RAW:
+            return value
+        return self._record(value, shard, key)
 
     def update(self, shard: int, key: bytes, fn: Updater, sweep: tuple[float, float, int] | None) -> int:
-        with self._shelf(shard) as shelf:
-            swept = self._sweep(shelf, shard, *sweep) if sweep else 0
-            sid = key.decode()
-            new = fn(shelf.get(sid))
+        with self._db(shard) as db:
+            swept = self._sweep(db, shard, *sweep) if sweep else 0
+            old = db.get(key)
+            new = fn(self._stored(old, shard, key))
             if new is None:
-                if sid in shelf:
-                    del shelf[sid]
+                if old is not None:
+                    _delete(db, [key])
             elif new is not KEEP:
-                shelf[sid] = new
+                db[key] = new
             return swept
 
-    def _sweep(self, shelf: shelve.Shelf[Any], shard: int, now: float, cutoff: float, limit: int | None) -> int:
+    def _sweep(self, db: Any, shard: int, now: float, cutoff: float, limit: int | None) -> int:
         expired = []
-        for sid in list(shelf.keys()):
-            if sid == _CLEAN:
-                continue
-            atime = _header(shelf[sid])[2]
-            if atime < cutoff:
-                expired.append((atime, sid))
+        for key in self._keys(db, shard):
+            try:
+                rec = self._record(db[key], shard, key)
+            except CorruptRecord:
+                continue  # not ours to judge or delete: verify() reports it
+            if len(rec) >= HEADER_SIZE:
+                atime = _header(rec)[2]
+                if atime < cutoff:
+                    expired.append((atime, key))
         expired.sort()
-        doomed = [sid for _, sid in expired[:limit]]
-        db = _delete(shelf, doomed)
-        shelf[_CLEAN] = ATIME.pack(now)
+        doomed = [key for _, key in expired[:limit]]
+        _delete(db, doomed)
+        db[_CLEAN] = ATIME.pack(now)
         # a sweep inside a write compacts only small shards, so the write's pause stays short;
         # a full clean() (cron, the CLI) compacts whatever needs it
         if isinstance(db, DumbShard) and db.dead_share(None if limit is None else COMPACT_ON_WRITE_MAX) > 0.5:
@@ -148,29 +283,59 @@ class ShelveEngine:
     def put(
         self, shard: int, key: bytes, rec: bytes, old_atime: float | None, sweep: tuple[float, float, int] | None
     ) -> int:
-        return self.update(shard, key, lambda old: rec, sweep)
+        with self._db(shard) as db:
+            swept = self._sweep(db, shard, *sweep) if sweep else 0
+            db[key] = rec
+            return swept
 
     def sweep(self, shard: int, now: float, cutoff: float, limit: int | None) -> int:
-        with self._shelf(shard) as shelf:
-            return self._sweep(shelf, shard, now, cutoff, limit)
+        with self._db(shard) as db:
+            return self._sweep(db, shard, now, cutoff, limit)
 
     def last_clean(self, shard: int) -> float:
-        with self._shelf(shard) as shelf:
-            raw = shelf.get(_CLEAN)
-        return ATIME.unpack(raw)[0] if raw else 0.0
+        with self._db(shard) as db:
+            return self._clean_time(db.get(_CLEAN))
 
     def scan(self, shard: int) -> list[tuple[bytes, bytes]]:
-        with self._shelf(shard) as shelf:
-            return [(sid.encode(), shelf[sid]) for sid in list(shelf.keys()) if sid != _CLEAN]
+        with self._db(shard) as db:
+            return [(key, self._record(db[key], shard, key)) for key in self._keys(db, shard)]
 
     def scan_times(self, shard: int) -> list[tuple[bytes, float]]:
-        return [(key, _header(rec)[2]) for key, rec in self.scan(shard)]
+        out = []
+        for key, rec in self.scan(shard):
+            if len(rec) < HEADER_SIZE:
+                raise CorruptRecord(f"shelve store at {self.directory}, shard {shard}, key {key[:40]!r}: cut short")
+            out.append((key, _header(rec)[2]))
+        return out
 
     def clear(self, shard: int) -> int:
-        with self._shelf(shard) as shelf:
-            sids = [sid for sid in list(shelf.keys()) if sid != _CLEAN]
-            _delete(shelf, sids)
-            return len(sids)
+        with self._db(shard) as db:
+            keys = self._keys(db, shard)
+            _delete(db, keys)
+            return len(keys)
+
+    def upgrade(self, shard: int) -> int:
+        """Rewrite every legacy (pickled) value of *shard* as the raw bytes it holds; returns how many.
+
+        Called with the shard lock held. Each value is rewritten by one atomic put, so a store killed half
+        way holds raw and legacy values, which a ``legacy=True`` engine reads alike. A value that does not
+        unwrap is left as it is: it stays a :class:`CorruptRecord` in either format, for verify() to report.
+        """
+        done = 0
+        with self._db(shard) as db:
+            for key in [*self._keys(db, shard), _CLEAN]:
+                value = db.get(key)
+                if value is None or value[:1] != _PICKLE or (key == _CLEAN and len(value) == ATIME.size):
+                    continue  # raw already (a raw #clean is 8 bytes, whatever its first byte)
+                try:
+                    raw = unwrap_legacy(value)
+                except CorruptRecord:
+                    continue
+                db[key] = raw
+                done += 1
+            if isinstance(db, DumbShard) and done and db.dead_share() > 0.5:
+                db.compact()
+        return done
 
     def bytes_on_disk(self) -> int:
         total = 0
@@ -184,3 +349,6 @@ class ShelveEngine:
             if db is not None:
                 db.release()
         self._shards = [None] * len(self._shards)
+
+
+__all__ = ["ShelveEngine", "pick_dbm", "unwrap_legacy"]
