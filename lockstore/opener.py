@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import secrets
@@ -16,6 +17,7 @@ from .errors import LockstoreError, LockTimeout, StoreMismatch
 from .locks import ShardLocks, try_flock, unflock, wait_flock
 from .store import BaseStore, Clock, Store
 
+logger = logging.getLogger(__name__)
 DEFAULTS = {"backend": "lmdb", "shards": 16, "codec": "pickle"}
 RULE_DEFAULTS: dict[str, float | int] = {"max_age": 1800.0, "clean_interval": 300.0, "clean_limit": 1000}
 """The sweep rules a new store records when open() names none."""
@@ -128,8 +130,11 @@ def open(
         else:
             from .backends.shelve import ShelveEngine
 
-            engine = ShelveEngine(files.subdir("shelve"), n, settings["dbm"], durability, FILE_MODE)
+            legacy = settings["format"] == 1
+            engine = ShelveEngine(files.subdir("shelve"), n, settings["dbm"], durability, FILE_MODE, legacy=legacy)
         locks = ShardLocks(files.pinned, n, FILE_MODE, label=path)
+        if settings["backend"] == "shelve" and settings["format"] == 1:
+            settings = _upgrade_shelve(files, engine, locks, n, float(timeout))
     except BaseException:
         files.close()
         raise
@@ -319,6 +324,30 @@ def _settings(
                 meta = files.write_meta({**meta, **_rules(given, meta)}, replace=True)
     _check_rules(where, meta, given)
     return meta
+
+
+def _upgrade_shelve(files: StoreDir, engine: Any, locks: ShardLocks, shards: int, timeout: float) -> dict[str, Any]:
+    """Rewrite a format-1 shelve store's values (pickled by :class:`shelve.Shelf`) as raw records, then
+    record format 2; returns the new metadata.
+
+    Under every shard lock (ascending) and the metadata lock, so no process writes meanwhile; each value is
+    rewritten by an atomic put, so a conversion killed half-way leaves a mix that the next open, still
+    seeing format 1, reads and finishes. The legacy values are unwrapped by a strict parser, never pickle.
+    """
+    with contextlib.ExitStack() as stack:
+        for shard in range(shards):
+            stack.enter_context(locks.held(shard, timeout))
+        stack.enter_context(_meta_lock(files))
+        meta = files.read_meta()
+        if meta is None:  # pragma: no cover - it was read a moment ago, and is never removed
+            raise StoreMismatch(f"the metadata of {files.path} vanished")
+        if meta["format"] != 1:
+            return meta  # another process converted it meanwhile
+        converted = sum(engine.upgrade(shard) for shard in range(shards))
+        logger.info("store at %s: %d shelve values converted to format 2", files.path, converted)
+        meta = files.write_meta({**meta, "format": FORMAT}, replace=True)
+        engine.legacy = False  # from now on a pickle in a shard is an attacker's: refused
+        return meta
 
 
 def _rules(given: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:

@@ -26,11 +26,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..base import KEEP, Updater
-from ..codec import ATIME, HEADER, HEADER_SIZE, RECORD_VERSION
+from ..codec import ATIME, RECORD_VERSION, stored_atime
 from ..errors import CorruptRecord, StorageError, StoreMismatch
 from .dumb import DumbShard
 
-_header = HEADER.unpack_from
 _CLEAN = b"#clean"  # '#' is not in the id alphabet: no session can have this key
 _RAW = bytes([RECORD_VERSION])  # the first byte of every record
 _PICKLE = b"\x80"  # pickle's PROTO opcode, the first byte of every value a legacy store wrote
@@ -266,10 +265,9 @@ class ShelveEngine:
                 rec = self._record(db[key], shard, key)
             except CorruptRecord:
                 continue  # not ours to judge or delete: verify() reports it
-            if len(rec) >= HEADER_SIZE:
-                atime = _header(rec)[2]
-                if atime < cutoff:
-                    expired.append((atime, key))
+            atime = stored_atime(rec)
+            if -math.inf < atime < cutoff:  # a damaged record is left for verify() and the operator
+                expired.append((atime, key))
         expired.sort()
         doomed = [key for _, key in expired[:limit]]
         _delete(db, doomed)
@@ -297,15 +295,20 @@ class ShelveEngine:
             return self._clean_time(db.get(_CLEAN))
 
     def scan(self, shard: int) -> list[tuple[bytes, bytes]]:
+        """Every record of *shard*; a value that holds none is passed on as stored, for the codec to refuse
+        (so verify(), records() and the command line go on past it and report it)."""
         with self._db(shard) as db:
-            return [(key, self._record(db[key], shard, key)) for key in self._keys(db, shard)]
+            return [(key, self._stored(db[key], shard, key) or b"") for key in self._keys(db, shard)]
 
     def scan_times(self, shard: int) -> list[tuple[bytes, float]]:
+        """(key, last access) of every record; ``-inf`` for a value that holds no record (never live)."""
         out = []
-        for key, rec in self.scan(shard):
-            if len(rec) < HEADER_SIZE:
-                raise CorruptRecord(f"shelve store at {self.directory}, shard {shard}, key {key[:40]!r}: cut short")
-            out.append((key, _header(rec)[2]))
+        with self._db(shard) as db:
+            for key in self._keys(db, shard):
+                try:
+                    out.append((key, stored_atime(self._record(db[key], shard, key))))
+                except CorruptRecord:
+                    out.append((key, -math.inf))
         return out
 
     def clear(self, shard: int) -> int:
