@@ -131,7 +131,9 @@ def open(
             from .backends.shelve import ShelveEngine
 
             legacy = settings["format"] == 1
-            engine = ShelveEngine(files.subdir("shelve"), n, settings["dbm"], durability, FILE_MODE, legacy=legacy)
+            engine = ShelveEngine(
+                files.subdir("shelve"), n, settings["dbm"], durability, FILE_MODE, legacy=legacy, label=path
+            )
         locks = ShardLocks(files.pinned, n, FILE_MODE, label=path)
         if settings["backend"] == "shelve" and settings["format"] == 1:
             settings = _upgrade_shelve(files, engine, locks, n, float(timeout))

@@ -144,9 +144,18 @@ class ShelveEngine:
     lock_reads = True
 
     def __init__(
-        self, directory: str, shards: int, dbm_name: str, durability: str, file_mode: int, *, legacy: bool = False
+        self,
+        directory: str,
+        shards: int,
+        dbm_name: str,
+        durability: str,
+        file_mode: int,
+        *,
+        legacy: bool = False,
+        label: str | None = None,
     ) -> None:
         self.directory = directory
+        self.label = os.path.join(label, "shelve") if label else directory  # names the store in messages
         self.dbm = dbm_name
         self.legacy = legacy
         self._durable = durability == "system"
@@ -167,7 +176,7 @@ class ShelveEngine:
             with self._open_db(shard) as db:
                 yield db
         except OSError as exc:  # a full disk, an I/O error: nothing acknowledged was changed
-            raise StorageError(f"shelve store at {self.directory}, shard {shard}: {exc.strerror or exc}") from exc
+            raise StorageError(f"shelve store at {self.label}, shard {shard}: {exc.strerror or exc}") from exc
 
     @contextlib.contextmanager
     def _open_db(self, shard: int) -> Iterator[Any]:
@@ -198,7 +207,7 @@ class ShelveEngine:
         """The record a stored value holds (the value itself, in the common case), or :class:`CorruptRecord`."""
         if value[:1] == _RAW:
             return value
-        where = f"shelve store at {self.directory}, shard {shard}, key {key[:40]!r}"
+        where = f"shelve store at {self.label}, shard {shard}, key {key[:40]!r}"
         if value[:1] != _PICKLE:
             raise CorruptRecord(f"{where}: not a lockstore record")
         if not self.legacy:
@@ -234,7 +243,7 @@ class ShelveEngine:
     def _keys(self, db: Any, shard: int) -> list[bytes]:
         keys = db.keys()
         if not self._dumb and any(type(k) is not bytes for k in keys):
-            raise CorruptRecord(f"shelve store at {self.directory}, shard {shard}: a key that is not bytes")
+            raise CorruptRecord(f"shelve store at {self.label}, shard {shard}: a key that is not bytes")
         return [k for k in keys if k != _CLEAN]
 
     # -- the engine ---------------------------------------------------------------------
