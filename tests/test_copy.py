@@ -8,6 +8,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import sys
 import threading
 import time
 import uuid
@@ -231,6 +232,7 @@ def _increment(path: str, backend: str, start: Any, n: int) -> None:
         for _ in range(n):
             with store.edit("counter") as session:
                 session["n"] += 1
+            time.sleep(0.001)  # room for the copier's puts between the increments
 
 
 def _compare_and_put_loop(store: Any, stop: Any) -> int:
@@ -239,7 +241,7 @@ def _compare_and_put_loop(store: Any, stop: Any) -> int:
     while not stop():
         rec = store.record("counter")
         stale = {"n": rec.value["n"]}
-        time.sleep(0.0005)  # the window in which a non-atomic check-then-put loses an increment
+        time.sleep(0.0003)  # the window in which a non-atomic check-then-put loses an increment
         if store.put_record_if(
             "counter", stale, created=rec.created, last_access=rec.last_access + 1e-6, expect=rec.last_access
         ):
@@ -283,6 +285,8 @@ def test_put_record_if_loses_no_increment_of_other_threads(tmp_path: Path, kind:
     if kind == "tiered":
         store = tiered(store, single_process=True, write_through=False)
     n, workers = 300, 2
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads interleave within the copier's compare-and-put if they can
     try:
         store["counter"] = {"n": 0}
 
@@ -290,7 +294,7 @@ def test_put_record_if_loses_no_increment_of_other_threads(tmp_path: Path, kind:
             for _ in range(n):
                 with store.edit("counter") as session:
                     session["n"] += 1
-                time.sleep(0.0001)
+                time.sleep(0.001)
 
         threads = [threading.Thread(target=increment) for _ in range(workers)]
         for t in threads:
@@ -301,6 +305,7 @@ def test_put_record_if_loses_no_increment_of_other_threads(tmp_path: Path, kind:
         assert store["counter"] == {"n": n * workers}
         assert wrote > 0
     finally:
+        sys.setswitchinterval(switch)
         store.close()
 
 
