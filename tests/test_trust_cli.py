@@ -252,3 +252,42 @@ def test_copy_into_a_new_store_keeps_the_sources_rule(django_store: str, tmp_pat
     with lockstore.open(dst) as store:
         assert store.max_age == TWO_WEEKS
         assert sorted(store) == ["fresh", "idle2h", "idle2h-too"]
+
+
+# -- item 6 on the remote stores: records() goes on, del removes (minimal changes there) ---------
+
+
+@pytest.mark.servers
+def test_redis_records_go_on_and_del_removes_a_bad_record(redis_server: str) -> None:
+    redis = pytest.importorskip("redis")
+    raw = redis.Redis.from_url(redis_server)
+    prefix = f"t{os.urandom(5).hex()}"
+    with lockstore.open(redis_server, prefix=prefix, codec="json") as store:
+        store["alice"] = GOOD["alice"]
+        for sid in ("short", "garbage"):
+            raw.set(f"{prefix}:{{{sid}}}", BAD[sid])
+        bad: list[str] = []
+        got = dict(store.records(on_error=lambda sid, exc: bad.append(sid)))
+        assert {sid: rec.value for sid, rec in got.items()} == {"alice": GOOD["alice"]}
+        assert sorted(bad) == ["garbage", "short"]
+        with pytest.raises(CorruptRecord):
+            list(store.records())
+        del store["short"]  # present, though unreadable: no KeyError
+        assert raw.exists(f"{prefix}:{{short}}") == 0
+
+
+@pytest.mark.servers
+def test_postgres_records_go_on_past_a_bad_record(postgres_server: str) -> None:
+    psycopg = pytest.importorskip("psycopg")
+    table = f"t{os.urandom(5).hex()}"
+    with lockstore.open(postgres_server, table=table, codec="json") as store:
+        store["alice"] = GOOD["alice"]
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            for sid in ("short", "garbage"):
+                conn.execute(f"INSERT INTO {table} (sid, rec, last_access) VALUES (%s, %s, %s)", (sid, BAD[sid], NOW))
+        bad: list[str] = []
+        got = dict(store.records(on_error=lambda sid, exc: bad.append(sid)))
+        assert {sid: rec.value for sid, rec in got.items()} == {"alice": GOOD["alice"]}
+        assert sorted(bad) == ["garbage", "short"]
+        del store["short"]
+        assert sorted(sid for sid, _ in store.verify()) == ["garbage"]
