@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Protocol
 
 from .codec import Record
+from .errors import CorruptRecord
 
 KEEP = object()
 """Returned by an update function: leave the record as it is."""
@@ -92,12 +93,51 @@ class BaseStore(MutableMapping[str, Any], ABC):
         """The value and times of a live session, without refreshing its last access."""
 
     @abstractmethod
-    def records(self, *, expired: bool = False) -> Iterator[tuple[str, Record]]:
-        """Every live session (or, with *expired*, every expired one not yet swept) and its times."""
+    def records(
+        self, *, expired: bool = False, on_error: Callable[[str, CorruptRecord], None] | None = None
+    ) -> Iterator[tuple[str, Record]]:
+        """Every live session (or, with *expired*, every expired one not yet swept) and its times.
+
+        A record that cannot be read (a header too short, a signature that fails, a payload that does not
+        decode) raises :class:`~lockstore.errors.CorruptRecord`; with *on_error*, it is passed to
+        ``on_error(sid, error)`` instead and the iteration goes on, so that ``ls``, ``copy`` and the like
+        can report it and carry on past it (issue 9, item 6).
+        """
 
     @abstractmethod
     def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
         """Store *value* under *sid* with the given times (copying stores, fixing clocks)."""
+
+    @abstractmethod
+    def put_record_if(self, sid: str, value: Any, *, created: float, last_access: float, expect: float | None) -> bool:
+        """Compare-and-put: store *value* under *sid* with the given times only if the store still holds
+        what the caller expects, checked and written atomically under the session's lock.
+
+        Parameters
+        ----------
+        sid, value, created, last_access
+            As for :meth:`put_record`.
+        expect
+            The last access of the live record the caller expects to replace, compared exactly; or None:
+            write only if there is no live record (absent or expired).
+
+        Returns
+        -------
+        bool
+            True if the record was written; False if the store held something else (nothing written).
+
+        Raises
+        ------
+        CorruptRecord
+            The stored record's header cannot be read, so what it holds cannot be compared; it is left
+            as it is (``del store[sid]`` removes it).
+
+        Notes
+        -----
+        ``lockstore copy`` uses it so that a re-run never overwrites a session the application wrote
+        into the destination, nor recreates one it deleted, even while the application runs (issue 9,
+        item 10).
+        """
 
     @abstractmethod
     def close(self) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import pprint
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,9 +54,8 @@ def open_existing(path: str, args: argparse.Namespace) -> Any:
     import lockstore
     from lockstore.opener import read_meta
 
+    # no max_age: the store's own rule applies, never one of the command line's (issue 9, item 8)
     options: dict[str, Any] = {"timeout": args.timeout}
-    if args.max_age is not None:
-        options["max_age"] = args.max_age
     secret = _secret(args)
     if _is_url(path):
         return lockstore.open(path, secret=secret, **options)
@@ -166,10 +167,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_bad(bad: list[tuple[str, str]], path: str) -> int:
+    """List records that could not be read on standard error; the exit status: 1 if there were any."""
+    for sid, why in bad:
+        print(f"{sid}: {why}", file=sys.stderr)
+    if bad:
+        print(
+            f"{len(bad):,} bad record{'s' if len(bad) != 1 else ''} (lockstore rm {path} ID removes one)",
+            file=sys.stderr,
+        )
+    return 1 if bad else 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
+    bad: list[tuple[str, str]] = []
     with open_existing(args.path, args) as store:
         now = time.time()
-        rows = sorted(store.records(expired=args.expired), key=lambda item: item[0])
+        records = store.records(expired=args.expired, on_error=lambda sid, exc: bad.append((sid, str(exc))))
+        rows = sorted(records, key=lambda item: item[0])
     if args.json:
         _print_json(
             [
@@ -177,15 +192,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 for sid, rec in rows
             ]
         )
-        return 0
-    if not rows:
+    elif not rows:
         print("no expired sessions" if args.expired else "no live sessions", file=sys.stderr)
-        return 0
-    _table(
-        ["id", "created", "last access", "idle"],
-        [[sid, _when(rec.created), _when(rec.last_access), _idle(now - rec.last_access)] for sid, rec in rows],
-    )
-    return 0
+    else:
+        _table(
+            ["id", "created", "last access", "idle"],
+            [[sid, _when(rec.created), _when(rec.last_access), _idle(now - rec.last_access)] for sid, rec in rows],
+        )
+    return _report_bad(bad, args.path)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -226,16 +240,16 @@ def cmd_clean(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     with open_existing(args.path, args) as store:
         try:
-            removed = store.clean(progress=progress)
-        except TypeError:  # a store whose clean() takes no progress callback
-            removed = store.clean()
+            removed = store.clean(progress=progress, max_idle=args.max_idle)
         finally:
             progress.done()
     seconds = time.monotonic() - t0
     if args.json:
         _print_json({"removed": removed, "seconds": seconds})
     else:
-        print(f"removed {removed:,} expired session{'s' if removed != 1 else ''} in {seconds:.2f} s")
+        noun = f"session{'s' if removed != 1 else ''}"
+        what = f"expired {noun}" if args.max_idle is None else f"{noun} idle over {args.max_idle:g} s"
+        print(f"removed {removed:,} {what} in {seconds:.2f} s")
     return 0
 
 
@@ -253,13 +267,41 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+_CREDENTIAL_PARAMS = frozenset({"password", "passwd", "pass", "user", "username", "sslpassword"})
+
+
+def _identity(path: str) -> str:
+    """What names a store in a journal's file name: a directory's real path, or a URL without credentials."""
+    if not _is_url(path):
+        return os.path.realpath(path)
+    parts = urllib.parse.urlsplit(path)
+    query = [
+        (k, v)
+        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        if k.lower() not in _CREDENTIAL_PARAMS
+    ]
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, urllib.parse.urlencode(sorted(query)), ""))
+
+
+def _journal_path(args: argparse.Namespace) -> str:
+    """``--journal``, else a file in the directory store of the pair named after the other store: the
+    journal belongs to one (source, destination) pair."""
+    if args.journal:
+        return str(args.journal)
+    for home, other in ((args.dst, args.src), (args.src, args.dst)):
+        if not _is_url(home):
+            digest = hashlib.sha256(_identity(other).encode()).hexdigest()[:16]
+            return os.path.join(home, f"copy-journal-{digest}.jsonl")
+    raise CommandError("copying between two servers needs --journal FILE: where to remember what was copied")
+
+
 def cmd_copy(args: argparse.Namespace) -> int:
     import lockstore
+    from lockstore.copy import copy_store
+    from lockstore.opener import read_meta
 
-    try:
-        from lockstore.copy import copy_store
-    except ImportError:
-        raise CommandError("copy is not available: this lockstore has no lockstore.copy module") from None
+    journal = _journal_path(args)  # before opening anything: a usage error touches nothing
     options: dict[str, Any] = {"timeout": args.timeout}
     for name in ("backend", "shards", "codec"):
         if getattr(args, name) is not None:
@@ -268,17 +310,30 @@ def cmd_copy(args: argparse.Namespace) -> int:
     if secret is not None:
         options["secret"] = secret
     with open_existing(args.src, args) as src:
+        if not _is_url(args.dst) and read_meta(args.dst) is None:
+            # a new destination sweeps by the source's rule, not the default one: a two-week store
+            # copied into a store that expires sessions after 30 minutes would lose them
+            for name in ("max_age", "clean_interval", "clean_limit"):
+                if getattr(src, name, None) is not None:
+                    options[name] = getattr(src, name)
         progress = _Progress("copying")
         try:
             with lockstore.open(args.dst, **options) as dst:
-                n = copy_store(src, dst, progress=progress)
+                result = copy_store(src, dst, journal=journal, progress=progress if progress.enabled else None)
         finally:
             progress.done()
     if args.json:
-        _print_json({"copied": n})
+        _print_json(result.as_dict())
     else:
+        n = result.written
         print(f"copied {n:,} session{'s' if n != 1 else ''} from {args.src} to {args.dst}")
-    return 0
+        print(
+            f"not copied: {result.skipped_present:,} present in the destination, "
+            f"{result.skipped_deleted:,} deleted there, {result.skipped_newer:,} changed there, "
+            f"{result.unchanged:,} unchanged since the last copy"
+        )
+        print(f"journal: {result.journal}")
+    return _report_bad(result.bad, args.src)
 
 
 # -- the parser ---------------------------------------------------------------------------------
@@ -314,13 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    # no --max-age: every command applies the store's own expiry rule (issue 9, item 8)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--max-age",
-        type=_positive_float,
-        metavar="SECONDS",
-        help="idle time after which a session counts as expired (default: 1800)",
-    )
     common.add_argument(
         "--timeout",
         type=_positive_float,
@@ -352,8 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("rm", cmd_rm, "delete one session", [common])
     p.add_argument("path", help="store directory")
     p.add_argument("sid", metavar="SID", help="session id")
-    p = add("clean", cmd_clean, "remove every expired session now", [common, jsonopt])
+    p = add("clean", cmd_clean, "remove every expired session now (by the store's max_age)", [common, jsonopt])
     p.add_argument("path", help="store directory")
+    p.add_argument(
+        "--max-idle",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="also remove every session idle longer than this: logs those users out",
+    )
     p = add(
         "verify",
         cmd_verify,
@@ -372,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("lmdb", "shelve", "memory"), help="backend of a new DST")
     p.add_argument("--shards", type=_positive_int, help="shards of a new DST")
     p.add_argument("--codec", choices=("pickle", "json", "msgpack"), help="codec of a new DST")
+    p.add_argument(
+        "--journal",
+        metavar="FILE",
+        help="what was copied, so that a re-run never recreates a session DST deleted nor overwrites one it "
+        "changed (default: a copy-journal-*.jsonl file in DST, else in SRC; required between two servers)",
+    )
     sub.add_parser("stress", help="run the multi-process stress harness (lockstore stress --help)", add_help=False)
     sub.add_parser(
         "bench", help="run the benchmarks against raw LMDB and the peers (lockstore bench --help)", add_help=False

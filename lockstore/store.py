@@ -17,7 +17,7 @@ from zlib import crc32 as _crc32
 from ._files import RULES
 from .base import KEEP, BaseStore, Clock, Engine, Updater
 from .codec import ATIME, HEADER_SIZE, Codec, Record, stored_atime
-from .errors import LockstoreError, StoreClosed, StoreMismatch
+from .errors import CorruptRecord, LockstoreError, StoreClosed, StoreMismatch
 from .ids import _VALID as _valid
 from .ids import describe_id, shard_of, validate_id
 from .locks import ShardLocks
@@ -301,7 +301,12 @@ class Store(BaseStore):
                 nonlocal live
                 if old is None:
                     return KEEP
-                live = now - self._codec.times(old)[2] <= self.max_age
+                try:
+                    live = now - self._header_times(old)[0] <= self.max_age
+                except CorruptRecord:
+                    # an unreadable header counts as present, so an operator can delete the record
+                    # (``lockstore rm``) that ls and verify report (issue 9, item 6)
+                    live = True
                 return None
 
             self._engine.update(shard, key, delete, self._sweep_due(shard, now))
@@ -392,15 +397,28 @@ class Store(BaseStore):
         _, _, atime, created = self._codec.times(rec)
         return Record(self._codec.decode(key, rec), created, atime)
 
-    def records(self, *, expired: bool = False) -> Iterator[tuple[str, Record]]:
+    def records(
+        self, *, expired: bool = False, on_error: Callable[[str, CorruptRecord], None] | None = None
+    ) -> Iterator[tuple[str, Record]]:
         self._check_open()
         codec = self._codec
         for shard in range(self.shards):
             now = self.clock()
             for key, rec in self._scan(shard):
-                _, _, atime, created = codec.times(rec)
-                if (now - atime > self.max_age) == expired:
-                    yield key.decode(), Record(codec.decode(key, rec), created, atime)
+                sid = key.decode(errors="backslashreplace")
+                try:
+                    if sid.encode() != key:
+                        raise CorruptRecord("the stored id is not UTF-8")
+                    atime, created = self._header_times(rec)
+                    if (now - atime > self.max_age) != expired:
+                        continue
+                    value = codec.decode(key, rec)
+                except CorruptRecord as exc:
+                    if on_error is None:
+                        raise CorruptRecord(f"session {describe_id(sid)}: {exc}") from None
+                    on_error(sid, exc)
+                    continue
+                yield sid, Record(value, created, atime)
 
     def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
         shard, key = self._locate(sid)
@@ -408,9 +426,42 @@ class Store(BaseStore):
         with self._locks.held(shard, self.timeout):
             self._engine.update(shard, key, lambda old: rec, None)
 
-    def verify(self) -> list[tuple[str, str]]:
-        from .errors import CorruptRecord
+    def put_record_if(self, sid: str, value: Any, *, created: float, last_access: float, expect: float | None) -> bool:
+        """Store *value* with the given times only if the live record's last access is *expect* (None: only
+        if there is no live record); the check and the write are one engine update under the shard lock."""
+        shard, key = self._locate(sid)
+        if not all(math.isfinite(t) for t in (created, last_access, 0.0 if expect is None else expect)):
+            raise ValueError(f"times must be finite: created={created!r} last_access={last_access!r} expect={expect!r}")
+        codec = self._codec
+        rec = codec.record(key, codec.encode(value), float(last_access), float(created))
+        max_age = self.max_age
+        wrote = False
+        with self._locks.held(shard, self.timeout):
+            now = self.clock()
 
+            def put_if(old: bytes | None) -> Any:
+                nonlocal wrote
+                atime = None
+                if old is not None:
+                    atime = self._header_times(old)[0]  # CorruptRecord: what is there cannot be compared
+                    if now - atime > max_age:
+                        atime = None  # expired: as good as absent
+                wrote = atime == expect
+                return rec if wrote else KEEP
+
+            self._engine.update(shard, key, put_if, None)
+        return wrote
+
+    @staticmethod
+    def _header_times(rec: bytes | memoryview) -> tuple[float, float]:
+        """(last_access, created) of a record; :class:`CorruptRecord` for a header too short or a time
+        that is not a finite number (either would break the expiry arithmetic and the LMDB index)."""
+        _, _, atime, created = Codec.times(rec)
+        if not (math.isfinite(atime) and math.isfinite(created)):
+            raise CorruptRecord(f"record times are not finite numbers (last access {atime}, created {created})")
+        return atime, created
+
+    def verify(self) -> list[tuple[str, str]]:
         self._check_open()
         bad: list[tuple[str, str]] = []
         for shard in range(self.shards):
@@ -424,6 +475,7 @@ class Store(BaseStore):
                     validate_id(sid)
                     if shard_of(sid, self.shards) != shard:
                         raise CorruptRecord(f"stored in shard {shard}, belongs in {shard_of(sid, self.shards)}")
+                    self._header_times(rec)
                     self._codec.decode(key, rec)
                 except Exception as exc:
                     bad.append((sid, str(exc)))

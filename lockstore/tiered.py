@@ -36,7 +36,7 @@ from typing import Any
 
 from .base import BaseStore
 from .codec import Codec, Record
-from .errors import LockstoreError, StoreClosed
+from .errors import CorruptRecord, LockstoreError, StoreClosed
 from .ids import validate_id
 
 TIERED_BACKENDS = ("shelve",)
@@ -313,15 +313,18 @@ class TieredStore(BaseStore):
                 return None
             return Record(self._codec.loads(entry.payload, sid.encode()), entry.created, entry.last_access)
 
-    def records(self, *, expired: bool = False) -> Iterator[tuple[str, Record]]:
+    def records(
+        self, *, expired: bool = False, on_error: Callable[[str, CorruptRecord], None] | None = None
+    ) -> Iterator[tuple[str, Record]]:
         """Every live session (or, with *expired*, every expired one) with its times.
 
-        Writes the memory tier to the store first (as :meth:`store_all`), then lists the store.
+        Writes the memory tier to the store first (as :meth:`store_all`), then lists the store; a record
+        that cannot be read goes to *on_error* if given (see :meth:`lockstore.BaseStore.records`).
         """
         with self._lock:
             self._enter()
             self._store_all()
-            return iter(list(self.persistent.records(expired=expired)))
+            return iter(list(self.persistent.records(expired=expired, on_error=on_error)))
 
     def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
         """Store *value* with the given times, straight into the persistent store."""
@@ -329,6 +332,28 @@ class TieredStore(BaseStore):
             self._enter()
             self._entries.pop(validate_id(sid), None)
             self.persistent.put_record(sid, value, created=created, last_access=last_access)
+
+    def put_record_if(self, sid: str, value: Any, *, created: float, last_access: float, expect: float | None) -> bool:
+        """Compare-and-put (:meth:`lockstore.BaseStore.put_record_if`) against the session as this tier
+        serves it: the memory copy when there is one (it may be newer than the persistent store's),
+        else the persistent store's, compared and written under that store's lock."""
+        with self._lock:
+            now = self._enter()
+            entry = self._entries.get(validate_id(sid))
+            if entry is not None and now - entry.last_access > self.max_age:
+                del self._entries[sid]  # expired in memory: the persistent copy is no newer
+                entry = None
+            if entry is None:
+                return self.persistent.put_record_if(
+                    sid, value, created=created, last_access=last_access, expect=expect
+                )
+            if expect is None or entry.last_access != expect:
+                return False
+            # the memory copy is the one expected: the new record replaces it in both tiers (the tier lock
+            # is held, and no other process writes the persistent store of a tier: single_process=True)
+            self.persistent.put_record(sid, value, created=created, last_access=last_access)
+            del self._entries[sid]
+            return True
 
     def sweep(self) -> dict[str, int]:
         """Move sessions idle longer than ``memory_timeout`` out of memory now (Webware's

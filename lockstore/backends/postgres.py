@@ -592,18 +592,23 @@ class PostgresStore(RemoteStore):
                     bad.append((sid, str(exc)))
         return bad
 
-    def records(self, *, expired: bool = False) -> Iterator[tuple[str, Record]]:
+    def records(
+        self, *, expired: bool = False, on_error: Callable[[str, CorruptRecord], None] | None = None
+    ) -> Iterator[tuple[str, Record]]:
         for rows in self._pages(self._q_page):
             now = self.clock()
             for sid, raw in rows:
                 rec = bytes(raw)
-                if not rec or self._live(rec, now) == expired:
-                    continue
-                _, _, atime, created = Codec.times(rec)
                 try:
+                    if not rec or self._live(rec, now) == expired:
+                        continue
+                    _, _, atime, created = Codec.times(rec)
                     value = self._codec.decode(sid.encode(), rec)
                 except CorruptRecord as exc:
-                    raise CorruptRecord(f"session {describe_id(sid)}: {exc}") from None
+                    if on_error is None:
+                        raise CorruptRecord(f"session {describe_id(sid)}: {exc}") from None
+                    on_error(sid, exc)
+                    continue
                 yield sid, Record(value, created, atime)
 
     def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:

@@ -445,7 +445,11 @@ class RedisStore(RemoteStore):
             raise KeyError(sid)
         now = self.clock()
         self._commit(sid, token, None, now)
-        if not self._live(old, now):
+        try:
+            live = self._live(old, now)
+        except CorruptRecord:
+            live = True  # an unreadable record counts as present: deleted, no KeyError (issue 9, item 6)
+        if not live:
             raise KeyError(sid)
 
     def __iter__(self) -> Iterator[str]:
@@ -557,18 +561,23 @@ class RedisStore(RemoteStore):
                     bad.append((sid, str(exc)))
         return bad
 
-    def records(self, *, expired: bool = False) -> Iterator[tuple[str, Record]]:
+    def records(
+        self, *, expired: bool = False, on_error: Callable[[str, CorruptRecord], None] | None = None
+    ) -> Iterator[tuple[str, Record]]:
         for keys in self._scan():
             now = self.clock()
             for key, rec in zip(keys, self._fetch(keys), strict=True):
-                if rec is None or self._live(rec, now) == expired:
-                    continue
                 sid = self._sid_of(key)
-                _, _, atime, created = Codec.times(rec)
                 try:
+                    if rec is None or self._live(rec, now) == expired:
+                        continue
+                    _, _, atime, created = Codec.times(rec)
                     value = self._codec.decode(sid.encode(), rec)
                 except CorruptRecord as exc:
-                    raise CorruptRecord(f"session {describe_id(sid)}: {exc}") from None
+                    if on_error is None:
+                        raise CorruptRecord(f"session {describe_id(sid)}: {exc}") from None
+                    on_error(sid, exc)
+                    continue
                 yield sid, Record(value, created, atime)
 
     def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
