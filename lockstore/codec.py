@@ -77,6 +77,21 @@ def codec_functions(name: str) -> tuple[Callable[[Any], bytes], Callable[[Any], 
     raise StoreMismatch(f"unknown codec {name!r}: use 'pickle', 'json' or 'msgpack'")
 
 
+def record_times(rec: bytes | memoryview) -> tuple[float, float]:
+    """(last_access, created) of a record; :class:`CorruptRecord` for a header too short, of another
+    version, or with a time that is not a finite number (which would break the expiry arithmetic and the
+    LMDB index)."""
+    try:
+        version, _, atime, created = _unpack_header(rec)
+    except struct.error:
+        raise CorruptRecord(f"record of {len(rec)} bytes is shorter than its header") from None
+    if version != RECORD_VERSION:
+        raise CorruptRecord(f"record format version {version}, expected {RECORD_VERSION}")
+    if not (math.isfinite(atime) and math.isfinite(created)):
+        raise CorruptRecord(f"record times are not finite numbers (last access {atime}, created {created})")
+    return atime, created
+
+
 def check_secret(secret: bytes | str | None) -> bytes | None:
     """*secret* as bytes, or None; ``TypeError``/``ValueError`` if it cannot sign records."""
     if isinstance(secret, str):

@@ -16,7 +16,7 @@ from zlib import crc32 as _crc32
 
 from ._files import RULES
 from .base import KEEP, BaseStore, Clock, Engine, Updater
-from .codec import ATIME, HEADER_SIZE, Codec, Record, stored_atime
+from .codec import ATIME, HEADER_SIZE, Codec, Record, record_times, stored_atime
 from .errors import CorruptRecord, LockstoreError, StoreClosed, StoreMismatch
 from .ids import _VALID as _valid
 from .ids import describe_id, shard_of, validate_id
@@ -302,7 +302,7 @@ class Store(BaseStore):
                 if old is None:
                     return KEEP
                 try:
-                    live = now - self._header_times(old)[0] <= self.max_age
+                    live = now - record_times(old)[0] <= self.max_age
                 except CorruptRecord:
                     # an unreadable header counts as present, so an operator can delete the record
                     # (``lockstore rm``) that ls and verify report (issue 9, item 6)
@@ -391,10 +391,11 @@ class Store(BaseStore):
     def record(self, sid: str) -> Record | None:
         shard, key = self._locate(sid)
         rec = self._read(shard, key)
-        if not self._live(rec, self.clock()):
+        if rec is None:
             return None
-        assert rec is not None
-        _, _, atime, created = self._codec.times(rec)
+        atime, created = record_times(rec)  # a damaged record is CorruptRecord, as for store[sid]
+        if self.clock() - atime > self.max_age:
+            return None
         return Record(self._codec.decode(key, rec), created, atime)
 
     def records(
@@ -409,7 +410,7 @@ class Store(BaseStore):
                 try:
                     if sid.encode() != key:
                         raise CorruptRecord("the stored id is not UTF-8")
-                    atime, created = self._header_times(rec)
+                    atime, created = record_times(rec)
                     if (now - atime > self.max_age) != expired:
                         continue
                     value = codec.decode(key, rec)
@@ -443,7 +444,7 @@ class Store(BaseStore):
                 nonlocal wrote
                 atime = None
                 if old is not None:
-                    atime = self._header_times(old)[0]  # CorruptRecord: what is there cannot be compared
+                    atime = record_times(old)[0]  # CorruptRecord: what is there cannot be compared
                     if now - atime > max_age:
                         atime = None  # expired: as good as absent
                 wrote = atime == expect
@@ -451,15 +452,6 @@ class Store(BaseStore):
 
             self._engine.update(shard, key, put_if, None)
         return wrote
-
-    @staticmethod
-    def _header_times(rec: bytes | memoryview) -> tuple[float, float]:
-        """(last_access, created) of a record; :class:`CorruptRecord` for a header too short or a time
-        that is not a finite number (either would break the expiry arithmetic and the LMDB index)."""
-        _, _, atime, created = Codec.times(rec)
-        if not (math.isfinite(atime) and math.isfinite(created)):
-            raise CorruptRecord(f"record times are not finite numbers (last access {atime}, created {created})")
-        return atime, created
 
     def verify(self) -> list[tuple[str, str]]:
         self._check_open()
@@ -475,7 +467,7 @@ class Store(BaseStore):
                     validate_id(sid)
                     if shard_of(sid, self.shards) != shard:
                         raise CorruptRecord(f"stored in shard {shard}, belongs in {shard_of(sid, self.shards)}")
-                    self._header_times(rec)
+                    record_times(rec)
                     self._codec.decode(key, rec)
                 except Exception as exc:
                     bad.append((sid, str(exc)))

@@ -233,12 +233,13 @@ class LmdbEngine:
         if new is None:
             if old is not None:
                 txn.delete(k)
-                txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
+                if old_bucket >= 0:  # a damaged record has no index entry
+                    txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
             return swept
         txn.put(k, new)
         new_bucket = _record_bucket(new)
         if new_bucket != old_bucket:
-            if old is not None:
+            if old_bucket >= 0:
                 txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
             txn.put(prefix + _BUCKET.pack(new_bucket) + key, b"", db=h.atime)
         return swept
