@@ -253,6 +253,29 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Show the recorded sweep rules, or change them (the only way to: no open() may sweep by others)."""
+    from lockstore.opener import read_meta, set_rules
+
+    if _is_url(args.path):
+        raise CommandError("config changes the rules of a directory store; a server store keeps its own")
+    rules = {"max_age": args.max_age, "clean_interval": args.clean_interval, "clean_limit": args.clean_limit}
+    meta: dict[str, Any] | None
+    if any(value is not None for value in rules.values()):
+        meta = set_rules(args.path, **rules)
+    else:
+        meta = read_meta(args.path)
+        if meta is None:
+            raise CommandError(f"no store at {args.path}: the directory holds no lockstore metadata", status=1)
+    shown = {name: meta.get(name) for name in rules}
+    if args.json:
+        _print_json(shown)
+    else:
+        for name, value in shown.items():
+            print(f"{name:<15} {'not recorded' if value is None else format(value, 'g')}")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     with open_existing(args.path, args) as store:
         bad = store.verify()
@@ -410,6 +433,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="also remove every session idle longer than this: logs those users out",
     )
+    p = add(
+        "config",
+        cmd_config,
+        "show the store's recorded sweep rules, or change them (processes that have the store open stop "
+        "sweeping until restarted)",
+        [jsonopt],
+    )
+    p.add_argument("path", help="store directory")
+    p.add_argument("--max-age", type=_positive_float, metavar="SECONDS", help="idle time after which a session expires")
+    p.add_argument("--clean-interval", type=float, metavar="SECONDS", help="how often a write sweeps its shard")
+    p.add_argument("--clean-limit", type=_positive_int, metavar="N", help="at most this many removed by one write")
     p = add(
         "verify",
         cmd_verify,

@@ -291,3 +291,21 @@ def test_postgres_records_go_on_past_a_bad_record(postgres_server: str) -> None:
         assert sorted(bad) == ["garbage", "short"]
         del store["short"]
         assert sorted(sid for sid, _ in store.verify()) == ["garbage"]
+
+
+# -- item 8: the rules change only through `lockstore config` --------------------------------------------
+
+
+def test_config_shows_and_changes_the_recorded_rules(tmp_path: Any, capsys: Any) -> None:
+    path = str(tmp_path / "cfg")
+    lockstore.open(path, max_age=14 * 86400).close()
+    code, out, _ = run(capsys, "config", path, "--json")
+    assert code == 0
+    assert json.loads(out) == {"max_age": 14 * 86400, "clean_interval": 300, "clean_limit": 1000}
+    code, out, _ = run(capsys, "config", path, "--max-age", "3600", "--clean-limit", "50")
+    assert code == 0
+    assert "max_age         3600" in out
+    with lockstore.open(path) as store:
+        assert (store.max_age, store.clean_limit) == (3600, 50)  # type: ignore[attr-defined]
+    code, _, err = run(capsys, "config", str(tmp_path / "nothing"))
+    assert code == 1 and "no store" in err
