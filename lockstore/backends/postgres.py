@@ -361,8 +361,19 @@ class PostgresStore(RemoteStore):
                         pool.open(wait=True, timeout=self.connect_timeout)
                     except psycopg.OperationalError as exc:
                         pool.close()
-                        raise self._error(exc, "connecting") from None
+                        raise self._error(self._why(exc), "connecting") from None
         return pool
+
+    def _why(self, exc: psycopg.OperationalError) -> psycopg.OperationalError:
+        """Why the pool got no connection: the pool only says it timed out (and logs the reason), so on
+        that failure path alone, one direct attempt tells (a wrong password, an unknown database...)."""
+        if not isinstance(exc, psycopg_pool.PoolTimeout):
+            return exc
+        try:
+            psycopg.connect(self._conninfo, autocommit=True).close()
+        except psycopg.OperationalError as direct:
+            return direct
+        return exc
 
     def _error(self, exc: psycopg.Error, doing: str) -> Exception:
         """The lockstore error for a client error, its text scrubbed of credentials. Raise it ``from None``:
