@@ -678,3 +678,26 @@ def test_put_record_if_counts_exactly_among_concurrent_writers(raw: Raw) -> None
             t.join(120)
         assert errors == []
         assert s["n"] == {"n": 4 * rounds}
+
+
+def test_put_record_if_never_overwrites_a_touch_in_between(redis_server: str) -> None:
+    # A touch does not take the session's lock: make one land between put_record_if's check and its
+    # write, from the clock it reads in between.
+    store = Raw("redis", redis_server)
+    now = [1_700_000_000.0]
+    toucher: list[Any] = []
+
+    def clock() -> float:
+        if toucher:
+            other = toucher.pop()
+            assert other.touch("a")
+        return now[0]
+
+    with store.open(clock=clock) as s, store.open(clock=lambda: now[0] + 30, touch_interval=0) as other:
+        s["a"] = {"v": "old"}
+        seen = s.record("a")
+        assert seen is not None
+        toucher.append(other)
+        wrote = s.put_record_if("a", {"v": "copy"}, created=seen.created, last_access=now[0], expect=seen.last_access)
+        assert not wrote
+        assert s.record("a") == ({"v": "old"}, seen.created, now[0] + 30)
