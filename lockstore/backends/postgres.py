@@ -21,6 +21,14 @@ and the codecs behave the same; ``last_access`` repeats the record's time for th
   lock (:class:`~lockstore.LockTimeout`), ``idle_in_transaction_session_timeout`` (``lock_ttl``) ends an
   edit whose holder stalls; a server that is down or refuses connections raises
   :class:`~lockstore.BackendUnavailable` within ``connect_timeout``.
+- The store's settings are rows ``(store, name, value)`` of the table ``lockstore_meta``: metadata
+  format, codec, whether records are signed, a random store id bound into every signature, and the
+  sweep rule (``max_age``, ``clean_interval``, ``clean_limit``). Nothing there is trusted: see
+  :mod:`lockstore.backends._remote`. They are created, read and checked in one transaction, so an open
+  that fails leaves the database as it was.
+- Rows lockstore did not write (an id that is not a valid session id, a record too short for its
+  header) are reported by :meth:`PostgresStore.verify`; reading one raises
+  :class:`~lockstore.CorruptRecord`. Iteration and ``len()`` count valid ids only.
 """
 
 from __future__ import annotations
@@ -41,29 +49,47 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..base import Clock
-from ..codec import HEADER_SIZE, Codec, Record, codec_functions
+from ..codec import HEADER_SIZE, Codec, Record
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
-from ..ids import describe_id, validate_id
-from ..opener import _check_numbers
-from ._remote import RemoteStore
+from ..ids import describe_id, is_valid_id, validate_id
+from ._remote import (
+    RemoteStore,
+    Settings,
+    check_options,
+    creation_fields,
+    is_secret_name,
+    make_codec,
+    parse_meta,
+    redact_url,
+    resolve,
+)
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
 PAGE = 500
 CLEAN_BATCH = 5000
 _TABLE_OK = re.compile(r"[a-z_][a-z0-9_]{0,47}").fullmatch
+# The ids validate_id accepts, for the queries that list and count sessions.
+_VALID_ID_SQL = "sid ~ '^[A-Za-z0-9_.~-]+$' AND length(sid) <= 256 AND sid <> '.' AND sid <> '..'"
+_CONNINFO_PAIR = re.compile(r"([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'?|[^\s&]+)")
 T = TypeVar("T")
 
 
-def _redact(url: str) -> str:
+def _display(url: str) -> tuple[str, list[str]]:
+    """How the store shows *url* (user, host, port and database only) and every secret value it holds
+    (passwords, and keywords named like one: see :func:`~lockstore.backends._remote.is_secret_name`)."""
+    found = redact_url(url)[1] if "://" in url else []
+    # Also from the raw text: a conninfo string that does not parse can still be echoed by an error.
+    found += [v.strip("'") for name, v in _CONNINFO_PAIR.findall(url) if is_secret_name(name)]
     try:
         params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "postgresql://?"
+    except psycopg.Error:
+        return "postgresql://?", found
+    found += [str(v) for name, v in params.items() if is_secret_name(name) and v]
     host = params.get("host", "")
     port = params.get("port", "")
-    return f"postgresql://{params.get('user', '')}@{host}{':' + str(port) if port else ''}/{params.get('dbname', '')}"
+    shown = f"postgresql://{params.get('user', '')}@{host}{':' + str(port) if port else ''}/{params.get('dbname', '')}"
+    return shown, found
 
 
 class _Edit:
@@ -143,7 +169,7 @@ class _Edit:
                 conn.execute("COMMIT")
         except psycopg.Error as exc:
             if rec is None:
-                logger.debug("rollback of %s failed: %s", describe_id(self._sid), exc)
+                logger.debug("rollback of %s failed: %s", describe_id(self._sid), store._scrub(exc))
                 return
             if (conn.broken or conn.closed) and time.monotonic() - self._since > store.lock_ttl:
                 # The server ends a transaction left idle past idle_in_transaction_session_timeout
@@ -151,8 +177,8 @@ class _Edit:
                 raise LockTimeout(
                     f"the edit of {describe_id(self._sid)} took longer than lock_ttl={store.lock_ttl} s: the "
                     "server ended its transaction and nothing was written"
-                ) from exc
-            raise store._error(exc, f"saving session {describe_id(self._sid)}") from exc
+                ) from None
+            raise store._error(exc, f"saving session {describe_id(self._sid)}") from None
         finally:
             store._putconn(conn)
         if rec is not None:
@@ -195,35 +221,41 @@ class PostgresStore(RemoteStore):
         *,
         table: str,
         codec: str | None,
-        max_age: float,
+        max_age: float | None = None,
         touch_interval: float,
         timeout: float,
         max_value_size: int,
         secret: bytes | str | None,
         clock: Clock | None,
-        clean_interval: float,
-        clean_limit: int,
+        clean_interval: float | None = None,
+        clean_limit: int | None = None,
         connect_timeout: float,
         lock_ttl: float,
         pool_size: int,
     ) -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
         if not isinstance(table, str) or not _TABLE_OK(table):
             raise ValueError(f"table must match [a-z_][a-z0-9_]{{0,47}}, not {table!r}")
-        for name, number in (("connect_timeout", connect_timeout), ("lock_ttl", lock_ttl)):
-            if isinstance(number, bool) or not isinstance(number, int | float) or not number > 0:
-                raise ValueError(f"{name} must be a number of seconds > 0, not {number!r}")
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-            raise ValueError(f"pool_size must be a positive int, not {pool_size!r}")
-        if codec is not None:
-            codec_functions(codec)
+        # Every option is checked before the server is touched: a rejected one writes nothing.
+        check_options(
+            codec=codec,
+            touch_interval=touch_interval,
+            secret=secret,
+            max_value_size=max_value_size,
+            max_age=max_age,
+            clean_interval=clean_interval,
+            clean_limit=clean_limit,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            lock_ttl=lock_ttl,
+            pool_size=pool_size,
+        )
         self.backend = "postgres"
-        self.path = _redact(url)
+        self.path, self._secrets = _display(url)
         self.table = table
-        self.max_age = float(max_age)
         self.touch_interval = float(touch_interval)
         self.timeout = float(timeout)
-        self.clean_interval = float(clean_interval)
-        self.clean_limit = clean_limit
         self.connect_timeout = float(connect_timeout)
         self.lock_ttl = float(lock_ttl)
         self.clock = clock or time.time
@@ -236,21 +268,26 @@ class PostgresStore(RemoteStore):
             f"-c lock_timeout={math.ceil(self.timeout * 1000)} "
             f"-c idle_in_transaction_session_timeout={math.ceil(self.lock_ttl * 1000)}"
         )
-        self._conninfo = make_conninfo(
-            url, connect_timeout=max(2, math.ceil(self.connect_timeout)), options=options, application_name="lockstore"
-        )
+        try:
+            self._conninfo = make_conninfo(
+                url,
+                connect_timeout=max(2, math.ceil(self.connect_timeout)),
+                options=options,
+                application_name="lockstore",
+            )
+        except psycopg.Error as exc:
+            raise ValueError(f"not a usable PostgreSQL URL or conninfo string: {self._scrub(exc)}") from None
         self._build_queries()
         self._pid = os.getpid()
         self._pool = self._new_pool()
         try:
-            self._codec = Codec(self.setup(codec, secret is not None), secret, max_value_size)
-            if self._codec.name == "pickle" and not self._codec.signed:
-                # Unpickling runs code: on a server, whoever can write to it could run code here.
-                logger.warning(
-                    "store at %s uses pickle without a secret: anyone who can write to this table can run "
-                    "code in this process; pass secret= (signed records) or codec='json'",
-                    self.path,
-                )
+            settings = self.setup(
+                codec, secret is not None, max_age=max_age, clean_interval=clean_interval, clean_limit=clean_limit
+            )
+            self.max_age = settings.max_age
+            self.clean_interval = settings.clean_interval
+            self.clean_limit = settings.clean_limit
+            self._codec = make_codec("postgres", table, settings, secret, max_value_size, self.path)
         except BaseException:
             self.close()
             raise
@@ -281,13 +318,16 @@ class PostgresStore(RemoteStore):
             "ORDER BY last_access LIMIT %s FOR UPDATE SKIP LOCKED)"
         ).format(t=t)
         self._q_page = q("SELECT sid, rec FROM {} WHERE sid > %s ORDER BY sid LIMIT %s").format(t)
-        self._q_keys = q("SELECT sid FROM {} WHERE sid > %s AND last_access >= %s ORDER BY sid LIMIT %s").format(t)
-        self._q_count = q("SELECT count(*) FROM {} WHERE last_access >= %s").format(t)
+        valid = q(_VALID_ID_SQL)
+        self._q_keys = q("SELECT sid FROM {} WHERE sid > %s AND last_access >= %s AND {} ORDER BY sid LIMIT %s").format(
+            t, valid
+        )
+        self._q_count = q("SELECT count(*) FROM {} WHERE last_access >= %s AND {}").format(t, valid)
         self._q_clear = q("DELETE FROM {}").format(t)
         self._q_stats = q(
-            "SELECT count(*) FILTER (WHERE last_access >= %s), count(*) FILTER (WHERE last_access < %s), "
-            "pg_total_relation_size({}) FROM {}"
-        ).format(sql.Literal(self.table), t)
+            "SELECT count(*) FILTER (WHERE last_access >= %s AND {v}), "
+            "count(*) FILTER (WHERE last_access < %s AND {v}), pg_total_relation_size({name}) FROM {t}"
+        ).format(name=sql.Literal(self.table), t=t, v=valid)
 
     def _new_pool(self) -> psycopg_pool.ConnectionPool[Any]:
         return psycopg_pool.ConnectionPool(
@@ -321,10 +361,23 @@ class PostgresStore(RemoteStore):
                         pool.open(wait=True, timeout=self.connect_timeout)
                     except psycopg.OperationalError as exc:
                         pool.close()
-                        raise self._error(exc, "connecting") from exc
+                        raise self._error(self._why(exc), "connecting") from None
         return pool
 
+    def _why(self, exc: psycopg.OperationalError) -> psycopg.OperationalError:
+        """Why the pool got no connection: the pool only says it timed out (and logs the reason), so on
+        that failure path alone, one direct attempt tells (a wrong password, an unknown database...)."""
+        if not isinstance(exc, psycopg_pool.PoolTimeout):
+            return exc
+        try:
+            psycopg.connect(self._conninfo, autocommit=True).close()
+        except psycopg.OperationalError as direct:
+            return direct
+        return exc
+
     def _error(self, exc: psycopg.Error, doing: str) -> Exception:
+        """The lockstore error for a client error, its text scrubbed of credentials. Raise it ``from None``:
+        a traceback would print the client error's own text as it is."""
         if isinstance(exc, psycopg.errors.LockNotAvailable):
             return LockTimeout(f"{doing}: a session's row stayed locked in {self.table!r} for {self.timeout} s")
         if isinstance(exc, psycopg_pool.PoolTimeout):
@@ -333,16 +386,20 @@ class PostgresStore(RemoteStore):
                 f"while {doing} (server down, or all {self._pool_size} pooled connections busy)"
             )
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | psycopg.errors.AdminShutdown):
-            return BackendUnavailable(f"postgres at {self.path} is unavailable while {doing}: {exc}")
+            return BackendUnavailable(
+                f"postgres at {self.path} is unavailable while {doing}: {type(exc).__name__}: {self._scrub(exc)}"
+            )
         if isinstance(exc, psycopg.errors.IdleInTransactionSessionTimeout):
             return LockTimeout(f"{doing}: the edit took longer than lock_ttl={self.lock_ttl} s; nothing was written")
-        return BackendUnavailable(f"postgres at {self.path} failed while {doing}: {exc}")
+        return BackendUnavailable(
+            f"postgres at {self.path} failed while {doing}: {type(exc).__name__}: {self._scrub(exc)}"
+        )
 
     def _putconn(self, conn: psycopg.Connection[Any]) -> None:
         try:
             self._pool.putconn(conn)
         except (psycopg.Error, ValueError) as exc:  # pool closed meanwhile, or another pool after fork
-            logger.debug("could not return a connection to the pool: %s", exc)
+            logger.debug("could not return a connection to the pool: %s", self._scrub(exc))
             conn.close()
 
     def _run(self, fn: Callable[[psycopg.Connection[Any]], T], *, retry: bool = True, keep: bool = False) -> Any:
@@ -358,7 +415,7 @@ class PostgresStore(RemoteStore):
             try:
                 conn = pool.getconn()
             except psycopg.Error as exc:
-                raise self._error(exc, "getting a connection") from exc
+                raise self._error(exc, "getting a connection") from None
             try:
                 result = fn(conn)
             except psycopg.Error as exc:
@@ -371,7 +428,7 @@ class PostgresStore(RemoteStore):
                     with contextlib.suppress(psycopg.Error):
                         pool.check()
                     continue
-                raise self._error(exc, "running a query") from exc
+                raise self._error(exc, "running a query") from None
             except BaseException:
                 if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     with contextlib.suppress(psycopg.Error):
@@ -384,17 +441,59 @@ class PostgresStore(RemoteStore):
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def setup(self, codec: str | None = None, signed: bool = False) -> str:
-        """Create the table, its index and its settings row if missing; return the recorded codec.
+    def setup(
+        self,
+        codec: str | None = None,
+        signed: bool = False,
+        *,
+        max_age: float | None = None,
+        clean_interval: float | None = None,
+        clean_limit: int | None = None,
+    ) -> Settings:
+        """Create the table, its index and its settings if missing, check the recorded settings against
+        these options (see :func:`open_postgres`) and return them resolved.
 
-        Safe to run again and from several processes at once (an advisory lock serialises it).
+        One transaction: if the settings are refused, the database is left as it was. Safe to run again
+        and from several processes at once (advisory locks serialise it).
         """
         t = sql.Identifier(self.table)
-        fields = {"format": str(FORMAT), "codec": codec or "pickle", "signed": "1" if signed else "0"}
+        where = f"store {self.table!r} at {self.path}"
+        create = creation_fields(codec, signed, max_age, clean_interval, clean_limit)
+        select = "SELECT name, value FROM lockstore_meta WHERE store = %s"
+        insert = "INSERT INTO lockstore_meta VALUES (%s, %s, %s) ON CONFLICT (store, name) DO NOTHING"
 
-        def create(conn: psycopg.Connection[Any]) -> dict[str, str]:
+        def settle(rows: list[tuple[str, str]]) -> tuple[Settings | None, dict[str, str]]:
+            recorded = parse_meta(rows, where)
+            return resolve(
+                recorded,
+                where,
+                codec=codec,
+                signed=signed,
+                max_age=max_age,
+                clean_interval=clean_interval,
+                clean_limit=clean_limit,
+            )
+
+        def run(conn: psycopg.Connection[Any]) -> Settings:
             with conn.transaction():
+                # One lock for every store of the database (lockstore_meta is shared: two stores created
+                # at once would race to create it), and the per-table one older versions take.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('lockstore:setup'))")
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"lockstore:{self.table}",))
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS lockstore_meta (store text NOT NULL, name text NOT NULL, "
+                    "value text NOT NULL, PRIMARY KEY (store, name))"
+                )
+                rows = conn.execute(select, (self.table,)).fetchall()
+                if not rows:
+                    conn.cursor().executemany(insert, [(self.table, name, value) for name, value in create.items()])
+                    rows = list(create.items())
+                settings, fill = settle(rows)
+                if settings is None:  # a store created before the sweep rule was recorded
+                    conn.cursor().executemany(insert, [(self.table, name, value) for name, value in fill.items()])
+                    settings, _ = settle(conn.execute(select, (self.table,)).fetchall())
+                    if settings is None:  # pragma: no cover - the rows were just filled under the lock
+                        raise StoreMismatch(f"{where}: its settings could not be recorded")
                 conn.execute(
                     sql.SQL(
                         'CREATE TABLE IF NOT EXISTS {} (sid text COLLATE "C" PRIMARY KEY, '
@@ -406,29 +505,10 @@ class PostgresStore(RemoteStore):
                         sql.Identifier(f"{self.table}_last_access"), t
                     )
                 )
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS lockstore_meta (store text NOT NULL, name text NOT NULL, "
-                    "value text NOT NULL, PRIMARY KEY (store, name))"
-                )
-                exists = conn.execute("SELECT 1 FROM lockstore_meta WHERE store = %s", (self.table,)).fetchone()
-                if exists is None:
-                    for name, value in fields.items():
-                        conn.execute("INSERT INTO lockstore_meta VALUES (%s, %s, %s)", (self.table, name, value))
-                rows = conn.execute("SELECT name, value FROM lockstore_meta WHERE store = %s", (self.table,))
-                return {name: value for name, value in rows.fetchall()}
+                return settings
 
-        recorded: dict[str, str] = self._run(create)
-        where = f"store {self.table!r} at {self.path}"
-        if int(recorded.get("format", "0")) > FORMAT:
-            raise StoreMismatch(f"{where} has format {recorded.get('format')}, newer than this lockstore reads")
-        if codec is not None and recorded.get("codec") != codec:
-            raise StoreMismatch(f"{where} was created with codec={recorded.get('codec')!r}; opened with {codec!r}")
-        if (recorded.get("signed") == "1") != signed:
-            raise StoreMismatch(
-                f"{where} was created {'with' if recorded.get('signed') == '1' else 'without'} "
-                "a secret; open it the same way"
-            )
-        return recorded.get("codec", "pickle")
+        result: Settings = self._run(run)
+        return result
 
     def _fetch_one(self, query: sql.Composed, params: tuple[Any, ...]) -> Any:
         def run(conn: psycopg.Connection[Any]) -> Any:
@@ -504,6 +584,7 @@ class PostgresStore(RemoteStore):
         return self._run(run, retry=False)
 
     def __iter__(self) -> Iterator[str]:
+        # Rows whose id is not valid are left out here and in len(); verify() reports them.
         for rows in self._pages(self._q_keys, self.clock() - self.max_age):
             for (sid,) in rows:
                 yield sid
@@ -574,6 +655,7 @@ class PostgresStore(RemoteStore):
             "signed": self._codec.signed,
             "max_age": self.max_age,
             "clean_interval": self.clean_interval,
+            "clean_limit": self.clean_limit,
             "live": live,
             "expired": expired,
             "bytes": size,
@@ -596,25 +678,47 @@ class PostgresStore(RemoteStore):
         self, *, expired: bool = False, on_error: Callable[[str, CorruptRecord], None] | None = None
     ) -> Iterator[tuple[str, Record]]:
         for rows in self._pages(self._q_page):
-            now = self.clock()
-            for sid, raw in rows:
-                rec = bytes(raw)
-                try:
-                    if not rec or self._live(rec, now) == expired:
-                        continue
-                    _, _, atime, created = Codec.times(rec)
-                    value = self._codec.decode(sid.encode(), rec)
-                except CorruptRecord as exc:
-                    if on_error is None:
-                        raise CorruptRecord(f"session {describe_id(sid)}: {exc}") from None
-                    on_error(sid, exc)
-                    continue
-                yield sid, Record(value, created, atime)
+            batch = [(sid if is_valid_id(sid) else None, sid, bytes(raw)) for sid, raw in rows]
+            yield from self._decode_batch(batch, self.clock(), expired, on_error)
 
     def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
         validate_id(sid)
         rec = self._codec.record(sid.encode(), self._codec.encode(value), float(last_access), float(created))
         self._run(lambda conn: conn.execute(self._q_upsert, (sid, rec, float(last_access))))
+
+    def put_record_if(self, sid: str, value: Any, *, created: float, last_access: float, expect: float | None) -> bool:
+        """Store *value* under *sid* with the given times only if the stored live record's last access is
+        *expect* exactly, or, with *expect* None, only if there is no live record (absent or expired);
+        True if it wrote. Atomic: one transaction holds the session's row (``FOR UPDATE``, or the
+        ``INSERT ... ON CONFLICT`` that claims an absent one) from the check to the write.
+
+        Liveness is judged by the record's times, without decoding it (a record too short to hold them
+        is not live).
+        """
+        validate_id(sid)
+        atime = float(last_access)
+        rec = self._codec.record(sid.encode(), self._codec.encode(value), atime, float(created))
+
+        def put(conn: psycopg.Connection[Any]) -> bool:
+            with conn.transaction():
+                for _ in range(100):
+                    row = conn.execute(self._q_lock, (sid,)).fetchone()
+                    if row is not None:
+                        if not self._may_put(bytes(row[0]) or None, expect, self.clock()):
+                            return False
+                        conn.execute(self._q_update, (rec, atime, sid))
+                        return True
+                    if expect is not None:
+                        return False
+                    # Absent: claim it. An insert at the same time makes this one wait for it, then do
+                    # nothing; the loop then locks and checks that row.
+                    if conn.execute(self._q_claim, (sid, rec, atime)).fetchone() is not None:
+                        return True
+            raise LockTimeout(f"session {describe_id(sid)} kept appearing and disappearing; try again")
+
+        # Not retried: after a lost reply, whether it wrote cannot be told from a second attempt.
+        wrote: bool = self._run(put, retry=False)
+        return wrote
 
     def close(self) -> None:
         with self._lock:
@@ -630,14 +734,14 @@ def open_postgres(
     *,
     table: str = "lockstore_sessions",
     codec: str | None = None,
-    max_age: float = 1800,
+    max_age: float | None = None,
     touch_interval: float = 60,
     timeout: float = 10.0,
     max_value_size: int = 1 << 20,
     secret: bytes | str | None = None,
     clock: Clock | None = None,
-    clean_interval: float = 300,
-    clean_limit: int = 1000,
+    clean_interval: float | None = None,
+    clean_limit: int | None = None,
     connect_timeout: float = 5.0,
     lock_ttl: float = 30.0,
     pool_size: int = 20,
@@ -647,18 +751,31 @@ def open_postgres(
     Parameters
     ----------
     url
-        A libpq URL or conninfo string: ``postgresql://user:password@host:port/dbname``.
+        A libpq URL or conninfo string: ``postgresql://user:password@host:port/dbname``. Only the user,
+        host, port and database are ever shown (``repr()``, ``stats()``, messages); passwords and every
+        keyword or query parameter whose name contains ``pass``, ``secret``, ``token`` or ``key`` are
+        scrubbed from the client's error texts.
     table
-        The table holding the sessions (``[a-z_][a-z0-9_]*``, at most 48 characters). Its codec and
-        whether a secret is used are recorded in ``lockstore_meta``; opening with others raises
-        :class:`StoreMismatch`.
-    codec, max_age, touch_interval, max_value_size, secret, clock
-        As for :func:`lockstore.open`.
+        The table holding the sessions (``[a-z_][a-z0-9_]*``, at most 48 characters). Its settings are
+        recorded in ``lockstore_meta``.
+    codec
+        ``"json"`` (the default for a new table), ``"msgpack"`` or ``"pickle"``. None opens an existing
+        table with its recorded codec, except unsigned pickle, which runs code from whoever can write to
+        the table: such a table opens only with ``codec="pickle"`` passed explicitly (:class:`UnsafeStore`
+        otherwise). To move an existing pickle table off pickle, copy it into a new json table with
+        ``lockstore copy``. Another codec than the recorded one raises :class:`StoreMismatch`.
+    max_age, clean_interval, clean_limit
+        The sweep rule, recorded when the table is created (defaults 1800 s, 300 s, 1000): a write sweeps
+        at most *clean_limit* expired rows once *clean_interval* seconds have passed in this process (0
+        turns it off; ``clean()`` sweeps everything). None takes the recorded value; an explicit
+        different value raises :class:`StoreMismatch`. A table created before lockstore recorded them
+        must be opened once with ``max_age=``, which is then recorded.
+    touch_interval, max_value_size, secret, clock
+        As for :func:`lockstore.open`. Whether a secret is used is recorded; opening the other way raises
+        :class:`StoreMismatch`. Signatures bind the store's identity (table and a random store id), so
+        a signed record copied from another table that shares the secret does not verify.
     timeout
         Seconds to wait for a session's row lock (``lock_timeout``), then :class:`LockTimeout`.
-    clean_interval, clean_limit
-        A write sweeps at most *clean_limit* expired rows once *clean_interval* seconds have passed
-        in this process (0 turns it off; ``clean()`` sweeps everything).
     connect_timeout
         Seconds to wait for a connection (the server, or a free pooled connection), then
         :class:`BackendUnavailable`.
@@ -668,14 +785,20 @@ def open_postgres(
     pool_size
         Connections this store keeps at most (one per thread in use at once).
 
+    Every option is checked before anything is written to the server.
+
     Raises
     ------
     BackendUnavailable
         The server cannot be reached.
     StoreMismatch
-        The table was created with another codec, or with(out) a secret.
+        The table was created with another codec, or with(out) a secret, or records another sweep rule;
+        or its recorded settings are not valid.
+    UnsafeStore
+        The table records unsigned pickle and *codec* is not ``"pickle"``.
+    ValueError, TypeError
+        An option is out of range, or *url* does not parse (nothing was written).
     """
-    _check_numbers(max_age, clean_interval, touch_interval, timeout, max_value_size, clean_limit, None)
     return PostgresStore(
         url,
         table=table,

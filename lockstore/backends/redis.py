@@ -15,6 +15,12 @@ Redis's own mechanisms do the work the embedded design does with files:
   writes nothing, so no update is ever lost silently.
 - Connections come from a bounded pool; every socket has a timeout. A server that is down or does not
   answer raises :class:`~lockstore.BackendUnavailable`, never a hang.
+- The store's settings live in the hash ``PREFIX:meta``: metadata format, codec, whether records are
+  signed, a random store id bound into every signature, and the sweep rule (``max_age``,
+  ``clean_interval``, ``clean_limit``). Nothing there is trusted: see :mod:`lockstore.backends._remote`.
+- Keys under the prefix that lockstore did not write (an id that is not a valid session id, a record
+  too short for its header) are reported by :meth:`RedisStore.verify`; reading one raises
+  :class:`~lockstore.CorruptRecord`, never another exception.
 """
 
 from __future__ import annotations
@@ -26,23 +32,21 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from itertools import chain
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..base import Clock
-from ..codec import HEADER_SIZE, Codec, Record, codec_functions
+from ..codec import HEADER_SIZE, Codec, Record, record_times
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
-from ..ids import describe_id, validate_id
-from ..opener import _check_numbers
-from ._remote import RemoteStore
+from ..ids import describe_id, is_valid_id, validate_id
+from ._remote import RemoteStore, Settings, check_options, creation_fields, make_codec, parse_meta, redact_url, resolve
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
 SCAN_BATCH = 500
 DONE_TTL_MS = 5000
 _PREFIX_OK = re.compile(r"[A-Za-z0-9_.:~-]{1,100}").fullmatch
@@ -59,17 +63,23 @@ return {1, redis.call('GET', KEYS[1])}
 """
 
 # KEYS: data, lock, wake. ARGV: token, op (w = write, d = delete, r = release only), record, ttl (ms,
-# or '' for none), ttl of the done marker (ms).
-# Returns 1 (done), 2 (an earlier attempt of this commit was done) or 0 (the lock was lost: nothing
-# written). A done commit leaves 'done:TOKEN' for a few seconds so that a retry learns it went through.
+# or '' for none), ttl of the done marker (ms), and optionally the header the record must still have
+# ('' for none): a touch does not take the lock, and put_record_if must not write over one.
+# Returns 1 (done), 2 (an earlier attempt of this commit was done), 3 (the record's header changed:
+# released, nothing written) or 0 (the lock was lost: nothing written). A done commit leaves
+# 'done:TOKEN' for a few seconds so that a retry learns it went through.
 # Every release pushes one wake-up on the wake list, where a waiter blocks (BLPOP) instead of polling.
-COMMIT = """
+COMMIT = f"""
 local cur = redis.call('GET', KEYS[2])
 if cur == 'done:' .. ARGV[1] then return 2 end
 if cur ~= ARGV[1] then return 0 end
 redis.call('LPUSH', KEYS[3], '1')
 redis.call('LTRIM', KEYS[3], 0, 0)
 redis.call('PEXPIRE', KEYS[3], 2000)
+if ARGV[6] and redis.call('GETRANGE', KEYS[1], 0, {HEADER_SIZE - 1}) ~= ARGV[6] then
+  redis.call('DEL', KEYS[2])
+  return 3
+end
 if ARGV[2] == 'r' then
   redis.call('DEL', KEYS[2])
   return 1
@@ -107,22 +117,22 @@ end
 return 0
 """
 
-# KEYS: meta. ARGV: field, value, ... Records the settings of a new store; returns the recorded ones.
+# KEYS: meta. ARGV: n, n field/value pairs that record a new store, then field/value pairs to record
+# where absent in an existing one (the sweep rule of a store created before it was recorded). Returns
+# the recorded fields, or the key's type if it is not a hash.
 META = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], unpack(ARGV))
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' and kind ~= 'hash' then return kind end
+local n = tonumber(ARGV[1])
+if kind == 'none' then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n))
+else
+  for i = 2 + 2 * n, #ARGV, 2 do
+    redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
 end
 return redis.call('HGETALL', KEYS[1])
 """
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class _Edit:
@@ -205,7 +215,7 @@ class RedisStore(RemoteStore):
         *,
         prefix: str,
         codec: str | None,
-        max_age: float,
+        max_age: float | None = None,
         touch_interval: float,
         timeout: float,
         max_value_size: int,
@@ -214,20 +224,30 @@ class RedisStore(RemoteStore):
         connect_timeout: float,
         lock_ttl: float,
         pool_size: int,
+        clean_interval: float | None = None,
+        clean_limit: int | None = None,
     ) -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
         if not isinstance(prefix, str) or not _PREFIX_OK(prefix):
             raise ValueError(f"prefix must be 1-100 characters from A-Z a-z 0-9 _ . : ~ -, not {prefix!r}")
-        for name, number in (("connect_timeout", connect_timeout), ("lock_ttl", lock_ttl)):
-            if isinstance(number, bool) or not isinstance(number, int | float) or not number > 0:
-                raise ValueError(f"{name} must be a number of seconds > 0, not {number!r}")
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-            raise ValueError(f"pool_size must be a positive int, not {pool_size!r}")
-        if codec is not None:
-            codec_functions(codec)
+        # Every option is checked before the server is touched: a rejected one writes nothing.
+        check_options(
+            codec=codec,
+            touch_interval=touch_interval,
+            secret=secret,
+            max_value_size=max_value_size,
+            max_age=max_age,
+            clean_interval=clean_interval,
+            clean_limit=clean_limit,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            lock_ttl=lock_ttl,
+            pool_size=pool_size,
+        )
         self.backend = "redis"
-        self.path = _redact(url)
+        self.path, self._secrets = redact_url(url)
         self.prefix = prefix
-        self.max_age = float(max_age)
         self.touch_interval = float(touch_interval)
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout)
@@ -238,14 +258,17 @@ class RedisStore(RemoteStore):
         self._native_expiry = clock is None
         self._closed = False
         self._close_lock = threading.Lock()
-        self._pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=pool_size,
-            timeout=self.timeout,
-            socket_timeout=self.connect_timeout,
-            socket_connect_timeout=self.connect_timeout,
-            retry=Retry(NoBackoff(), 0),  # retries are decided here, per operation (see _do)
-        )
+        try:
+            self._pool = redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=pool_size,
+                timeout=self.timeout,
+                socket_timeout=self.connect_timeout,
+                socket_connect_timeout=self.connect_timeout,
+                retry=Retry(NoBackoff(), 0),  # retries are decided here, per operation (see _do)
+            )
+        except ValueError as exc:
+            raise ValueError(f"not a usable Redis URL: {self.path}: {self._scrub(exc)}") from None
         self._client = redis.Redis(connection_pool=self._pool)
         self._acquire = self._client.register_script(ACQUIRE)
         self._commit_script = self._client.register_script(COMMIT)
@@ -253,14 +276,11 @@ class RedisStore(RemoteStore):
         self._sweep = self._client.register_script(SWEEP)
         self._pattern = re.sub(r"([\\*?\[\]])", r"\\\1", prefix) + ":{*}"
         try:
-            self._codec = Codec(self._settings(codec, secret is not None), secret, max_value_size)
-            if self._codec.name == "pickle" and not self._codec.signed:
-                # Unpickling runs code: on a server, whoever can write to it could run code here.
-                logger.warning(
-                    "store at %s uses pickle without a secret: anyone who can write to this Redis server can run "
-                    "code in this process; pass secret= (signed records) or codec='json'",
-                    self.path,
-                )
+            settings = self._settings(codec, secret is not None, max_age, clean_interval, clean_limit)
+            self.max_age = settings.max_age
+            self.clean_interval = settings.clean_interval
+            self.clean_limit = settings.clean_limit
+            self._codec = make_codec("redis", prefix, settings, secret, max_value_size, self.path)
         except BaseException:
             self.close()
             raise
@@ -270,9 +290,19 @@ class RedisStore(RemoteStore):
     def _data_key(self, sid: str) -> str:
         return f"{self.prefix}:{{{sid}}}"
 
-    def _sid_of(self, key: bytes) -> str:
-        text = key.decode()
-        return text[len(self.prefix) + 2 : -1]
+    def _sid_of(self, key: bytes) -> str | None:
+        """The session id of a data key (it matched ``PREFIX:{*}``), or None if it holds no valid id."""
+        try:
+            sid = key.decode()[len(self.prefix) + 2 : -1]
+        except UnicodeDecodeError:
+            return None
+        return sid if is_valid_id(sid) else None
+
+    def _bad_key(self, key: bytes) -> CorruptRecord:
+        return CorruptRecord(
+            f"key {key!r} under prefix {self.prefix!r} is not a session's: the part between the braces is not "
+            "a valid session id (not written by lockstore; delete it with redis-cli)"
+        )
 
     def _do(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one server call, mapping the client's errors to :class:`BackendUnavailable`.
@@ -280,6 +310,9 @@ class RedisStore(RemoteStore):
         A connection error is retried once at once on a fresh connection: after a server restart the
         pooled connections are dead, and every call made here is safe to repeat (the scripts are
         idempotent per lock token). A timeout is not retried: the caller has waited long enough.
+
+        The client's error is not chained (``from None``): a traceback would print its text as it is, and
+        only the scrubbed text, in this message, is sure to hold no credential.
         """
         if self._closed:
             raise StoreClosed(f"store at {self.path} is closed")
@@ -290,31 +323,50 @@ class RedisStore(RemoteStore):
                 if attempt == 0:
                     self._pool.disconnect(inuse_connections=False)
                     continue
-                raise BackendUnavailable(f"redis at {self.path} is unavailable: {exc}") from exc
+                raise BackendUnavailable(
+                    f"redis at {self.path} is unavailable: {type(exc).__name__}: {self._scrub(exc)}"
+                ) from None
             except redis.TimeoutError as exc:
                 raise BackendUnavailable(
-                    f"redis at {self.path} did not answer within {self.connect_timeout} s: {exc}"
-                ) from exc
+                    f"redis at {self.path} did not answer within {self.connect_timeout} s: {self._scrub(exc)}"
+                ) from None
             except redis.RedisError as exc:
-                raise BackendUnavailable(f"redis at {self.path} refused the command: {exc}") from exc
+                raise BackendUnavailable(
+                    f"redis at {self.path} refused the command: {type(exc).__name__}: {self._scrub(exc)}"
+                ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _settings(self, codec: str | None, signed: bool) -> str:
+    def _settings(
+        self,
+        codec: str | None,
+        signed: bool,
+        max_age: float | None,
+        clean_interval: float | None,
+        clean_limit: int | None,
+    ) -> Settings:
+        """Record the settings of a new store, or read and check those of an existing one."""
         meta = f"{self.prefix}:meta"
-        fields = ["format", str(FORMAT), "codec", codec or "pickle", "signed", "1" if signed else "0"]
-        reply = self._do(self._client.eval, META, 1, meta, *fields)
-        recorded = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
         where = f"store {self.prefix!r} at {self.path}"
-        if int(recorded.get("format", "0")) > FORMAT:
-            raise StoreMismatch(f"{where} has format {recorded.get('format')}, newer than this lockstore reads")
-        if codec is not None and recorded.get("codec") != codec:
-            raise StoreMismatch(f"{where} was created with codec={recorded.get('codec')!r}; opened with {codec!r}")
-        if (recorded.get("signed") == "1") != signed:
-            raise StoreMismatch(
-                f"{where} was created {'with' if recorded.get('signed') == '1' else 'without'} "
-                "a secret; open it the same way"
+        create = creation_fields(codec, signed, max_age, clean_interval, clean_limit)
+        fill: dict[str, str] = {}
+        for _ in range(3):
+            args = [str(len(create)), *chain(*create.items()), *chain(*fill.items())]
+            reply = self._do(self._client.eval, META, 1, meta, *args)
+            if not isinstance(reply, list):
+                raise StoreMismatch(f"{where}: {meta} is a Redis {reply!r}, not lockstore metadata (a hash)")
+            recorded = parse_meta(zip(reply[::2], reply[1::2], strict=True), where)
+            settings, fill = resolve(
+                recorded,
+                where,
+                codec=codec,
+                signed=signed,
+                max_age=max_age,
+                clean_interval=clean_interval,
+                clean_limit=clean_limit,
             )
-        return recorded.get("codec", "pickle")
+            if settings is not None:
+                return settings
+        raise StoreMismatch(f"{where}: its metadata kept changing while it was opened; try again")
 
     def _px(self, last_access: float, now: float) -> str | None:
         """The native TTL of a record in milliseconds ('' for none), or None if it has expired."""
@@ -355,12 +407,18 @@ class RedisStore(RemoteStore):
             # Nothing was to be written; the lock expires by itself after lock_ttl.
             logger.debug("could not release the lock of %s; it expires after %s s", describe_id(sid), self.lock_ttl)
 
-    def _commit(self, sid: str, token: str, rec: bytes | None, now: float) -> None:
-        """Write *rec* (or delete, if None or already expired) and release, if the lock still holds."""
+    def _commit(self, sid: str, token: str, rec: bytes | None, now: float, header: bytes | None = None) -> bool:
+        """Write *rec* (or delete, if None or already expired) and release, if the lock still holds.
+
+        With *header*, only if the stored record still starts with it (b"": there is none); returns False
+        (lock released, nothing written) if it does not.
+        """
         key = self._data_key(sid)
         px = self._px(Codec.times(rec)[2], now) if rec is not None else None
         op, data = ("w", rec) if rec is not None and px is not None else ("d", b"")
         args: list[str | bytes] = [token, op, data, px or "", str(DONE_TTL_MS)]
+        if header is not None:
+            args.append(header)
         keys = [key, key + ":lock", key + ":wake"]
         try:
             done = self._commit_script(keys=keys, args=args)
@@ -378,6 +436,7 @@ class RedisStore(RemoteStore):
                 f"session {describe_id(sid)} was held longer than lock_ttl={self.lock_ttl} s and its "
                 "lock expired: nothing was written"
             )
+        return done != 3
 
     def _get(self, sid: str) -> bytes | None:
         value: bytes | None = self._do(self._client.get, self._data_key(validate_id(sid)))
@@ -397,6 +456,8 @@ class RedisStore(RemoteStore):
                 return
 
     def _fetch(self, keys: list[bytes], header_only: bool = False) -> list[bytes | None]:
+        """The records (or headers) of *keys*; None for a key gone since (or, for a header, empty)."""
+
         def run() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
@@ -406,14 +467,20 @@ class RedisStore(RemoteStore):
                     pipe.get(key)
             return pipe.execute()
 
-        return [r if r else None for r in self._do(run)]
+        return [r if r or (r is not None and not header_only) else None for r in self._do(run)]
 
-    def _times(self) -> Iterator[tuple[bytes, bytes]]:
-        """(key, header) of every record."""
+    def _times(self) -> Iterator[tuple[str, bytes]]:
+        """(id, header) of every record whose key holds a valid id."""
         for keys in self._scan():
             for key, header in zip(keys, self._fetch(keys, header_only=True), strict=True):
-                if header is not None:
-                    yield key, header
+                sid = self._sid_of(key)
+                if header is not None and sid is not None:
+                    yield sid, header
+
+    def _listed(self, header: bytes, now: float) -> bool:
+        """Live, or too short to hold its times: such a record is listed (reading it raises
+        :class:`CorruptRecord`, ``verify()`` reports it, ``del`` removes it) rather than hidden."""
+        return len(header) < HEADER_SIZE or now - Codec.times(header)[2] <= self.max_age
 
     # -- the mapping -------------------------------------------------------------------------
 
@@ -429,7 +496,7 @@ class RedisStore(RemoteStore):
         try:
             now = self.clock()
             created = now
-            if old is not None and self._live(old, now):
+            if old is not None and len(old) >= HEADER_SIZE and self._live(old, now):
                 created = Codec.times(old)[3]
             rec = self._codec.record(sid.encode(), payload, now, created)
         except BaseException:
@@ -446,20 +513,20 @@ class RedisStore(RemoteStore):
         now = self.clock()
         self._commit(sid, token, None, now)
         try:
-            live = self._live(old, now)
+            live = now - record_times(old)[0] <= self.max_age
         except CorruptRecord:
             live = True  # an unreadable record counts as present: deleted, no KeyError (issue 9, item 6)
         if not live:
             raise KeyError(sid)
 
     def __iter__(self) -> Iterator[str]:
-        for key, header in self._times():
-            if self._live(header, self.clock()):
-                yield self._sid_of(key)
+        for sid, header in self._times():
+            if self._listed(header, self.clock()):
+                yield sid
 
     def __len__(self) -> int:
         now = self.clock()
-        return sum(1 for _, header in self._times() if self._live(header, now))
+        return sum(1 for _, header in self._times() if self._listed(header, now))
 
     def clear(self) -> None:
         """Delete every session of this prefix, live or expired."""
@@ -493,7 +560,7 @@ class RedisStore(RemoteStore):
             stale = [
                 (k, h)
                 for k, h in zip(keys, self._fetch(keys, header_only=True), strict=True)
-                if h is not None and now - self._codec.times(h)[2] > idle
+                if h is not None and len(h) == HEADER_SIZE and now - Codec.times(h)[2] > idle
             ]
             if stale:
 
@@ -524,10 +591,10 @@ class RedisStore(RemoteStore):
                 return pipe.execute()
 
             reply = self._do(run)
-            for header, length in zip(reply[::2], reply[1::2], strict=True):
-                if header:
+            for key, header, length in zip(keys, reply[::2], reply[1::2], strict=True):
+                if header and self._sid_of(key) is not None:
                     size += length
-                    if self._live(header, now):
+                    if self._listed(header, now):
                         live += 1
                     else:
                         expired += 1
@@ -540,6 +607,8 @@ class RedisStore(RemoteStore):
             "codec": self._codec.name,
             "signed": self._codec.signed,
             "max_age": self.max_age,
+            "clean_interval": self.clean_interval,
+            "clean_limit": self.clean_limit,
             "live": live,
             "expired": expired,
             "bytes": size,
@@ -554,8 +623,10 @@ class RedisStore(RemoteStore):
                 if rec is None:
                     continue
                 sid = self._sid_of(key)
+                if sid is None:
+                    bad.append((repr(key), str(self._bad_key(key))))
+                    continue
                 try:
-                    validate_id(sid)
                     self._codec.decode(sid.encode(), rec)
                 except Exception as exc:
                     bad.append((sid, str(exc)))
@@ -566,25 +637,44 @@ class RedisStore(RemoteStore):
     ) -> Iterator[tuple[str, Record]]:
         for keys in self._scan():
             now = self.clock()
-            for key, rec in zip(keys, self._fetch(keys), strict=True):
-                sid = self._sid_of(key)
-                try:
-                    if rec is None or self._live(rec, now) == expired:
-                        continue
-                    _, _, atime, created = Codec.times(rec)
-                    value = self._codec.decode(sid.encode(), rec)
-                except CorruptRecord as exc:
-                    if on_error is None:
-                        raise CorruptRecord(f"session {describe_id(sid)}: {exc}") from None
-                    on_error(sid, exc)
-                    continue
-                yield sid, Record(value, created, atime)
+            batch = [
+                (self._sid_of(key), key.decode(errors="backslashreplace"), rec)
+                for key, rec in zip(keys, self._fetch(keys), strict=True)
+            ]
+            yield from self._decode_batch(batch, now, expired, on_error)
 
     def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
         validate_id(sid)
         rec = self._codec.record(sid.encode(), self._codec.encode(value), float(last_access), float(created))
         token, _ = self._lock(sid)
         self._commit(sid, token, rec, self.clock())
+
+    def put_record_if(self, sid: str, value: Any, *, created: float, last_access: float, expect: float | None) -> bool:
+        """Store *value* under *sid* with the given times only if the stored live record's last access is
+        *expect* exactly, or, with *expect* None, only if there is no live record (absent or expired);
+        True if it wrote. Atomic: the check and the write happen in one hold of the session's lock, and
+        the write also checks that no touch changed the record meanwhile.
+
+        Liveness is judged by the record's times, without decoding it (a record too short to hold them
+        is not live).
+        """
+        validate_id(sid)
+        rec = self._codec.record(sid.encode(), self._codec.encode(value), float(last_access), float(created))
+        for _ in range(100):
+            token, old = self._lock(sid)
+            try:
+                now = self.clock()
+                wanted = self._may_put(old, expect, now)
+            except BaseException:
+                self._release(sid, token)
+                raise
+            if not wanted:
+                self._release(sid, token)
+                return False
+            if self._commit(sid, token, rec, now, header=b"" if old is None else old[:HEADER_SIZE]):
+                return True
+            # A touch changed the record between the check and the write: check again.
+        raise LockTimeout(f"session {describe_id(sid)} kept changing; try again")
 
     def close(self) -> None:
         with self._close_lock:
@@ -599,7 +689,7 @@ def open_redis(
     *,
     prefix: str = "lockstore",
     codec: str | None = None,
-    max_age: float = 1800,
+    max_age: float | None = None,
     touch_interval: float = 60,
     timeout: float = 10.0,
     max_value_size: int = 1 << 20,
@@ -608,20 +698,35 @@ def open_redis(
     connect_timeout: float = 5.0,
     lock_ttl: float = 30.0,
     pool_size: int = 50,
-    clean_interval: float = 300,
-    clean_limit: int = 1000,
+    clean_interval: float | None = None,
+    clean_limit: int | None = None,
 ) -> RedisStore:
     """Open the store under *prefix* on the Redis server at *url* (``redis://`` or ``rediss://``).
 
     Parameters
     ----------
     url
-        ``redis://[user:password@]host:port/db``; ``rediss://`` for TLS.
+        ``redis://[user:password@]host:port/db``; ``rediss://`` for TLS. Its password, and any query
+        parameter whose name contains ``pass``, ``secret``, ``token`` or ``key``, never appear in
+        ``repr()``, ``stats()`` or an error message.
     prefix
         Every key of the store starts with ``PREFIX:``; several stores can share one database.
-    codec, max_age, touch_interval, max_value_size, secret, clock
-        As for :func:`lockstore.open`. The codec and whether a secret is used are recorded under
-        ``PREFIX:meta`` when the store is created; opening with others raises :class:`StoreMismatch`.
+    codec
+        ``"json"`` (the default for a new store), ``"msgpack"`` or ``"pickle"``. Recorded under
+        ``PREFIX:meta`` when the store is created; None opens an existing store with its recorded codec,
+        except unsigned pickle, which runs code from whoever can write to the server: such a store opens
+        only with ``codec="pickle"`` passed explicitly (:class:`UnsafeStore` otherwise). To move an
+        existing pickle store off pickle, copy it into a new json store with ``lockstore copy``.
+    max_age, clean_interval, clean_limit
+        The sweep rule, recorded when the store is created (defaults 1800 s, 300 s, 1000). None takes the
+        recorded value; an explicit different value raises :class:`StoreMismatch`. A store created before
+        lockstore recorded them must be opened once with ``max_age=``, which is then recorded. Redis drops
+        expired keys itself (its TTL follows ``max_age``); ``clean()`` removes what the store's clock has
+        expired before the server's.
+    touch_interval, max_value_size, secret, clock
+        As for :func:`lockstore.open`. Whether a secret is used is recorded; opening the other way raises
+        :class:`StoreMismatch`. Signatures bind the store's identity (prefix and a random store id), so
+        a signed record copied from another store that shares the secret does not verify.
     timeout
         Seconds to wait for a session's lock (then :class:`LockTimeout`) or for a pooled connection.
     connect_timeout
@@ -632,18 +737,21 @@ def open_redis(
         long. A holder that takes longer writes nothing and gets :class:`LockTimeout`.
     pool_size
         Connections this store keeps at most (one per thread in use at once).
-    clean_interval, clean_limit
-        Accepted so that every backend takes the same options; Redis drops expired keys itself, and
-        ``clean()`` removes what the store's clock has expired before the server's.
+
+    Every option is checked before anything is written to the server.
 
     Raises
     ------
     BackendUnavailable
         The server cannot be reached.
     StoreMismatch
-        The store was created with another codec, or with(out) a secret.
+        The store was created with another codec, or with(out) a secret, or records another sweep rule;
+        or its metadata is not valid.
+    UnsafeStore
+        The store records unsigned pickle and *codec* is not ``"pickle"``.
+    ValueError, TypeError
+        An option is out of range (nothing was written).
     """
-    _check_numbers(max_age, clean_interval, touch_interval, timeout, max_value_size, clean_limit, None)
     return RedisStore(
         url,
         prefix=prefix,
@@ -657,6 +765,8 @@ def open_redis(
         connect_timeout=connect_timeout,
         lock_ttl=lock_ttl,
         pool_size=pool_size,
+        clean_interval=clean_interval,
+        clean_limit=clean_limit,
     )
 
 
