@@ -415,7 +415,7 @@ class RemoteStore(BaseStore):
                 continue
             try:
                 if sid is None:
-                    raise CorruptRecord(f"the stored id {shown[:60]!r} is not a session id (not written by lockstore)")
+                    raise CorruptRecord(f"the stored id {shown[:60]!r} is not a valid session id (not lockstore's)")
                 atime, created = record_times(rec)
                 if (now - atime > self.max_age) != expired:
                     continue

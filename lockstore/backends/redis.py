@@ -637,9 +637,10 @@ class RedisStore(RemoteStore):
     ) -> Iterator[tuple[str, Record]]:
         for keys in self._scan():
             now = self.clock()
+            sids = [self._sid_of(key) for key in keys]
             batch = [
-                (self._sid_of(key), key.decode(errors="backslashreplace"), rec)
-                for key, rec in zip(keys, self._fetch(keys), strict=True)
+                (sid, sid or key.decode(errors="backslashreplace"), rec)
+                for sid, key, rec in zip(sids, keys, self._fetch(keys), strict=True)
             ]
             yield from self._decode_batch(batch, now, expired, on_error)
 
