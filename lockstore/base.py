@@ -4,11 +4,12 @@ what an embedded backend does for :class:`~lockstore.store.Store`, per shard, wi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, Protocol
 
-from .codec import Record
+from .codec import Codec, Record, record_times
 from .errors import CorruptRecord
+from .ids import describe_id
 
 KEEP = object()
 """Returned by an update function: leave the record as it is."""
@@ -66,6 +67,7 @@ class BaseStore(MutableMapping[str, Any], ABC):
     touch_interval: float
     timeout: float
     clock: Clock
+    _codec: Codec
 
     @abstractmethod
     def edit(self, sid: str, *, create: bool = True) -> Any:
@@ -142,6 +144,32 @@ class BaseStore(MutableMapping[str, Any], ABC):
     @abstractmethod
     def close(self) -> None:
         """Release files and connections; the store cannot be used afterwards."""
+
+    def _decode_batch(
+        self,
+        batch: Sequence[tuple[str | None, str, bytes | None]],
+        now: float,
+        expired: bool,
+        on_error: Callable[[str, CorruptRecord], None] | None,
+    ) -> Iterator[tuple[str, Record]]:
+        """:meth:`records` of one batch of (valid id or None, id as stored, record or None): live (or
+        expired) sessions decoded; a foreign id or a damaged record raises, or goes to *on_error*."""
+        for sid, shown, rec in batch:
+            if rec is None:
+                continue
+            try:
+                if sid is None:
+                    raise CorruptRecord(f"the stored id {shown[:60]!r} is not a valid session id (not lockstore's)")
+                atime, created = record_times(rec)
+                if (now - atime > self.max_age) != expired:
+                    continue
+                value = self._codec.decode(sid.encode(), rec)
+            except CorruptRecord as exc:
+                if on_error is None:
+                    raise CorruptRecord(f"session {describe_id(shown)}: {exc}") from None
+                on_error(shown, exc)
+                continue
+            yield sid, Record(value, created, atime)
 
     def __enter__(self) -> BaseStore:
         return self

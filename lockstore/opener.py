@@ -111,35 +111,27 @@ def open(
 
         pick_dbm(dbm)
     rules: dict[str, Any] = {"max_age": max_age, "clean_interval": clean_interval, "clean_limit": clean_limit}
+    files: StoreDir | None = None
+    engine: Any
     if backend == "memory":
-        return _open_memory(
-            path, shards, codec, rules, secret, max_value_size, touch_interval, timeout, durability, clock
+        from .backends.memory import MemoryEngine
+
+        settings: dict[str, Any] = {
+            "backend": "memory",
+            "shards": shards or DEFAULTS["shards"],
+            "codec": codec or DEFAULTS["codec"],
+            **_rules(rules, {}),
+        }
+        n = settings["shards"]
+        engine = MemoryEngine(path, n)
+        locks = engine.locks  # shared by every store on this path, like the data
+        codec_obj = Codec(settings["codec"], secret, max_value_size)
+    else:
+        files = StoreDir(path, create=True)
+        engine, locks, codec_obj, settings = _open_files(
+            files, backend, shards, codec, dbm, secret, max_value_size, durability, map_size, float(timeout), rules
         )
-
-    files = StoreDir(path, create=True)
-    try:
-        check_tree(path, files.pinned)  # before anything is written or read in it
-        settings = _settings(files, backend, shards, codec, dbm, secret is not None, rules)
-        codec_obj = Codec(settings["codec"], secret, max_value_size, scope=settings.get("store_id", "").encode())
-        n = int(settings["shards"])
-        engine: Any
-        if settings["backend"] == "lmdb":
-            from .backends.lmdb import LmdbEngine
-
-            engine = LmdbEngine(files.subdir("lmdb"), n, durability, map_size, FILE_MODE, label=path)
-        else:
-            from .backends.shelve import ShelveEngine
-
-            legacy = settings["format"] == 1
-            engine = ShelveEngine(
-                files.subdir("shelve"), n, settings["dbm"], durability, FILE_MODE, legacy=legacy, label=path
-            )
-        locks = ShardLocks(files.pinned, n, FILE_MODE, label=path)
-        if settings["backend"] == "shelve" and settings["format"] == 1:
-            settings = _upgrade_shelve(files, engine, locks, n, float(timeout))
-    except BaseException:
-        files.close()
-        raise
+        n = settings["shards"]
     store = Store(
         path,
         engine,
@@ -172,44 +164,45 @@ def open(
     return store
 
 
-def _open_memory(
-    path: str,
+def _open_files(
+    files: StoreDir,
+    backend: str | None,
     shards: int | None,
     codec: str | None,
-    given: dict[str, Any],
+    dbm: str | None,
     secret: bytes | str | None,
     max_value_size: int,
-    touch_interval: float,
-    timeout: float,
     durability: str,
-    clock: Clock | None,
-) -> Store:
-    from .backends.memory import MemoryEngine
+    map_size: int | None,
+    timeout: float,
+    rules: dict[str, Any],
+) -> tuple[Any, ShardLocks, Codec, dict[str, Any]]:
+    """Engine, locks, codec and settings of the store in the checked, pinned directory *files*."""
+    path = files.path
+    try:
+        check_tree(path, files.pinned)  # before anything is written or read in it
+        settings = _settings(files, backend, shards, codec, dbm, secret is not None, rules)
+        codec_obj = Codec(settings["codec"], secret, max_value_size, scope=settings.get("store_id", "").encode())
+        n = int(settings["shards"])
+        engine: Any
+        if settings["backend"] == "lmdb":
+            from .backends.lmdb import LmdbEngine
 
-    rules = {name: RULE_DEFAULTS[name] if value is None else value for name, value in given.items()}
-    settings: dict[str, Any] = {
-        "backend": "memory",
-        "shards": shards or DEFAULTS["shards"],
-        "codec": codec or DEFAULTS["codec"],
-        **rules,
-    }
-    engine = MemoryEngine(path, settings["shards"])
-    return Store(
-        path,
-        engine,
-        engine.locks,  # shared by every store on this path, like the data
-        Codec(settings["codec"], secret, max_value_size),
-        shards=settings["shards"],
-        max_age=float(rules["max_age"]),
-        clean_interval=float(rules["clean_interval"]),
-        touch_interval=float(touch_interval),
-        timeout=float(timeout),
-        clean_limit=int(rules["clean_limit"]),
-        durability=durability,
-        clock=clock,
-        settings=settings,
-        files=None,
-    )
+            engine = LmdbEngine(files.subdir("lmdb"), n, durability, map_size, FILE_MODE, label=path)
+        else:
+            from .backends.shelve import ShelveEngine
+
+            legacy = settings["format"] == 1
+            engine = ShelveEngine(
+                files.subdir("shelve"), n, settings["dbm"], durability, FILE_MODE, legacy=legacy, label=path
+            )
+        locks = ShardLocks(files.pinned, n, FILE_MODE, label=path)
+        if settings["backend"] == "shelve" and settings["format"] == 1:
+            settings = _upgrade_shelve(files, engine, locks, n, timeout)
+    except BaseException:
+        files.close()
+        raise
+    return engine, locks, codec_obj, settings
 
 
 def _check_numbers(

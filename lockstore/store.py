@@ -402,24 +402,13 @@ class Store(BaseStore):
         self, *, expired: bool = False, on_error: Callable[[str, CorruptRecord], None] | None = None
     ) -> Iterator[tuple[str, Record]]:
         self._check_open()
-        codec = self._codec
         for shard in range(self.shards):
             now = self.clock()
+            batch = []
             for key, rec in self._scan(shard):
                 sid = key.decode(errors="backslashreplace")
-                try:
-                    if sid.encode() != key:
-                        raise CorruptRecord("the stored id is not UTF-8")
-                    atime, created = record_times(rec)
-                    if (now - atime > self.max_age) != expired:
-                        continue
-                    value = codec.decode(key, rec)
-                except CorruptRecord as exc:
-                    if on_error is None:
-                        raise CorruptRecord(f"session {describe_id(sid)}: {exc}") from None
-                    on_error(sid, exc)
-                    continue
-                yield sid, Record(value, created, atime)
+                batch.append((sid if sid.encode() == key else None, sid, rec))
+            yield from self._decode_batch(batch, now, expired, on_error)
 
     def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
         shard, key = self._locate(sid)

@@ -37,14 +37,13 @@ import math
 import re
 import secrets
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from ..base import BaseStore
-from ..codec import HEADER_SIZE, Codec, Record, record_times
-from ..errors import CorruptRecord, StoreMismatch, UnsafeStore
-from ..ids import describe_id
+from ..codec import HEADER_SIZE, Codec, Record
+from ..errors import StoreMismatch, UnsafeStore
 from ..opener import _check_numbers
 
 logger = logging.getLogger(__name__)
@@ -400,32 +399,6 @@ class RemoteStore(BaseStore):
 
     def _live(self, rec: bytes | None, now: float) -> bool:
         return rec is not None and now - Codec.times(rec)[2] <= self.max_age
-
-    def _decode_batch(
-        self,
-        batch: Sequence[tuple[str | None, str, bytes | None]],
-        now: float,
-        expired: bool,
-        on_error: Callable[[str, CorruptRecord], None] | None,
-    ) -> Iterator[tuple[str, Record]]:
-        """:meth:`records` of one batch of (valid id or None, id as stored, record or None): live (or
-        expired) sessions decoded; a foreign id or a damaged record raises, or goes to *on_error*."""
-        for sid, shown, rec in batch:
-            if rec is None:
-                continue
-            try:
-                if sid is None:
-                    raise CorruptRecord(f"the stored id {shown[:60]!r} is not a valid session id (not lockstore's)")
-                atime, created = record_times(rec)
-                if (now - atime > self.max_age) != expired:
-                    continue
-                value = self._codec.decode(sid.encode(), rec)
-            except CorruptRecord as exc:
-                if on_error is None:
-                    raise CorruptRecord(f"session {describe_id(shown)}: {exc}") from None
-                on_error(shown, exc)
-                continue
-            yield sid, Record(value, created, atime)
 
     def _may_put(self, old: bytes | None, expect: float | None, now: float) -> bool:
         """Whether :meth:`put_record_if` writes over *old*: its last access is *expect*, or with *expect*
