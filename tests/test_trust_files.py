@@ -15,20 +15,11 @@ from typing import Any
 
 import pytest
 from servers import in_ci
+from test_errors import snapshot
 
 import lockstore
 
 OTHER_USER = "lockstore-other"
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            p = os.path.join(dirpath, name)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, root)] = f.read()
-    return out
 
 
 @pytest.fixture(scope="session")
