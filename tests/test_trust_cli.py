@@ -259,7 +259,7 @@ def test_copy_into_a_new_store_keeps_the_sources_rule(django_store: str, tmp_pat
 
 @pytest.mark.servers
 def test_redis_records_go_on_and_del_removes_a_bad_record(redis_server: str) -> None:
-    redis = pytest.importorskip("redis")
+    import redis
     raw = redis.Redis.from_url(redis_server)
     prefix = f"t{os.urandom(5).hex()}"
     with lockstore.open(redis_server, prefix=prefix, codec="json") as store:
@@ -278,7 +278,7 @@ def test_redis_records_go_on_and_del_removes_a_bad_record(redis_server: str) -> 
 
 @pytest.mark.servers
 def test_postgres_records_go_on_past_a_bad_record(postgres_server: str) -> None:
-    psycopg = pytest.importorskip("psycopg")
+    import psycopg
     table = f"t{os.urandom(5).hex()}"
     with lockstore.open(postgres_server, table=table, codec="json") as store:
         store["alice"] = GOOD["alice"]
