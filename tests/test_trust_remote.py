@@ -20,18 +20,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+import redis
+from servers import PostgresServer, free_port
 
 import lockstore
+from lockstore.backends.postgres import open_postgres
+from lockstore.backends.redis import open_redis
 from lockstore.codec import HEADER_SIZE, Codec
-
-redis = pytest.importorskip("redis")
-psycopg = pytest.importorskip("psycopg")
-
-from servers import PostgresServer, free_port  # noqa: E402
-
-from lockstore.backends.postgres import open_postgres  # noqa: E402
-from lockstore.backends.redis import open_redis  # noqa: E402
 
 pytestmark = pytest.mark.servers
 
