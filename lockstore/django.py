@@ -43,7 +43,7 @@ from django.http import HttpResponse
 
 import lockstore
 
-from .opener import SETTINGS_KEYS
+from .opener import options_from_settings
 from .wsgi import BUSY_BODY, stripe_locks_for
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
     from .stripes import StripeHold, StripeLocks
 
-_OPTIONS = SETTINGS_KEYS
+_OWN = {"PATH": "path", "REQUEST_LOCK": "request_lock", "LOCK_DIR": "lock_dir", "LOCK_TIMEOUT": "lock_timeout"}
 _opened: dict[str, tuple[lockstore.BaseStore, StripeLocks | None]] = {}
 _opening = threading.Lock()
 _scope: contextvars.ContextVar[dict[int, StripeHold] | None] = contextvars.ContextVar(
@@ -80,7 +80,7 @@ def _open() -> tuple[lockstore.BaseStore, StripeLocks | None]:
     with _opening:
         opened = _opened.get(key)
         if opened is None:
-            options = {name: config[upper] for upper, name in _OPTIONS.items() if upper in config}
+            options, _ = options_from_settings(config, _OWN, 'LOCKSTORE["{}"]')
             options.setdefault("max_age", settings.SESSION_COOKIE_AGE)
             store = lockstore.open(config["PATH"], **options)
             locks = (

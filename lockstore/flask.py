@@ -30,7 +30,7 @@ from werkzeug.exceptions import ServiceUnavailable
 
 import lockstore
 
-from .opener import SETTINGS_KEYS
+from .opener import options_from_settings
 from .stripes import DEFAULT_STRIPES
 from .wsgi import Session, stripe_locks_for
 
@@ -162,8 +162,8 @@ def _teardown(app: Flask, exc: BaseException | None = None, **extra: object) -> 
         session.release()
 
 
-_CONFIG_OPTIONS = SETTINGS_KEYS
 _INTERFACE_OPTIONS = {
+    "PATH": "path",
     "REQUEST_LOCK": "request_lock",
     "LOCK_TIMEOUT": "lock_timeout",
     "LOCK_DIR": "lock_dir",
@@ -175,27 +175,23 @@ def init_app(app: Flask, path: str | os.PathLike[str] | None = None, **options: 
     """Open the store and make it *app*'s session interface; return the store.
 
     Settings come from *options* first, then ``LOCKSTORE_*`` config keys:
-    ``LOCKSTORE_PATH`` (default ``<instance folder>/sessions``), the store's
-    options (``LOCKSTORE_BACKEND``, ``_SHARDS``, ``_CODEC``, ``_MAX_AGE`` (default
-    ``PERMANENT_SESSION_LIFETIME``),
-    ``_CLEAN_INTERVAL``, ``_TOUCH_INTERVAL``, ``_TIMEOUT``, ``_MAX_VALUE_SIZE``,
-    ``_SECRET``, ``_DURABILITY``) and the interface's (``LOCKSTORE_REQUEST_LOCK``,
-    ``_LOCK_TIMEOUT``, ``_LOCK_DIR``, ``_STRIPES``).  The store is also
+    ``LOCKSTORE_PATH`` (default ``<instance folder>/sessions``), every option of
+    :func:`lockstore.open` in upper case (``LOCKSTORE_BACKEND``, ``_SHARDS``, ``_CODEC``,
+    ``_MAX_AGE`` (default ``PERMANENT_SESSION_LIFETIME``), ``_CLEAN_INTERVAL``, ``_CLEAN_LIMIT``,
+    ``_TOUCH_INTERVAL``, ``_TIMEOUT``, ``_MAX_VALUE_SIZE``, ``_SECRET``, ``_DURABILITY``, ``_DBM``,
+    ``_MAP_SIZE``, and for Redis or PostgreSQL ``_PREFIX``, ``_TABLE``, ``_LOCK_TTL``,
+    ``_CONNECT_TIMEOUT``, ``_POOL_SIZE``) and the interface's (``LOCKSTORE_REQUEST_LOCK``,
+    ``_LOCK_TIMEOUT``, ``_LOCK_DIR``, ``_STRIPES``).  An unknown ``LOCKSTORE_*`` key raises
+    :class:`lockstore.LockstoreError` naming it and the closest valid one.  The store is also
     available as ``app.extensions["lockstore"]``.
     """
     config = app.config
-    store_options: dict[str, Any] = {}
-    interface_options: dict[str, Any] = {}
-    for suffix, name in _CONFIG_OPTIONS.items():
-        if f"LOCKSTORE_{suffix}" in config:
-            store_options[name] = config[f"LOCKSTORE_{suffix}"]
-    for suffix, name in _INTERFACE_OPTIONS.items():
-        if f"LOCKSTORE_{suffix}" in config:
-            interface_options[name] = config[f"LOCKSTORE_{suffix}"]
+    settings = {key[len("LOCKSTORE_") :]: value for key, value in config.items() if key.startswith("LOCKSTORE_")}
+    store_options, interface_options = options_from_settings(settings, _INTERFACE_OPTIONS, "LOCKSTORE_{}")
     for name, value in options.items():
         (interface_options if name in _INTERFACE_OPTIONS.values() else store_options)[name] = value
-    if path is None:
-        path = config.get("LOCKSTORE_PATH") or os.path.join(app.instance_path, "sessions")
+    configured = interface_options.pop("path", None)
+    path = path or configured or os.path.join(app.instance_path, "sessions")
     # a permanent ("remember me") session must outlive idle spells as long as its cookie does: the store
     # keeps sessions for PERMANENT_SESSION_LIFETIME unless told otherwise (as Django's follows SESSION_COOKIE_AGE)
     store_options.setdefault("max_age", app.permanent_session_lifetime.total_seconds())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import math
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ._files import FILE_MODE, FORMAT, MAX_CLEAN_LIMIT, MAX_SECONDS, MAX_SHARDS, RULES, StoreDir, check_tree
@@ -23,22 +24,55 @@ RULE_DEFAULTS: dict[str, float | int] = {"max_age": 1800.0, "clean_interval": 30
 """The sweep rules a new store records when open() names none."""
 BACKENDS = ("lmdb", "shelve", "memory")
 DURABILITY = ("process", "system")
-SETTINGS_KEYS = {
-    "BACKEND": "backend",
-    "SHARDS": "shards",
-    "CODEC": "codec",
-    "MAX_AGE": "max_age",
-    "CLEAN_INTERVAL": "clean_interval",
-    "CLEAN_LIMIT": "clean_limit",
-    "TOUCH_INTERVAL": "touch_interval",
-    "TIMEOUT": "timeout",
-    "MAX_VALUE_SIZE": "max_value_size",
-    "SECRET": "secret",
-    "DURABILITY": "durability",
-    "DBM": "dbm",
-    "MAP_SIZE": "map_size",
-}
+OPEN_OPTIONS = (
+    "backend",
+    "shards",
+    "codec",
+    "max_age",
+    "clean_interval",
+    "clean_limit",
+    "touch_interval",
+    "timeout",
+    "max_value_size",
+    "secret",
+    "durability",
+    "dbm",
+    "map_size",
+    "prefix",
+    "table",
+    "lock_ttl",
+    "connect_timeout",
+    "pool_size",
+)
+"""Every option of :func:`open` a framework setting can give (``clock`` is for tests, a callable)."""
+SETTINGS_KEYS = {name.upper(): name for name in OPEN_OPTIONS}
 """Framework settings (``LOCKSTORE_MAX_AGE`` in Flask, ``LOCKSTORE = {"MAX_AGE": ...}`` in Django) -> open()."""
+
+
+def options_from_settings(
+    settings: Mapping[str, Any], own: Mapping[str, str], where: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split framework settings into :func:`open` options and the integration's *own* options.
+
+    *settings* maps upper-case names (``MAX_AGE``) to values; *own* maps the integration's own names
+    (``REQUEST_LOCK``) to its keywords. A name that is neither raises :class:`LockstoreError` at start-up,
+    naming the key as *where* shows it and the closest valid one: a typo never goes unnoticed.
+    """
+    store: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key in SETTINGS_KEYS:
+            store[SETTINGS_KEYS[key]] = value
+        elif key in own:
+            extra[own[key]] = value
+        else:
+            valid = sorted({*SETTINGS_KEYS, *own})
+            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+            hint = f"; did you mean {where.format(close[0])}?" if close else f" (valid: {', '.join(valid)})"
+            raise LockstoreError(f"unknown lockstore setting {where.format(key)}{hint}")
+    return store, extra
+
+
 REMOTE_SCHEMES = ("redis", "rediss", "postgresql", "postgres")
 
 

@@ -289,3 +289,10 @@ def test_middleware_lock_timeout_is_503(tmp_path: Path) -> None:
             if str(tmp_path) in key:
                 store.close()
                 del lockstore.django._opened[key]
+
+
+def test_a_settings_typo_is_an_error_naming_the_closest_key(tmp_path: Path) -> None:
+    typo = override_settings(LOCKSTORE={"PATH": str(tmp_path / "d"), "CLEAN_LIMT": 5})
+    with typo, pytest.raises(lockstore.LockstoreError, match=r'LOCKSTORE\["CLEAN_LIMT"\].*"CLEAN_LIMIT"'):
+        lockstore.django.get_store()
+    assert not (tmp_path / "d").exists()

@@ -299,3 +299,19 @@ def test_gunicorn_flask_slow_request(flask_server: int) -> None:
     assert max(latencies) < 1.0, latencies
     assert waited > 1.2
     assert slow_user.get("/read").body == "3"
+
+
+def test_every_open_option_is_a_setting_and_a_typo_is_an_error(tmp_path):
+    import flask
+
+    from lockstore.flask import init_app
+
+    app = flask.Flask(__name__)
+    app.config.update(LOCKSTORE_PATH=str(tmp_path / "s"), LOCKSTORE_MAXAGE=60)
+    with pytest.raises(lockstore.LockstoreError, match=r"LOCKSTORE_MAXAGE.*did you mean LOCKSTORE_MAX_AGE"):
+        init_app(app)
+    assert not (tmp_path / "s").exists()  # refused at start-up, before anything is created
+    app = flask.Flask(__name__)
+    app.config.update(LOCKSTORE_PATH=str(tmp_path / "s"), LOCKSTORE_PREFIX="app")  # a Redis option: passed on
+    with pytest.raises(TypeError, match="prefix"):
+        init_app(app)
