@@ -45,6 +45,20 @@ def missing(what: str) -> None:
     pytest.skip(message)
 
 
+def require(module: str) -> Any:
+    """Import *module* (an optional extra the tests use), or skip outside CI and fail under CI (where every
+    extra is installed, so a missing one is a broken set-up, never a pass)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        message = f"{module} is not installed ({exc}): pip install -e '.[test]'"
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
