@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, Protocol
 
 from .codec import Codec, Record, record_times
-from .errors import CorruptRecord
+from .errors import CorruptRecord, LockTimeout
 from .ids import describe_id
 
 KEEP = object()
@@ -170,6 +170,65 @@ class BaseStore(MutableMapping[str, Any], ABC):
                 on_error(shown, exc)
                 continue
             yield sid, Record(value, created, atime)
+
+    def _take(self, sid: str) -> tuple[bytes | None, float]:
+        """Remove the record of *sid* in one atomic step, under the session's lock; (the record it held,
+        live or not, or None; the time of removal). :meth:`pop` and ``del`` are built on it."""
+        raise NotImplementedError(f"{type(self).__name__} defines pop and del itself")
+
+    def __delitem__(self, sid: str) -> None:
+        rec, now = self._take(sid)
+        if rec is None:
+            raise KeyError(sid)
+        try:
+            live = now - record_times(rec)[0] <= self.max_age
+        except CorruptRecord:
+            live = True  # an unreadable record counts as present, so an operator can remove it (issue 9, item 6)
+        if not live:
+            raise KeyError(sid)
+
+    def pop(self, sid: str, *default: Any) -> Any:
+        """Remove *sid* and return its value, or *default* (if given) when it has no live session.
+
+        Atomic across processes: the record is read and removed in one step under the session's lock, so
+        two processes popping one session never both get it. (A damaged record is removed and raises
+        :class:`CorruptRecord`.)
+        """
+        if len(default) > 1:
+            raise TypeError(f"pop expected at most 2 arguments, got {1 + len(default)}")
+        rec, now = self._take(sid)
+        if rec is not None and now - record_times(rec)[0] <= self.max_age:
+            return self._codec.decode(sid.encode(), rec)
+        if default:
+            return default[0]
+        raise KeyError(sid)
+
+    def setdefault(self, sid: str, default: Any = None) -> Any:
+        """The value of *sid*; if it has no live session, store *default* first and return it.
+
+        Atomic across processes: *default* is written only by a compare-and-put that finds no live
+        session (:meth:`put_record_if`), so it never replaces one another process stored meanwhile.
+        """
+        for _ in range(100):
+            now = self.clock()
+            if self.put_record_if(sid, default, created=now, last_access=now, expect=None):
+                return default
+            try:
+                return self[sid]
+            except KeyError:
+                continue  # removed between the two steps: try again
+        raise LockTimeout(f"session {describe_id(sid)} kept appearing and disappearing; try again")
+
+    def __bool__(self) -> bool:
+        """True if any session is live; stops at the first one found (``len()`` would count them all)."""
+        for _ in self:
+            return True
+        return False
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Set several sessions, as ``dict.update``. Each one is written atomically, on its own: another
+        process may see some of them written and not yet the others."""
+        MutableMapping.update(self, *args, **kwargs)
 
     def __enter__(self) -> BaseStore:
         return self

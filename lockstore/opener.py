@@ -10,7 +10,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, overload
 
 from ._files import FILE_MODE, FORMAT, MAX_CLEAN_LIMIT, MAX_SECONDS, MAX_SHARDS, RULES, StoreDir, check_tree
 from .codec import Codec, check_secret, codec_functions
@@ -76,6 +76,53 @@ def options_from_settings(
 REMOTE_SCHEMES = ("redis", "rediss", "postgresql", "postgres")
 
 
+@overload
+def open(
+    path: os.PathLike[str],
+    *,
+    backend: str | None = None,
+    shards: int | None = None,
+    codec: str | None = None,
+    max_age: float | None = None,
+    clean_interval: float | None = None,
+    touch_interval: float = 60,
+    timeout: float = 10.0,
+    max_value_size: int = 1 << 20,
+    secret: bytes | str | None = None,
+    durability: str = "process",
+    clean_limit: int | None = None,
+    dbm: str | None = None,
+    map_size: int | None = None,
+    clock: Clock | None = None,
+) -> Store: ...
+
+
+@overload
+def open(
+    path: str,
+    *,
+    backend: str | None = None,
+    shards: int | None = None,
+    codec: str | None = None,
+    max_age: float | None = None,
+    clean_interval: float | None = None,
+    touch_interval: float = 60,
+    timeout: float = 10.0,
+    max_value_size: int = 1 << 20,
+    secret: bytes | str | None = None,
+    durability: str = "process",
+    clean_limit: int | None = None,
+    dbm: str | None = None,
+    map_size: int | None = None,
+    clock: Clock | None = None,
+    prefix: str | None = None,
+    table: str | None = None,
+    lock_ttl: float | None = None,
+    connect_timeout: float | None = None,
+    pool_size: int | None = None,
+) -> BaseStore: ...
+
+
 def open(
     path: str | os.PathLike[str],
     *,
@@ -93,15 +140,89 @@ def open(
     dbm: str | None = None,
     map_size: int | None = None,
     clock: Clock | None = None,
-    **options: Any,
+    prefix: str | None = None,
+    table: str | None = None,
+    lock_ttl: float | None = None,
+    connect_timeout: float | None = None,
+    pool_size: int | None = None,
 ) -> BaseStore:
-    """Open the store at *path*, creating it if needed. See the README for every option.
+    """Open the session store at *path*, creating it if needed.
 
-    ``max_age``, ``clean_interval`` and ``clean_limit`` decide which sessions a sweep deletes: they are
-    recorded when the store is created (defaults 1800, 300, 1000), and None takes the recorded values.
-    An explicit value that differs from the recorded one raises :class:`StoreMismatch`; change them with
-    :func:`set_rules` (``lockstore config``). Every option is checked before anything is created.
+    Parameters
+    ----------
+    path
+        A directory (created 0700 with its missing parents; see "Raises" for what is refused), or a
+        ``redis://``, ``rediss://``, ``postgresql://`` or ``postgres://`` URL. A path gives a
+        :class:`~lockstore.Store`; a URL a Redis or PostgreSQL store with the same interface.
+    backend : {"lmdb", "shelve", "memory"}, optional
+        Recorded when the store is created; default ``"lmdb"``. ``"memory"`` lives in one process (tests).
+    shards : int, optional
+        Number of shards, 1 to 4096, one lock file each. Recorded; default 16.
+    codec : {"pickle", "json", "msgpack"}, optional
+        Recorded; default ``"pickle"`` for a directory (whose files are checked like OpenSSH's), ``"json"``
+        for a server (unsigned pickle on a server must be asked for here, never taken from the server).
+    max_age : float, optional
+        Seconds a session may stay idle; older ones are absent everywhere and swept. Recorded; default 1800.
+    clean_interval : float, optional
+        A write into a shard not swept for this long sweeps it first; 0 turns it off. Recorded; default 300.
+    clean_limit : int, optional
+        At most this many expired sessions removed by one write. Recorded; default 1000.
+    touch_interval : float, default 60
+        A read rewrites a session's last-access time only if it is older than this.
+    timeout : float, default 10.0
+        Seconds to wait for a lock before :class:`~lockstore.LockTimeout` (nothing is written then).
+    max_value_size : int, default 1 MiB
+        An encoded value over this raises :class:`~lockstore.ValueTooLarge`.
+    secret : bytes or str, optional
+        At least 16 bytes: every record is signed with HMAC-SHA256 (binding the store, the id, the times
+        and the value); a record whose MAC fails is never decoded. Whether a store is signed is recorded.
+    durability : {"process", "system"}, default "process"
+        ``"process"`` survives any process being killed; ``"system"`` also a machine crash (every commit
+        synced). Directory stores only.
+    dbm : str, optional
+        shelve only: ``"dbm.gnu"``, ``"dbm.ndbm"``, ``"dbm.sqlite3"`` or ``"dbm.dumb"``; default the best
+        available. Recorded.
+    map_size : int, optional
+        LMDB only: bytes of address space reserved up front (default 64 GiB, not disk; grown if full).
+    clock : callable, optional
+        Returns the time in seconds (default :func:`time.time`); for tests.
+    prefix : str, optional
+        Redis only: every key of the store starts with ``PREFIX:`` (default ``"lockstore"``).
+    table : str, optional
+        PostgreSQL only: the table holding the sessions (default ``"lockstore_sessions"``).
+    lock_ttl : float, optional
+        Redis and PostgreSQL: seconds an ``edit()`` may hold a session's lock (default 30).
+    connect_timeout : float, optional
+        Redis and PostgreSQL: seconds to wait for the server before :class:`~lockstore.BackendUnavailable`
+        (default 5).
+    pool_size : int, optional
+        Redis and PostgreSQL: connections kept at most (default 50 for Redis, 20 for PostgreSQL).
+
+    Returns
+    -------
+    BaseStore
+        A :class:`~lockstore.Store` for a directory. Use it as a dict (``store[sid]``,
+        ``del store[sid]``), and ``with store.edit(sid) as session:`` for an atomic read-modify-write.
+
+    Raises
+    ------
+    StoreMismatch
+        An explicit setting differs from the recorded one (recorded settings: backend, shards, codec,
+        signed or not, dbm, ``max_age``, ``clean_interval``, ``clean_limit``; left out, they are taken
+        from the record), or the metadata is not valid. Change the sweep rules with
+        :func:`set_rules` (``lockstore config``).
+    UnsafeStore
+        The store, a directory above it, ``lockstore.json`` or a file in it is another user's, writable
+        by group or others (ancestors: unless sticky), or a symbolic link.
+    ValueError, TypeError
+        An option is out of range or of the wrong type. Every option is checked before anything is
+        created.
+    BackendUnavailable
+        A server cannot be reached.
     """
+    remote = {"prefix": prefix, "table": table, "lock_ttl": lock_ttl}
+    remote.update(connect_timeout=connect_timeout, pool_size=pool_size)
+    options = {name: value for name, value in remote.items() if value is not None}
     if isinstance(path, str) and path.partition("://")[0] in REMOTE_SCHEMES:
         embedded_only = {"backend": backend, "shards": shards, "dbm": dbm, "map_size": map_size}
         given = sorted(name for name, value in embedded_only.items() if value is not None)
@@ -124,8 +245,10 @@ def open(
             **{name: value for name, value in remote_rules.items() if value is not None},
             **options,
         )
+    if isinstance(path, str) and "://" in path:
+        raise ValueError(f"unknown store URL scheme {path.partition('://')[0]!r}: use {', '.join(REMOTE_SCHEMES)}")
     if options:
-        raise TypeError(f"unknown option(s) for an embedded store: {', '.join(sorted(options))}")
+        raise TypeError(f"option(s) for Redis or PostgreSQL only, not for a directory: {', '.join(sorted(options))}")
     path = os.path.abspath(os.fspath(path))
     # every option is checked before anything is created (a rejected option must leave no store behind)
     _check_numbers(max_age, clean_interval, touch_interval, timeout, max_value_size, clean_limit, shards)

@@ -291,27 +291,20 @@ class Store(BaseStore):
         finally:
             locks.release(shard)
 
-    def __delitem__(self, sid: str) -> None:
+    def _take(self, sid: str) -> tuple[bytes | None, float]:
         shard, key = self._locate(sid)
-        live = False
+        taken: list[bytes] = []
         with self._locks.held(shard, self.timeout):
             now = self.clock()
 
-            def delete(old: bytes | None) -> Any:
-                nonlocal live
+            def take(old: bytes | None) -> Any:
                 if old is None:
                     return KEEP
-                try:
-                    live = now - record_times(old)[0] <= self.max_age
-                except CorruptRecord:
-                    # an unreadable header counts as present, so an operator can delete the record
-                    # (``lockstore rm``) that ls and verify report (issue 9, item 6)
-                    live = True
+                taken.append(old)
                 return None
 
-            self._engine.update(shard, key, delete, self._sweep_due(shard, now))
-        if not live:
-            raise KeyError(sid)
+            self._engine.update(shard, key, take, self._sweep_due(shard, now))
+        return (taken[0] if taken else None), now
 
     def _live_keys(self, shard: int, now: float) -> list[bytes]:
         cutoff = now - self.max_age

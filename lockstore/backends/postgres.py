@@ -312,7 +312,7 @@ class PostgresStore(RemoteStore):
             "DO UPDATE SET rec = EXCLUDED.rec, last_access = EXCLUDED.last_access"
         ).format(t)
         self._q_retime = q("UPDATE {} SET rec = %s, last_access = %s WHERE sid = %s AND last_access = %s").format(t)
-        self._q_delete = q("DELETE FROM {} WHERE sid = %s RETURNING last_access").format(t)
+        self._q_delete = q("DELETE FROM {} WHERE sid = %s RETURNING rec").format(t)
         self._q_sweep = q(
             "DELETE FROM {t} WHERE sid IN (SELECT sid FROM {t} WHERE last_access < %s "
             "ORDER BY last_access LIMIT %s FOR UPDATE SKIP LOCKED)"
@@ -571,10 +571,9 @@ class PostgresStore(RemoteStore):
         self._run(put)
         self._clean_on_write(now)
 
-    def __delitem__(self, sid: str) -> None:
-        atime = self._fetch_one_once(self._q_delete, (validate_id(sid),))
-        if atime is None or self.clock() - atime > self.max_age:
-            raise KeyError(sid)
+    def _take(self, sid: str) -> tuple[bytes | None, float]:
+        rec = self._fetch_one_once(self._q_delete, (validate_id(sid),))  # DELETE ... RETURNING: one step
+        return (None if rec is None else bytes(rec)), self.clock()
 
     def _fetch_one_once(self, query: sql.Composed, params: tuple[Any, ...]) -> Any:
         def run(conn: psycopg.Connection[Any]) -> Any:

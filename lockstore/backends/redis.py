@@ -40,7 +40,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..base import Clock
-from ..codec import HEADER_SIZE, Codec, Record, record_times
+from ..codec import HEADER_SIZE, Codec, Record
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, is_valid_id, validate_id
 from ._remote import RemoteStore, Settings, check_options, creation_fields, make_codec, parse_meta, redact_url, resolve
@@ -504,20 +504,15 @@ class RedisStore(RemoteStore):
             raise
         self._commit(sid, token, rec, now)
 
-    def __delitem__(self, sid: str) -> None:
+    def _take(self, sid: str) -> tuple[bytes | None, float]:
         validate_id(sid)
         token, old = self._lock(sid)
+        now = self.clock()
         if old is None:
             self._release(sid, token)
-            raise KeyError(sid)
-        now = self.clock()
-        self._commit(sid, token, None, now)
-        try:
-            live = now - record_times(old)[0] <= self.max_age
-        except CorruptRecord:
-            live = True  # an unreadable record counts as present: deleted, no KeyError (issue 9, item 6)
-        if not live:
-            raise KeyError(sid)
+        else:
+            self._commit(sid, token, None, now)
+        return old, now
 
     def __iter__(self) -> Iterator[str]:
         for sid, header in self._times():
