@@ -40,7 +40,7 @@ from .errors import CorruptRecord, LockstoreError, StoreClosed
 from .ids import validate_id
 
 TIERED_BACKENDS = ("shelve",)
-"""The backends a memory tier is worth having over (see docs/compat.md for the figures)."""
+"""The backends a memory tier is worth having over (figures: the README's memory tier section, from stress/tier_bench.py)."""
 
 
 class _Entry:
@@ -472,7 +472,7 @@ def tiered(
     ------
     ValueError
         ``single_process`` is not ``True``; *store* is not a shelve store (over LMDB the tier
-        saves about 1.5 microseconds a read, see docs/compat.md); a size or time is out of
+        saves about 1.5 microseconds a read: the README's memory tier section); a size or time is out of
         range.
     """
     if single_process is not True:
@@ -490,7 +490,7 @@ def tiered(
             msg = f"{name} must be a number of seconds >= 0, not {value!r}"
             raise ValueError(msg)
     if store.backend not in TIERED_BACKENDS:
-        # Measured with stress/tier_bench.py (docs/compat.md): on LMDB a read from memory saves
+        # Measured with stress/tier_bench.py (figures in the README): on LMDB a read from memory saves
         # about 1.5 microseconds of a 3-microsecond read; the tier's cost in safety is not worth it.
         msg = (
             f"a memory tier buys nothing measurable over the {store.backend!r} backend: "

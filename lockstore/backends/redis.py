@@ -10,7 +10,7 @@ Redis's own mechanisms do the work the embedded design does with files:
 - ``edit()`` takes a per-session lock key ``PREFIX:{SID}:lock`` (a random token, ``PX lock_ttl``) in
   the same server-side script that reads the record, and commits with a script that writes only if the
   token still holds. A ``with`` block cannot be replayed, which optimistic ``WATCH``/``MULTI`` needs on
-  conflict (see docs/scale-out.md for the measurements of both). A holder that dies leaves its lock
+  conflict (the README's scale-out measurements compare both). A holder that dies leaves its lock
   until ``lock_ttl``; a holder slower than ``lock_ttl`` gets :class:`~lockstore.LockTimeout` on exit and
   writes nothing, so no update is ever lost silently.
 - Connections come from a bounded pool; every socket has a timeout. A server that is down or does not

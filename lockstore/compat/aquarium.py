@@ -10,7 +10,7 @@ now and then::
 
 What Aquarium promised and lockstore keeps: ``open`` creates or opens; a session that exists is
 by definition not expired (an expired one is never returned, even before it is swept); sids
-are generated (``lockstore.new_id()``, at least 128 random bits); and since CGI and FastCGI
+are generated (``lockstore.new_id()``, 192 random bits); and since CGI and FastCGI
 applications have no scheduler, cleanup runs at random on about one ``open`` in
 ``cleanup_frequency`` (``SESSION_CLEANUP_FREQUENCY``; 0 disables it, then run
 ``container.cleanup()`` or ``lockstore clean`` from cron).
