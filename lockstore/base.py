@@ -4,6 +4,7 @@ what an embedded backend does for :class:`~lockstore.store.Store`, per shard, wi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, Protocol
 
@@ -70,7 +71,7 @@ class BaseStore(MutableMapping[str, Any], ABC):
     _codec: Codec
 
     @abstractmethod
-    def edit(self, sid: str, *, create: bool = True) -> Any:
+    def edit(self, sid: str, *, create: bool = True) -> AbstractContextManager[dict[str, Any]]:
         """A context manager yielding the session as a dict, locked; saved on clean exit if changed."""
 
     @abstractmethod
