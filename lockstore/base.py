@@ -4,11 +4,12 @@ what an embedded backend does for :class:`~lockstore.store.Store`, per shard, wi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from .codec import Codec, Record, record_times
+from . import record as fmt
+from .codec import Codec, Record
 from .errors import CorruptRecord, LockTimeout
 from .ids import describe_id
 
@@ -161,7 +162,7 @@ class BaseStore(MutableMapping[str, Any], ABC):
             try:
                 if sid is None:
                     raise CorruptRecord(f"the stored id {shown[:60]!r} is not a valid session id (not lockstore's)")
-                atime, created = record_times(rec)
+                atime, created = fmt.times(rec)
                 if (now - atime > self.max_age) != expired:
                     continue
                 value = self._codec.decode(sid.encode(), rec)
@@ -182,7 +183,7 @@ class BaseStore(MutableMapping[str, Any], ABC):
         if rec is None:
             raise KeyError(sid)
         try:
-            live = now - record_times(rec)[0] <= self.max_age
+            live = now - fmt.times(rec)[0] <= self.max_age
         except CorruptRecord:
             live = True  # an unreadable record counts as present, so an operator can remove it (issue 9, item 6)
         if not live:
@@ -198,7 +199,7 @@ class BaseStore(MutableMapping[str, Any], ABC):
         if len(default) > 1:
             raise TypeError(f"pop expected at most 2 arguments, got {1 + len(default)}")
         rec, now = self._take(sid)
-        if rec is not None and now - record_times(rec)[0] <= self.max_age:
+        if rec is not None and now - fmt.times(rec)[0] <= self.max_age:
             return self._codec.decode(sid.encode(), rec)
         if default:
             return default[0]

@@ -1,11 +1,10 @@
-"""Codecs and the record format.
+"""Value codecs (pickle, json, msgpack) and record signing, for one store.
 
-A record is ``header [mac] payload``. The header is 18 bytes, ``<BBdd``: format version, flags,
-last-access time, creation time (seconds since the epoch), so times are read without decoding the
-payload. With a secret, a 32-byte HMAC-SHA256 over the store's scope (an identity recorded when the store
-was created: a signed record cannot be replayed into another store that shares the secret), the session id,
-the header and the payload follows the header, and a record whose MAC does not hold is never decoded.
-Stores created before scopes existed have an empty scope, and their MAC input is the one they always had.
+A :class:`Codec` turns a value into a record (see :mod:`lockstore.record` for the format) and back. With a
+secret, a 32-byte HMAC-SHA256 over the store's scope (an identity recorded when the store was created: a
+signed record cannot be replayed into another store that shares the secret), the session id, the header and
+the payload follows the header, and a record whose MAC does not hold is never decoded. Stores created before
+scopes existed have an empty scope, and their MAC input is the one they always had.
 """
 
 from __future__ import annotations
@@ -13,32 +12,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import pickle
-import struct
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from . import record as fmt
 from .errors import CorruptRecord, EncodeError, StoreMismatch, ValueTooLarge
 
-HEADER = struct.Struct("<BBdd")
-HEADER_SIZE = HEADER.size
-MAC_SIZE = 32
-RECORD_VERSION = 1
-FLAG_SIGNED = 1
-_unpack_header = HEADER.unpack_from
-_pack_header = HEADER.pack
-ATIME = struct.Struct("<d")
-_unpack_atime = ATIME.unpack_from
-
-
-def stored_atime(rec: bytes | memoryview) -> float:
-    """The last access of a stored record, read from its header; ``-inf`` for a record too short to have
-    one or whose time is not finite (damaged or forged: never live, never swept, reported by verify())."""
-    if len(rec) < HEADER_SIZE:
-        return -math.inf
-    atime: float = _unpack_atime(rec, 2)[0]
-    return atime if math.isfinite(atime) else -math.inf
+_pack_header = fmt.pack_header
+HEADER_SIZE = fmt.HEADER_SIZE
+MAC_SIZE = fmt.MAC_SIZE
+RECORD_VERSION = fmt.VERSION
+FLAG_SIGNED = fmt.FLAG_SIGNED
 
 
 class Record(NamedTuple):
@@ -75,21 +60,6 @@ def codec_functions(name: str) -> tuple[Callable[[Any], bytes], Callable[[Any], 
         msgpack = _msgpack()
         return (lambda v: msgpack.packb(v, use_bin_type=True)), (lambda b: msgpack.unpackb(b, raw=False))
     raise StoreMismatch(f"unknown codec {name!r}: use 'pickle', 'json' or 'msgpack'")
-
-
-def record_times(rec: bytes | memoryview) -> tuple[float, float]:
-    """(last_access, created) of a record; :class:`CorruptRecord` for a header too short, of another
-    version, or with a time that is not a finite number (which would break the expiry arithmetic and the
-    LMDB index)."""
-    try:
-        version, _, atime, created = _unpack_header(rec)
-    except struct.error:
-        raise CorruptRecord(f"record of {len(rec)} bytes is shorter than its header") from None
-    if version != RECORD_VERSION:
-        raise CorruptRecord(f"record format version {version}, expected {RECORD_VERSION}")
-    if not (math.isfinite(atime) and math.isfinite(created)):
-        raise CorruptRecord(f"record times are not finite numbers (last access {atime}, created {created})")
-    return atime, created
 
 
 def check_secret(secret: bytes | str | None) -> bytes | None:
@@ -150,24 +120,14 @@ class Codec:
 
     def retime(self, key: bytes, rec: bytes | memoryview, last_access: float) -> bytes:
         """*rec* with a new last-access time and the same payload (re-signed when signed)."""
-        _version, _flags, _, created = self.times(rec)
+        _, created = fmt.times(rec)
         return self.record(key, self.payload(key, rec), last_access, created)
 
-    @staticmethod
-    def times(rec: bytes | memoryview) -> tuple[int, int, float, float]:
-        """(version, flags, last_access, created) of a record, without decoding its payload."""
-        try:
-            return _unpack_header(rec)
-        except struct.error:
-            raise CorruptRecord(f"record of {len(rec)} bytes is shorter than its header") from None
-
     def payload(self, key: bytes, rec: bytes | memoryview) -> memoryview:
-        """The payload of a record, its version and signature checked."""
-        version, flags, _, _ = self.times(rec)
-        if version != RECORD_VERSION:
-            raise CorruptRecord(f"record format version {version}, expected {RECORD_VERSION}")
+        """The payload of a record, its header and signature checked."""
+        fmt.times(rec)  # length, version, finite times
         view = memoryview(rec)
-        if flags & FLAG_SIGNED:
+        if fmt.flags(rec) & FLAG_SIGNED:
             if self._secret is None:
                 raise CorruptRecord("record is signed but the store was opened without its secret")
             mac = view[HEADER_SIZE : HEADER_SIZE + MAC_SIZE]

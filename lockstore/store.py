@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from zlib import crc32 as _crc32
 
+from . import record as fmt
 from ._files import RULES
 from .base import KEEP, BaseStore, Clock, Engine, Updater
-from .codec import ATIME, HEADER_SIZE, Codec, Record, record_times, stored_atime
+from .codec import Codec, Record
 from .errors import CorruptRecord, LockstoreError, StoreClosed, StoreMismatch
 from .ids import _VALID as _valid
 from .ids import describe_id, shard_of, validate_id
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     from ._files import StoreDir
 
 logger = logging.getLogger(__name__)
-_atime = ATIME.unpack_from
+_atime = fmt.TIME.unpack_from
+_HEADER_SIZE = fmt.HEADER_SIZE
 
 
 class _Edit:
@@ -52,7 +54,7 @@ class _Edit:
             codec = store._codec
             self._atime = None  # last access of the stored record, live or not: its index entry
             if rec is not None:
-                _, _, atime, created = codec.times(rec)
+                atime, created = fmt.times(rec)
                 self._atime = atime
                 if now - atime > store.max_age:
                     rec = None
@@ -218,7 +220,7 @@ class Store(BaseStore):
         return self._get(shard, key)
 
     def _live(self, rec: bytes | None, now: float) -> bool:
-        return rec is not None and now - stored_atime(rec) <= self.max_age
+        return fmt.is_live(rec, now, self.max_age)
 
     def _touch_shard(self, shard: int, key: bytes, now: float) -> bool:
         """Rewrite only the last-access time of *key*, if it is live and older than touch_interval."""
@@ -230,7 +232,7 @@ class Store(BaseStore):
             nonlocal found
             if old is None:
                 return KEEP
-            atime = stored_atime(old)
+            atime = fmt.last_access(old)
             if not now - atime <= max_age:
                 return KEEP
             found = True
@@ -253,10 +255,10 @@ class Store(BaseStore):
         key = sid.encode()
         shard = _crc32(key) % self.shards
         rec = self._read(shard, key)
-        if rec is None or len(rec) < HEADER_SIZE:
+        if rec is None or len(rec) < _HEADER_SIZE:
             if rec is None:
                 raise KeyError(sid)
-            self._codec.times(rec)  # raises CorruptRecord
+            fmt.times(rec)  # raises CorruptRecord
         now = self.clock()
         age = now - _atime(rec, 2)[0]
         if not age <= self.max_age:  # NaN (a forged time) counts as expired
@@ -282,8 +284,8 @@ class Store(BaseStore):
 
             def put(old: bytes | None) -> bytes:
                 created = now
-                if old is not None and now - stored_atime(old) <= max_age:  # a damaged record is replaced
-                    created = codec.times(old)[3]
+                if old is not None and now - fmt.last_access(old) <= max_age:  # a damaged record is replaced
+                    created = fmt.times(old)[1]
                 return codec.record(key, payload, now, created)
 
             sweep = self._sweep_due(shard, now)
@@ -386,7 +388,7 @@ class Store(BaseStore):
         rec = self._read(shard, key)
         if rec is None:
             return None
-        atime, created = record_times(rec)  # a damaged record is CorruptRecord, as for store[sid]
+        atime, created = fmt.times(rec)  # a damaged record is CorruptRecord, as for store[sid]
         if self.clock() - atime > self.max_age:
             return None
         return Record(self._codec.decode(key, rec), created, atime)
@@ -426,7 +428,7 @@ class Store(BaseStore):
                 nonlocal wrote
                 atime = None
                 if old is not None:
-                    atime = record_times(old)[0]  # CorruptRecord: what is there cannot be compared
+                    atime = fmt.times(old)[0]  # CorruptRecord: what is there cannot be compared
                     if now - atime > max_age:
                         atime = None  # expired: as good as absent
                 wrote = atime == expect
@@ -449,7 +451,7 @@ class Store(BaseStore):
                     validate_id(sid)
                     if shard_of(sid, self.shards) != shard:
                         raise CorruptRecord(f"stored in shard {shard}, belongs in {shard_of(sid, self.shards)}")
-                    record_times(rec)
+                    fmt.times(rec)
                     self._codec.decode(key, rec)
                 except Exception as exc:
                     bad.append((sid, str(exc)))

@@ -40,7 +40,7 @@ from .errors import CorruptRecord, LockstoreError, StoreClosed
 from .ids import validate_id
 
 TIERED_BACKENDS = ("shelve",)
-"""The backends a memory tier is worth having over (figures: the README's memory tier section, from stress/tier_bench.py)."""
+"""The backends a memory tier is worth having over (figures: the README, from stress/tier_bench.py)."""
 
 
 class _Entry:

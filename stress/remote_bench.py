@@ -39,6 +39,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lockstore import record
+
 from ._common import fmt_int, fmt_seconds, format_table, percentile
 
 BACKENDS = ("lmdb", "redis", "redis-watch", "postgres")
@@ -84,7 +86,7 @@ def _watch_increment(client: Any, codec: Any, sid: str, max_age: float) -> int:
                 rec = pipe.get(key)
                 now = time.time()
                 value = codec.decode(sid.encode(), rec) if rec else {}
-                created = codec.times(rec)[3] if rec else now
+                created = record.times(rec)[1] if rec else now
                 value["n"] = value.get("n", 0) + 1
                 value["data"] = PAYLOAD
                 new = codec.record(sid.encode(), codec.encode(value), now, created)

@@ -29,8 +29,8 @@ import pytest
 
 import lockstore
 from lockstore.cli import main
-from lockstore.codec import HEADER
 from lockstore.errors import CorruptRecord, LockstoreError
+from lockstore.record import HEADER
 
 SHARDS = 4
 NOW = time.time()

@@ -26,9 +26,11 @@ import redis
 from servers import PostgresServer, free_port
 
 import lockstore
+from lockstore import record as fmt
 from lockstore.backends.postgres import open_postgres
 from lockstore.backends.redis import open_redis
-from lockstore.codec import HEADER_SIZE, Codec
+from lockstore.codec import Codec
+from lockstore.record import HEADER_SIZE
 
 pytestmark = pytest.mark.servers
 
@@ -121,7 +123,7 @@ class Raw:
             redis.Redis.from_url(self.url).set(key, rec)
             return
         if last_access is None:
-            last_access = Codec.times(rec)[2] if len(rec) >= HEADER_SIZE else time.time()
+            last_access = fmt.last_access(rec) if len(rec) >= HEADER_SIZE else time.time()
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(
                 f"INSERT INTO {self.name} VALUES (%s, %s, %s) ON CONFLICT (sid) DO UPDATE "

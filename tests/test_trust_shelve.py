@@ -26,8 +26,9 @@ import lockstore
 from lockstore import CorruptRecord
 from lockstore.backends.dumb import DumbShard
 from lockstore.backends.shelve import ShelveEngine, unwrap_legacy
-from lockstore.codec import ATIME, Codec
+from lockstore.codec import Codec
 from lockstore.ids import shard_of
+from lockstore.record import TIME as ATIME
 
 NOW = 1_700_000_000.0
 INDEX = r"shard-000\.dir"  # the file a damaged-index error names

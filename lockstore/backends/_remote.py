@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
+from .. import record as fmt
 from ..base import BaseStore
 from ..codec import HEADER_SIZE, Codec, Record
 from ..errors import StoreMismatch, UnsafeStore
@@ -398,7 +399,7 @@ class RemoteStore(BaseStore):
         return scrub(str(text), self._secrets)
 
     def _live(self, rec: bytes | None, now: float) -> bool:
-        return rec is not None and now - Codec.times(rec)[2] <= self.max_age
+        return rec is not None and now - fmt.times(rec)[0] <= self.max_age
 
     def _may_put(self, old: bytes | None, expect: float | None, now: float) -> bool:
         """Whether :meth:`put_record_if` writes over *old*: its last access is *expect*, or with *expect*
@@ -406,7 +407,7 @@ class RemoteStore(BaseStore):
         live (there is nothing to keep)."""
         if old is None or len(old) < HEADER_SIZE:
             return expect is None
-        atime = Codec.times(old)[2]
+        atime = fmt.times(old)[0]
         if now - atime > self.max_age:
             return expect is None
         return expect is not None and atime == expect
@@ -417,7 +418,7 @@ class RemoteStore(BaseStore):
         if rec is None or not self._live(rec, now):
             raise KeyError(sid)
         value = self._codec.decode(sid.encode(), rec)
-        if now - Codec.times(rec)[2] >= self.touch_interval:
+        if now - fmt.times(rec)[0] >= self.touch_interval:
             self._touch_record(sid, rec, now)
         return value
 
@@ -426,7 +427,7 @@ class RemoteStore(BaseStore):
         now = self.clock()
         if rec is None or not self._live(rec, now):
             return False
-        if now - Codec.times(rec)[2] >= self.touch_interval:
+        if now - fmt.times(rec)[0] >= self.touch_interval:
             self._touch_record(sid, rec, now)
         return True
 
@@ -434,7 +435,7 @@ class RemoteStore(BaseStore):
         rec = self._get(sid)
         if rec is None or not self._live(rec, self.clock()):
             return None
-        _, _, atime, created = Codec.times(rec)
+        atime, created = fmt.times(rec)
         return Record(self._codec.decode(sid.encode(), rec), created, atime)
 
 

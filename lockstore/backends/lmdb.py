@@ -29,14 +29,13 @@ from typing import Any, TypeVar
 
 import lmdb
 
+from .. import record as fmt
 from ..base import KEEP, Updater
-from ..codec import ATIME, stored_atime
 from ..errors import LockstoreError, StorageError, StoreMismatch
 from ..locks import try_flock, unflock, wait_flock
 
 T = TypeVar("T")
 _BUCKET = struct.Struct(">I")
-BUCKET_SECONDS = 32
 _SHARD = struct.Struct(">H")
 _fork_generation = [0]
 os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(0, _fork_generation[0] + 1))
@@ -44,14 +43,6 @@ os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(0, _fork
 DEFAULT_MAP_SIZE = 64 << 30  # reserved address space, not disk: the file grows as it fills
 
 
-def _bucket(t: float) -> int:
-    return max(0, int(t // BUCKET_SECONDS))
-
-
-def _record_bucket(rec: bytes) -> int:
-    """The index bucket of a stored record; -1 (no index entry) for a damaged one."""
-    atime = stored_atime(rec)
-    return -1 if atime == -math.inf else _bucket(atime)
 
 
 class _Env:
@@ -229,7 +220,7 @@ class LmdbEngine:
         new = fn(old)
         if new is KEEP:
             return swept
-        old_bucket = -1 if old is None else _record_bucket(old)
+        old_bucket = -1 if old is None else fmt.record_bucket(old)
         if new is None:
             if old is not None:
                 txn.delete(k)
@@ -237,7 +228,7 @@ class LmdbEngine:
                     txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
             return swept
         txn.put(k, new)
-        new_bucket = _record_bucket(new)
+        new_bucket = fmt.record_bucket(new)
         if new_bucket != old_bucket:
             if old_bucket >= 0:
                 txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
@@ -251,8 +242,8 @@ class LmdbEngine:
         handle = self._handle
         if sweep is None and handle is not None and self._gen == _fork_generation[0]:
             prefix = self._prefix[shard]
-            old_bucket = -1 if old_atime is None else max(0, int(old_atime // BUCKET_SECONDS))
-            new_bucket = _record_bucket(rec)
+            old_bucket = -1 if old_atime is None else fmt.bucket(old_atime)
+            new_bucket = fmt.record_bucket(rec)
             with handle.mutex:
                 try:
                     with handle.env.begin(write=True) as txn:
@@ -272,7 +263,7 @@ class LmdbEngine:
         # every entry in a bucket before the cutoff's is expired; in the cutoff's own bucket, some are
         prefix = self._prefix[shard]
         start = len(prefix) + _BUCKET.size
-        end = prefix + _BUCKET.pack(_bucket(cutoff) + 1)
+        end = prefix + _BUCKET.pack(fmt.bucket(cutoff) + 1)
         doomed = []
         stale = []
         with txn.cursor(db=h.atime) as cur:
@@ -285,14 +276,14 @@ class LmdbEngine:
                     if rec is None:
                         stale.append(ikey)
                         continue
-                    atime = stored_atime(rec)
+                    atime = fmt.last_access(rec)
                     if atime == -math.inf:
                         stale.append(ikey)  # a damaged record: left for verify() and the operator
                     elif atime < cutoff:
                         doomed.append((ikey, k))
                         if limit is not None and len(doomed) >= limit:
                             break
-                    elif _BUCKET.pack(_bucket(atime)) != ikey[len(prefix) : start]:
+                    elif _BUCKET.pack(fmt.bucket(atime)) != ikey[len(prefix) : start]:
                         stale.append(ikey)  # left behind by a record rewritten since: not the record's
         for ikey in stale:
             txn.delete(ikey, db=h.atime)
@@ -300,7 +291,7 @@ class LmdbEngine:
             txn.delete(ikey, db=h.atime)
             txn.delete(k)
         removed = len(doomed)
-        txn.put(b"clean" + prefix, ATIME.pack(now), db=h.meta)
+        txn.put(b"clean" + prefix, fmt.TIME.pack(now), db=h.meta)
         return removed
 
     def sweep(self, shard: int, now: float, cutoff: float, limit: int | None) -> int:
@@ -308,7 +299,7 @@ class LmdbEngine:
 
     def last_clean(self, shard: int) -> float:
         raw = self._run(False, lambda txn, h: txn.get(b"clean" + self._prefix[shard], db=h.meta))
-        return ATIME.unpack(raw)[0] if raw else 0.0
+        return fmt.read_time(raw)
 
     def _range(self, shard: int, times_only: bool) -> list[tuple[bytes, Any]]:
         prefix = self._prefix[shard]
@@ -322,7 +313,7 @@ class LmdbEngine:
                 for k, v in cur.iternext():
                     if not k.startswith(prefix):
                         break
-                    out.append((k[n:], stored_atime(v) if times_only else v))
+                    out.append((k[n:], fmt.last_access(v) if times_only else v))
             return out
 
         return self._run(False, body)

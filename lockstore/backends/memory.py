@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import threading
 
+from .. import record as fmt
 from ..base import KEEP, Updater
-from ..codec import stored_atime
 from ..locks import ShardLocks
 
 _shared: dict[str, tuple[list[dict[bytes, bytes]], list[float], list[int], ShardLocks]] = {}
@@ -53,8 +53,8 @@ class MemoryEngine:
 
     def sweep(self, shard: int, now: float, cutoff: float, limit: int | None) -> int:
         data = self._data[shard]
-        doomed = [key for key, rec in data.items() if -math.inf < stored_atime(rec) < cutoff]
-        doomed.sort(key=lambda k: stored_atime(data[k]))
+        doomed = [key for key, rec in data.items() if -math.inf < fmt.last_access(rec) < cutoff]
+        doomed.sort(key=lambda k: fmt.last_access(data[k]))
         for key in doomed[:limit]:
             del data[key]
         self._cleaned[shard] = now
@@ -67,7 +67,7 @@ class MemoryEngine:
         return list(self._data[shard].items())
 
     def scan_times(self, shard: int) -> list[tuple[bytes, float]]:
-        return [(key, stored_atime(rec)) for key, rec in list(self._data[shard].items())]
+        return [(key, fmt.last_access(rec)) for key, rec in list(self._data[shard].items())]
 
     def clear(self, shard: int) -> int:
         n = len(self._data[shard])

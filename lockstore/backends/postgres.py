@@ -48,8 +48,9 @@ import psycopg_pool
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from .. import record as fmt
 from ..base import Clock
-from ..codec import HEADER_SIZE, Codec, Record
+from ..codec import HEADER_SIZE, Record
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, is_valid_id, validate_id
 from ._remote import (
@@ -110,7 +111,7 @@ class _Edit:
             now = store.clock()
             codec = store._codec
             key = sid.encode()
-            if rec is not None and now - codec.times(rec)[2] > store.max_age:
+            if not fmt.is_live(rec, now, store.max_age):
                 rec = None
             if rec is None:
                 if not self._create:
@@ -120,7 +121,7 @@ class _Edit:
                 self._created = now
                 self._atime = -math.inf
             else:
-                _, _, atime, created = codec.times(rec)
+                atime, created = fmt.times(rec)
                 body = codec.payload(key, rec)
                 value = codec.loads(body, key)
                 if not isinstance(value, dict):
@@ -562,7 +563,7 @@ class PostgresStore(RemoteStore):
                 row = conn.execute(self._q_lock_header, (sid,)).fetchone()
                 created = now
                 if row is not None and len(row[0]) >= HEADER_SIZE:
-                    _, _, atime, old_created = Codec.times(bytes(row[0]))
+                    atime, old_created = fmt.times(bytes(row[0]))
                     if now - atime <= self.max_age:
                         created = old_created
                 rec = self._codec.record(sid.encode(), payload, now, created)
@@ -610,7 +611,7 @@ class PostgresStore(RemoteStore):
 
     def _touch_record(self, sid: str, rec: bytes, now: float) -> None:
         new = self._codec.retime(sid.encode(), rec, now)
-        old_atime = Codec.times(rec)[2]
+        old_atime = fmt.times(rec)[0]
         self._run(lambda conn: conn.execute(self._q_retime, (new, now, sid, old_atime)))
 
     def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:

@@ -39,8 +39,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .. import record as fmt
 from ..base import Clock
-from ..codec import HEADER_SIZE, Codec, Record
+from ..codec import HEADER_SIZE, Record
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, is_valid_id, validate_id
 from ._remote import RemoteStore, Settings, check_options, creation_fields, make_codec, parse_meta, redact_url, resolve
@@ -151,7 +152,7 @@ class _Edit:
             now = store.clock()
             codec = store._codec
             key = sid.encode()
-            if rec is not None and now - codec.times(rec)[2] > store.max_age:
+            if not fmt.is_live(rec, now, store.max_age):
                 rec = None
             if rec is None:
                 if not self._create:
@@ -161,7 +162,7 @@ class _Edit:
                 self._created = now
                 self._atime = -math.inf
             else:
-                _, _, atime, created = codec.times(rec)
+                atime, created = fmt.times(rec)
                 body = codec.payload(key, rec)
                 value = codec.loads(body, key)
                 if not isinstance(value, dict):
@@ -414,7 +415,7 @@ class RedisStore(RemoteStore):
         (lock released, nothing written) if it does not.
         """
         key = self._data_key(sid)
-        px = self._px(Codec.times(rec)[2], now) if rec is not None else None
+        px = self._px(fmt.times(rec)[0], now) if rec is not None else None
         op, data = ("w", rec) if rec is not None and px is not None else ("d", b"")
         args: list[str | bytes] = [token, op, data, px or "", str(DONE_TTL_MS)]
         if header is not None:
@@ -480,7 +481,7 @@ class RedisStore(RemoteStore):
     def _listed(self, header: bytes, now: float) -> bool:
         """Live, or too short to hold its times: such a record is listed (reading it raises
         :class:`CorruptRecord`, ``verify()`` reports it, ``del`` removes it) rather than hidden."""
-        return len(header) < HEADER_SIZE or now - Codec.times(header)[2] <= self.max_age
+        return len(header) < HEADER_SIZE or now - fmt.last_access(header) <= self.max_age
 
     # -- the mapping -------------------------------------------------------------------------
 
@@ -497,7 +498,7 @@ class RedisStore(RemoteStore):
             now = self.clock()
             created = now
             if old is not None and len(old) >= HEADER_SIZE and self._live(old, now):
-                created = Codec.times(old)[3]
+                created = fmt.times(old)[1]
             rec = self._codec.record(sid.encode(), payload, now, created)
         except BaseException:
             self._release(sid, token)
@@ -555,7 +556,7 @@ class RedisStore(RemoteStore):
             stale = [
                 (k, h)
                 for k, h in zip(keys, self._fetch(keys, header_only=True), strict=True)
-                if h is not None and len(h) == HEADER_SIZE and now - Codec.times(h)[2] > idle
+                if h is not None and -math.inf < fmt.last_access(h) < now - idle
             ]
             if stale:
 

@@ -25,13 +25,13 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from .. import record as fmt
 from ..base import KEEP, Updater
-from ..codec import ATIME, RECORD_VERSION, stored_atime
 from ..errors import CorruptRecord, StorageError, StoreMismatch
 from .dumb import DumbShard
 
 _CLEAN = b"#clean"  # '#' is not in the id alphabet: no session can have this key
-_RAW = bytes([RECORD_VERSION])  # the first byte of every record
+_RAW = bytes([fmt.VERSION])  # the first byte of every record
 _PICKLE = b"\x80"  # pickle's PROTO opcode, the first byte of every value a legacy store wrote
 PREFERENCE = ("dbm.gnu", "dbm.sqlite3", "dbm.dumb")
 COMPACT_ON_WRITE_MAX = 8 << 20  # bytes of .dat a write may compact (a few ms); larger: clean()
@@ -232,13 +232,10 @@ class ShelveEngine:
 
     def _clean_time(self, value: bytes | None) -> float:
         """The time a shard's ``#clean`` value holds; 0.0 (clean now) for anything else."""
-        if value is not None and len(value) != ATIME.size and self.legacy:
+        if value is not None and len(value) != fmt.TIME.size and self.legacy:
             with contextlib.suppress(CorruptRecord):
                 value = unwrap_legacy(value)
-        if type(value) is not bytes or len(value) != ATIME.size:
-            return 0.0
-        when: float = ATIME.unpack(value)[0]
-        return when if math.isfinite(when) else 0.0
+        return fmt.read_time(value if type(value) is bytes else None)
 
     def _keys(self, db: Any, shard: int) -> list[bytes]:
         keys = db.keys()
@@ -274,13 +271,13 @@ class ShelveEngine:
                 rec = self._record(db[key], shard, key)
             except CorruptRecord:
                 continue  # not ours to judge or delete: verify() reports it
-            atime = stored_atime(rec)
+            atime = fmt.last_access(rec)
             if -math.inf < atime < cutoff:  # a damaged record is left for verify() and the operator
                 expired.append((atime, key))
         expired.sort()
         doomed = [key for _, key in expired[:limit]]
         _delete(db, doomed)
-        db[_CLEAN] = ATIME.pack(now)
+        db[_CLEAN] = fmt.TIME.pack(now)
         # a sweep inside a write compacts only small shards, so the write's pause stays short;
         # a full clean() (cron, the CLI) compacts whatever needs it
         if isinstance(db, DumbShard) and db.dead_share(None if limit is None else COMPACT_ON_WRITE_MAX) > 0.5:
@@ -315,7 +312,7 @@ class ShelveEngine:
         with self._db(shard) as db:
             for key in self._keys(db, shard):
                 try:
-                    out.append((key, stored_atime(self._record(db[key], shard, key))))
+                    out.append((key, fmt.last_access(self._record(db[key], shard, key))))
                 except CorruptRecord:
                     out.append((key, -math.inf))
         return out
@@ -337,7 +334,7 @@ class ShelveEngine:
         with self._db(shard) as db:
             for key in [*self._keys(db, shard), _CLEAN]:
                 value = db.get(key)
-                if value is None or value[:1] != _PICKLE or (key == _CLEAN and len(value) == ATIME.size):
+                if value is None or value[:1] != _PICKLE or (key == _CLEAN and len(value) == fmt.TIME.size):
                     continue  # raw already (a raw #clean is 8 bytes, whatever its first byte)
                 try:
                     raw = unwrap_legacy(value)
