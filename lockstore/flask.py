@@ -31,6 +31,7 @@ produced are not saved (the cookie left with the headers).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -259,10 +260,12 @@ def current_session() -> LockstoreSession:
     RuntimeError
         Outside a request (Flask's "Working outside of request context").
     """
-    session = flask.session
+    if not flask.has_request_context():
+        raise RuntimeError("Working outside of request context: current_session() needs a request")
+    session = flask.session  # the proxy: isinstance() and every attribute reach the request's session
     if not isinstance(session, LockstoreSession):
         raise LockstoreError(
-            f"flask.session is a {type(session).__name__}, not a lockstore session: "
+            f"flask.session is a {session.__class__.__name__}, not a lockstore session: "
             "call lockstore.flask.init_app(app) or set app.session_interface = LockstoreSessionInterface(store)"
         )
     return session
@@ -272,11 +275,18 @@ cli = AppGroup("lockstore", help="The application's lockstore session store.")
 """The ``flask lockstore`` commands; :func:`init_app` adds them, else ``app.cli.add_command(cli)``."""
 
 
+def _seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
 @cli.command("clean")
 @click.option(
     "--max-idle",
     type=click.FloatRange(min=0),
     default=None,
+    callback=_seconds,
     metavar="SECONDS",
     help="Also remove the sessions idle longer than this (default: only the expired ones).",
 )
