@@ -14,9 +14,15 @@ in a type-checked way.  ``SESSION_PERMANENT`` (default True, as in Flask-Session
 unless the application sets ``session.permanent = False``.
 
 The session's lock stripe is taken on first access and released when the
-request context is torn down: after the response is built for a plain
-response, after the last chunk for a ``stream_with_context`` one.  A lock not
-obtained in time answers 503 Service Unavailable with ``Retry-After: 1``.
+request's context is torn down, whether or not anybody closes the response (the
+test client's responses, ``session_transaction()``, a save that failed).  A
+``stream_with_context`` body reads the session as loaded; Flask >= 3.1.1 tears
+such a request down when the view returns and again after the last chunk (older
+Flask only after the last chunk), and the lock goes at the first teardown.  A
+session that ``session_transaction()`` hands to a test takes no lock (no request
+runs); its save is one atomic edit.  A lock not obtained in time answers 503
+Service Unavailable with ``Retry-After: 1`` and a body that names nothing of the
+server.
 
 Errors follow Flask's own sessions: the session is saved whenever Flask builds
 the response, the 500 page of an unhandled exception and an error handler's
@@ -159,7 +165,10 @@ class LockstoreSessionInterface(SessionInterface):
     Notes
     -----
     Thread-safe and fork-safe: one instance serves every thread and worker
-    process of the application.
+    process of the application.  Flask's settings are read on each request:
+    ``SESSION_PERMANENT`` (default True), ``SESSION_REFRESH_EACH_REQUEST`` and
+    ``SESSION_COOKIE_*``.  Without :func:`init_app`, ``app.cli.add_command(cli)``
+    adds ``flask lockstore clean``.
     """
 
     session_class = LockstoreSession
@@ -239,7 +248,8 @@ class LockstoreSessionInterface(SessionInterface):
 
         *modified* means this request changed the session (a refresh alone writes nothing to the store).
         """
-        return bool(session.modified or (session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]))
+        # the same result in the cheaper order: modified compares every value with the stored one
+        return bool((session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]) or session.modified)
 
 
 def _teardown(app: Flask, exc: BaseException | None = None, **extra: object) -> None:
@@ -297,7 +307,10 @@ def clean_command(max_idle: float | None) -> None:
         raise click.ClickException(
             "this application does not keep its sessions in lockstore: call lockstore.flask.init_app(app)"
         )
-    removed = interface.store.clean(max_idle=max_idle)
+    try:
+        removed = interface.store.clean(max_idle=max_idle)
+    except LockstoreError as exc:  # a busy shard, changed rules, an unreachable server: one line, exit 1
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"removed {removed} session(s)")
 
 
@@ -322,7 +335,14 @@ def init_app(app: Flask, path: str | os.PathLike[str] | None = None, **options: 
     ``_CONNECT_TIMEOUT``, ``_POOL_SIZE``) and the interface's (``LOCKSTORE_REQUEST_LOCK``,
     ``_LOCK_TIMEOUT``, ``_LOCK_DIR``, ``_STRIPES``).  An unknown ``LOCKSTORE_*`` key raises
     :class:`lockstore.LockstoreError` naming it and the closest valid one.  The store is also
-    available as ``app.extensions["lockstore"]``.
+    available as ``app.extensions["lockstore"]``, and ``flask lockstore clean [--max-idle SECONDS]``
+    sweeps it (Flask-Session's ``flask session_cleanup``).
+
+    Raises
+    ------
+    ValueError
+        A Redis or PostgreSQL store with the request lock on and no ``LOCKSTORE_LOCK_DIR`` (the store
+        is closed again).
     """
     config = app.config
     settings = {key[len("LOCKSTORE_") :]: value for key, value in config.items() if key.startswith("LOCKSTORE_")}

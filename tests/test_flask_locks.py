@@ -215,6 +215,23 @@ def test_a_failed_session_transaction_saves_nothing_and_holds_no_lock(tmp_path: 
     assert from_another_thread(app, "/incr", sid) == (200, "2")
 
 
+def test_preserved_contexts_hold_no_lock(tmp_path: Path) -> None:
+    """``with client:`` keeps the last request's context for the test to inspect; it keeps no lock."""
+    store = tmp_path / "store"
+    app = make_app(store)
+    with app.test_client() as client:
+        client.get("/incr")
+        assert flask.session["n"] == 1  # the preserved context still shows the session
+        sid = client.get_cookie(COOKIE).value
+        assert stripe_free(store, sid)
+        assert from_another_thread(app, "/incr", sid) == (200, "2")
+    with app.test_request_context("/", headers={"Cookie": f"{COOKIE}={sid}"}):  # a hand-made request
+        flask.session["n"] += 10
+        assert not stripe_free(store, sid)  # used by this request: locked until its context ends
+    assert stripe_free(store, sid)
+    assert from_another_thread(app, "/read", sid) == (200, "2")  # no response was made: nothing saved
+
+
 def test_stream_with_context_reads_the_session_and_frees_it_by_its_end(tmp_path: Path) -> None:
     """Flask >= 3.1.1 tears a stream_with_context request down twice: when the view returns (the body has not
     run yet) and after the last chunk.  The body reads the session as loaded; the lock is free, at the latest,

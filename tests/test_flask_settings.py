@@ -196,6 +196,10 @@ def test_flask_lockstore_clean_refuses_bad_input(tmp_path: Path) -> None:
         result = runner.invoke(args=["lockstore", "clean", "--max-idle", bad])
         assert result.exit_code == 2 and "--max-idle" in result.output, (bad, result.output)
     assert list(store) == ["a"]
+    store.close()  # a store that fails (here: closed) is one line and exit 1, no traceback
+    result = runner.invoke(args=["lockstore", "clean"])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and "closed" in result.output
+    assert "Traceback" not in result.output
     other = flask.Flask(__name__)  # Flask's own sessions: the command says so, and touches nothing
     other.cli.add_command(cli)
     result = other.test_cli_runner().invoke(args=["lockstore", "clean"])
