@@ -9,62 +9,142 @@ as stored at the end of the request), following Flask's conventions:
 cookie of a permanent session on each request that uses it (a cookie refresh,
 never a write), ``session.modified = True`` forces the cookie out, and the
 ``SESSION_COOKIE_*`` settings shape the cookie (SameSite defaults to Lax here).  ``session.regenerate()`` gives
-a new id at login; ``session.invalidate()`` forgets the session at logout.
+a new id at login; ``session.invalidate()`` forgets the session at logout; :func:`current_session` reaches them
+in a type-checked way.  ``SESSION_PERMANENT`` (default True, as in Flask-Session) makes sessions permanent
+unless the application sets ``session.permanent = False``.
 
 The session's lock stripe is taken on first access and released when the
-response is closed (or when the request is torn down after an error); a lock
-not obtained in time answers 503 Service Unavailable.
+request's context is torn down, whether or not anybody closes the response (the
+test client's responses, ``session_transaction()``, a save that failed).  A
+``stream_with_context`` body reads the session as loaded; Flask >= 3.1.1 tears
+such a request down when the view returns and again after the last chunk (older
+Flask only after the last chunk), and the lock goes at the first teardown.  A
+session that ``session_transaction()`` hands to a test takes no lock (no request
+runs); its save is one atomic edit.  A lock not obtained in time answers 503
+Service Unavailable with ``Retry-After: 1`` and a body that names nothing of the
+server.
+
+Errors follow Flask's own sessions: the session is saved whenever Flask builds
+the response, the 500 page of an unhandled exception and an error handler's
+response included, and nothing is saved when the exception propagates out of
+the application (``PROPAGATE_EXCEPTIONS``, testing and debug mode) or when an
+``after_request`` function fails.  Changes made while a streamed body is
+produced are not saved (the cookie left with the headers).
+
+``init_app`` adds a ``flask lockstore clean [--max-idle SECONDS]`` command.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from weakref import WeakSet
 
+import click
 import flask
+from flask.cli import AppGroup
 from flask.sessions import SessionInterface, SessionMixin
 from flask.signals import request_tearing_down
 from werkzeug.exceptions import ServiceUnavailable
 
 import lockstore
 
+from .errors import LockstoreError
 from .opener import options_from_settings
-from .stripes import DEFAULT_STRIPES
+from .stripes import DEFAULT_STRIPES, StripeLocks
 from .wsgi import Session, stripe_locks_for
 
 if TYPE_CHECKING:
     from flask import Flask
     from flask.wrappers import Request, Response
 
+logger = logging.getLogger(__name__)
+
+BUSY = "The session is busy with another request; retry shortly."
+"""The 503's description: nothing about the server (no lock path, no store)."""
+
+_SESSIONS = "lockstore.flask.sessions"
+"""The environ key listing the sessions opened for a request, released when its context is torn down."""
+
 
 class LockstoreSession(Session, SessionMixin):  # type: ignore[override]
     """``flask.session`` with lockstore: a :class:`lockstore.wsgi.Session` that is a Flask ``SessionMixin``.
 
+    Parameters
+    ----------
+    store, cookie_id, locks, lock_timeout
+        See :class:`lockstore.wsgi.Session`.
+    permanent
+        Whether a session is permanent when it does not say otherwise (``SESSION_PERMANENT``).
+
     Notes
     -----
-    One request's session, used by that request's thread only.
+    One request's session, used by that request's thread only.  :attr:`modified`
+    is Flask's: True once this request changed the session, also after the save.
     """
 
-    handed_over = False
+    def __init__(
+        self,
+        store: lockstore.BaseStore,
+        cookie_id: str | None,
+        *,
+        locks: StripeLocks | None = None,
+        lock_timeout: float | None = None,
+        permanent: bool = True,
+    ) -> None:
+        super().__init__(store, cookie_id, locks=locks, lock_timeout=lock_timeout)
+        self._default_permanent = permanent
+        self._pending_permanent: bool | None = None  # set on a session that holds no data yet
+        self._saved_changes = False
 
     def _load(self) -> dict[str, Any]:
         try:
             return super()._load()
         except lockstore.LockTimeout as exc:
-            raise ServiceUnavailable(description=str(exc)) from exc
+            # The details (the lock file's path) go to the log, never to the client (issue 10).
+            logger.warning("503: %s", exc)
+            raise ServiceUnavailable(description=BUSY, retry_after=1) from exc
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        pending, self._pending_permanent = self._pending_permanent, None
+        if pending is not None and key != "_permanent":
+            super().__setitem__("_permanent", pending)
 
     @property
     def permanent(self) -> bool:
-        """The ``_permanent`` key; False without loading when the request never used the session."""
-        if not self.loaded:
-            return False
-        return bool(self.get("_permanent", False))
+        """The ``_permanent`` key, or ``SESSION_PERMANENT`` when the session does not have it."""
+        if self._pending_permanent is not None:
+            return self._pending_permanent
+        return bool(self.get("_permanent", self._default_permanent))
 
     @permanent.setter
     def permanent(self, value: bool) -> None:
-        self["_permanent"] = bool(value)
+        value = bool(value)
+        if self.id is None:
+            # A flag alone makes no session (as in Flask-Session): kept until data is put.
+            self._pending_permanent = value
+        else:
+            self["_permanent"] = value
+
+    @property
+    def modified(self) -> bool:
+        """True when this request changed the session (written or still to be written), or set it to True."""
+        return self._saved_changes or bool(Session.modified.fget(self))  # type: ignore[attr-defined]
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        Session.modified.fset(self, value)  # type: ignore[attr-defined]
+
+    def save(self) -> str | None:
+        """Write this request's changes (see :meth:`lockstore.wsgi.Session.save`); :attr:`modified` stays True."""
+        changed = self.modified  # computed from a diff: read it before the save makes the diff empty
+        action = super().save()
+        self._saved_changes = changed
+        return action
 
 
 class LockstoreSessionInterface(SessionInterface):
@@ -75,8 +155,8 @@ class LockstoreSessionInterface(SessionInterface):
     store
         A store from :func:`lockstore.open`.
     request_lock
-        Hold the session's lock stripe from first access until the response is
-        closed (default).  ``False`` opts out: only the save is atomic.
+        Hold the session's lock stripe from first access until the request
+        context is torn down (default).  ``False`` opts out: only the save is atomic.
     lock_timeout
         Seconds to wait for the session lock (default: the store's ``timeout``).
     lock_dir, stripes
@@ -85,7 +165,10 @@ class LockstoreSessionInterface(SessionInterface):
     Notes
     -----
     Thread-safe and fork-safe: one instance serves every thread and worker
-    process of the application.
+    process of the application.  Flask's settings are read on each request:
+    ``SESSION_PERMANENT`` (default True), ``SESSION_REFRESH_EACH_REQUEST`` and
+    ``SESSION_COOKIE_*``.  Without :func:`init_app`, ``app.cli.add_command(cli)``
+    adds ``flask lockstore clean``.
     """
 
     session_class = LockstoreSession
@@ -109,23 +192,32 @@ class LockstoreSessionInterface(SessionInterface):
     def open_session(self, app: Flask, request: Request) -> LockstoreSession:
         """Return the request's session; nothing is read before it is used."""
         if app not in self._apps:
-            # Released here only when no response took the session over (an
-            # exception propagating out of the application).
             request_tearing_down.connect(_teardown, app, weak=False)
             self._apps.add(app)
-        return self.session_class(
+        opened = request.environ.setdefault(_SESSIONS, [])
+        session = self.session_class(
             self.store,
             request.cookies.get(self.get_cookie_name(app)),
-            locks=self.locks,
+            # The request's own session (the first one opened for it) holds the request-long lock.  Another
+            # one opened for the same request, as the test client's session_transaction() does, is used
+            # outside any request: it takes no lock its request could release, and its save is one
+            # atomic edit of the keys it changed.
+            locks=None if opened else self.locks,
             lock_timeout=self.lock_timeout,
+            permanent=bool(app.config.get("SESSION_PERMANENT", True)),
         )
+        opened.append(session)
+        return session
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        """Write the request's changes and set, refresh or delete the cookie; release on close."""
+        """Write the request's changes and set, refresh or delete the cookie (Flask's rules).
+
+        The lock is released when the request context is torn down, not here: Flask may call this
+        again (an ``after_request`` that fails), and a ``stream_with_context`` body still uses the
+        session after it.
+        """
         if not isinstance(session, LockstoreSession) or not session.loaded:
             return
-        session.handed_over = True
-        response.call_on_close(session.release)
         name = self.get_cookie_name(app)
         attrs: dict[str, Any] = {
             "domain": self.get_cookie_domain(app),
@@ -141,7 +233,7 @@ class LockstoreSessionInterface(SessionInterface):
         if action == "delete":
             response.delete_cookie(name, **attrs)
             return
-        sid = session._id
+        sid = session.id
         if sid is None or not session.stored:
             return
         if action == "set" or self.should_set_cookie(app, session):
@@ -152,14 +244,74 @@ class LockstoreSessionInterface(SessionInterface):
         return app.config["SESSION_COOKIE_SAMESITE"] or "Lax"
 
     def should_set_cookie(self, app: Flask, session: SessionMixin) -> bool:
-        """Flask's rule, where *modified* means this request changed the session."""
-        return bool(session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"])
+        """Flask's rule: ``session.modified or (session.permanent and SESSION_REFRESH_EACH_REQUEST)``.
+
+        *modified* means this request changed the session (a refresh alone writes nothing to the store).
+        """
+        # the same result in the cheaper order: modified compares every value with the stored one
+        return bool((session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]) or session.modified)
 
 
 def _teardown(app: Flask, exc: BaseException | None = None, **extra: object) -> None:
-    session = flask.globals.request_ctx._session if flask.globals.request_ctx else None
-    if isinstance(session, LockstoreSession) and not session.handed_over:
+    # Every session opened for this request: flask.session, and any other (session_transaction()).
+    # Torn down more than once (the test client's preserved contexts): release is idempotent.
+    for session in flask.request.environ.get(_SESSIONS, ()):
         session.release()
+
+
+def current_session() -> LockstoreSession:
+    """``flask.session``, typed as the :class:`LockstoreSession` it is, for :meth:`~LockstoreSession.regenerate`,
+    :meth:`~LockstoreSession.invalidate` and :attr:`~LockstoreSession.id` in type-checked code.
+
+    Raises
+    ------
+    LockstoreError
+        The application's session interface is not lockstore's.
+    RuntimeError
+        Outside a request (Flask's "Working outside of request context").
+    """
+    if not flask.has_request_context():
+        raise RuntimeError("Working outside of request context: current_session() needs a request")
+    session = flask.session  # the proxy: isinstance() and every attribute reach the request's session
+    if not isinstance(session, LockstoreSession):
+        raise LockstoreError(
+            f"flask.session is a {session.__class__.__name__}, not a lockstore session: "
+            "call lockstore.flask.init_app(app) or set app.session_interface = LockstoreSessionInterface(store)"
+        )
+    return session
+
+
+cli = AppGroup("lockstore", help="The application's lockstore session store.")
+"""The ``flask lockstore`` commands; :func:`init_app` adds them, else ``app.cli.add_command(cli)``."""
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
+@cli.command("clean")
+@click.option(
+    "--max-idle",
+    type=click.FloatRange(min=0),
+    default=None,
+    callback=_seconds,
+    metavar="SECONDS",
+    help="Also remove the sessions idle longer than this (default: only the expired ones).",
+)
+def clean_command(max_idle: float | None) -> None:
+    """Remove the expired sessions (Flask-Session's session_cleanup); run it from cron."""
+    interface = flask.current_app.session_interface
+    if not isinstance(interface, LockstoreSessionInterface):
+        raise click.ClickException(
+            "this application does not keep its sessions in lockstore: call lockstore.flask.init_app(app)"
+        )
+    try:
+        removed = interface.store.clean(max_idle=max_idle)
+    except LockstoreError as exc:  # a busy shard, changed rules, an unreachable server: one line, exit 1
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"removed {removed} session(s)")
 
 
 _INTERFACE_OPTIONS = {
@@ -183,7 +335,14 @@ def init_app(app: Flask, path: str | os.PathLike[str] | None = None, **options: 
     ``_CONNECT_TIMEOUT``, ``_POOL_SIZE``) and the interface's (``LOCKSTORE_REQUEST_LOCK``,
     ``_LOCK_TIMEOUT``, ``_LOCK_DIR``, ``_STRIPES``).  An unknown ``LOCKSTORE_*`` key raises
     :class:`lockstore.LockstoreError` naming it and the closest valid one.  The store is also
-    available as ``app.extensions["lockstore"]``.
+    available as ``app.extensions["lockstore"]``, and ``flask lockstore clean [--max-idle SECONDS]``
+    sweeps it (Flask-Session's ``flask session_cleanup``).
+
+    Raises
+    ------
+    ValueError
+        A Redis or PostgreSQL store with the request lock on and no ``LOCKSTORE_LOCK_DIR`` (the store
+        is closed again).
     """
     config = app.config
     settings = {key[len("LOCKSTORE_") :]: value for key, value in config.items() if key.startswith("LOCKSTORE_")}
@@ -196,9 +355,14 @@ def init_app(app: Flask, path: str | os.PathLike[str] | None = None, **options: 
     # keeps sessions for PERMANENT_SESSION_LIFETIME unless told otherwise (as Django's follows SESSION_COOKIE_AGE)
     store_options.setdefault("max_age", app.permanent_session_lifetime.total_seconds())
     store = lockstore.open(path, **store_options)
-    app.session_interface = LockstoreSessionInterface(store, **interface_options)
+    try:
+        app.session_interface = LockstoreSessionInterface(store, **interface_options)
+    except BaseException:
+        store.close()  # a remote store without lock_dir: no connection pool left behind
+        raise
     app.extensions["lockstore"] = store
+    app.cli.add_command(cli)
     return store
 
 
-__all__ = ["LockstoreSession", "LockstoreSessionInterface", "init_app"]
+__all__ = ["BUSY", "LockstoreSession", "LockstoreSessionInterface", "cli", "current_session", "init_app"]
