@@ -61,16 +61,17 @@ class _Edit:
             if rec is None:
                 if not self._create:
                     raise KeyError(self._sid)
-                value: Any = {}
+                value: dict[str, Any] = {}
                 self._old = None
                 self._created = now
             else:
                 body = codec.payload(key, rec)
-                value = codec.loads(body, key)
-                if not isinstance(value, dict):
+                decoded = codec.loads(body, key)
+                if not isinstance(decoded, dict):
                     raise TypeError(
-                        f"edit() needs a dict session; {describe_id(self._sid)} holds a {type(value).__name__}"
+                        f"edit() needs a dict session; {describe_id(self._sid)} holds a {type(decoded).__name__}"
                     )
+                value = decoded
                 self._old = body.tobytes()
                 self._created = created
             self._value = value

@@ -195,7 +195,8 @@ class LmdbEngine:
                 pass
             except lmdb.Error as exc:
                 raise StorageError(f"LMDB store at {self.label}: {exc}") from exc
-        return self._run(False, lambda txn, h: txn.get(k))
+        found: bytes | None = self._run(False, lambda txn, h: txn.get(k))
+        return found
 
     def update(self, shard: int, key: bytes, fn: Updater, sweep: tuple[float, float, int] | None) -> int:
         handle = self._handle

@@ -116,16 +116,17 @@ class _Edit:
             if rec is None:
                 if not self._create:
                     raise KeyError(sid)
-                value: Any = {}
+                value: dict[str, Any] = {}
                 self._old: bytes | None = None
                 self._created = now
                 self._atime = -math.inf
             else:
                 atime, created = fmt.times(rec)
                 body = codec.payload(key, rec)
-                value = codec.loads(body, key)
-                if not isinstance(value, dict):
-                    raise TypeError(f"edit() needs a dict session; {describe_id(sid)} holds a {type(value).__name__}")
+                decoded = codec.loads(body, key)
+                if not isinstance(decoded, dict):
+                    raise TypeError(f"edit() needs a dict session; {describe_id(sid)} holds a {type(decoded).__name__}")
+                value = decoded
                 self._old = bytes(body)
                 self._created = created
                 self._atime = atime

@@ -157,16 +157,17 @@ class _Edit:
             if rec is None:
                 if not self._create:
                     raise KeyError(sid)
-                value: Any = {}
+                value: dict[str, Any] = {}
                 self._old: bytes | None = None
                 self._created = now
                 self._atime = -math.inf
             else:
                 atime, created = fmt.times(rec)
                 body = codec.payload(key, rec)
-                value = codec.loads(body, key)
-                if not isinstance(value, dict):
-                    raise TypeError(f"edit() needs a dict session; {describe_id(sid)} holds a {type(value).__name__}")
+                decoded = codec.loads(body, key)
+                if not isinstance(decoded, dict):
+                    raise TypeError(f"edit() needs a dict session; {describe_id(sid)} holds a {type(decoded).__name__}")
+                value = decoded
                 self._old = bytes(body)
                 self._created = created
                 self._atime = atime
@@ -437,7 +438,7 @@ class RedisStore(RemoteStore):
                 f"session {describe_id(sid)} was held longer than lock_ttl={self.lock_ttl} s and its "
                 "lock expired: nothing was written"
             )
-        return done != 3
+        return bool(done != 3)
 
     def _get(self, sid: str) -> bytes | None:
         value: bytes | None = self._do(self._client.get, self._data_key(validate_id(sid)))
