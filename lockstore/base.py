@@ -173,6 +173,14 @@ class BaseStore(MutableMapping[str, Any], ABC):
                 continue
             yield sid, Record(value, created, atime)
 
+    def _max_idle(self, max_idle: float | None) -> float:
+        """The idle time ``clean(max_idle=...)`` removes sessions after: at most ``max_age``."""
+        if max_idle is None:
+            return self.max_age
+        if isinstance(max_idle, bool) or not isinstance(max_idle, int | float) or not max_idle >= 0:
+            raise ValueError(f"max_idle must be a number of seconds >= 0, not {max_idle!r}")
+        return min(float(max_idle), self.max_age)
+
     def _take(self, sid: str) -> tuple[bytes | None, float]:
         """Remove the record of *sid* in one atomic step, under the session's lock; (the record it held,
         live or not, or None; the time of removal). :meth:`pop` and ``del`` are built on it."""

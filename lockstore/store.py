@@ -373,7 +373,7 @@ class Store(BaseStore):
         differs = self._rules_changed() if self._files is not None else None
         if differs:
             raise StoreMismatch(f"store at {self.path}: {differs}; reopen it to clean by the recorded rules")
-        idle = self.max_age if max_idle is None else min(float(max_idle), self.max_age)
+        idle = self._max_idle(max_idle)
         removed = 0
         for shard in range(self.shards):
             with self._locks.held(shard, self.timeout):

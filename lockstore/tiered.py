@@ -379,7 +379,7 @@ class TieredStore(BaseStore):
     def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
         """Drop expired (or idle over *max_idle*) sessions from memory and sweep the persistent store;
         returns how many."""
-        idle = self.max_age if max_idle is None else min(float(max_idle), self.max_age)
+        idle = self._max_idle(max_idle)
         with self._lock:
             now = self._enter()
             doomed = [s for s, e in self._entries.items() if now - e.last_access > idle]

@@ -124,3 +124,12 @@ def test_an_unknown_url_scheme_is_an_error_and_creates_nothing(tmp_path: Path, m
     with pytest.raises(ValueError, match="unknown store URL scheme 'x'"):
         lockstore.open("x://y")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1, "10", True])
+def test_clean_refuses_a_max_idle_that_is_not_a_time(make_store: Any, any_backend: str, bad: Any) -> None:
+    store = make_store(any_backend)
+    store["keep"] = 1
+    with pytest.raises(ValueError, match="max_idle"):
+        store.clean(max_idle=bad)
+    assert store["keep"] == 1

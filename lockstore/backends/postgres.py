@@ -618,7 +618,7 @@ class PostgresStore(RemoteStore):
     def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
         """Remove every expired session, or every one idle over *max_idle* seconds (in batches,
         skipping rows an edit holds)."""
-        idle = self.max_age if max_idle is None else min(float(max_idle), self.max_age)
+        idle = self._max_idle(max_idle)
         removed = batches = 0
         while True:
             now = self.clock()

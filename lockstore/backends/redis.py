@@ -550,7 +550,7 @@ class RedisStore(RemoteStore):
     def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
         """Remove the sessions expired by the store's clock that the server has not dropped yet, or with
         *max_idle*, every session idle longer than that many seconds (each deleted only if unchanged)."""
-        idle = self.max_age if max_idle is None else min(float(max_idle), self.max_age)
+        idle = self._max_idle(max_idle)
         removed = batches = 0
         for keys in self._scan():
             now = self.clock()
