@@ -4,61 +4,208 @@ Settings::
 
     SESSION_ENGINE = "lockstore.django"
     LOCKSTORE = {"PATH": BASE_DIR / "sessions"}      # and any lockstore.open option, upper case:
-                                                     # BACKEND, SHARDS, CODEC, MAX_AGE, TIMEOUT, SECRET...
+                                                     # BACKEND, SHARDS, CODEC, MAX_AGE, TIMEOUT, SECRET,
+                                                     # PREFIX, TABLE, LOCK_TTL, CONNECT_TIMEOUT, POOL_SIZE...
     MIDDLEWARE = [
-        "lockstore.django.SessionLockMiddleware",    # optional: the request-long session lock
+        "lockstore.django.SessionLockMiddleware",    # optional: the request-long session lock, and the 503
         "django.contrib.sessions.middleware.SessionMiddleware",
         ...
     ]
 
-:class:`SessionStore` follows Django's ``SessionBase`` contract (``exists``,
-``create``, ``save(must_create=...)``, ``delete``, ``load``, ``cycle_key``,
-``clear_expired`` for ``manage.py clearsessions``).  Unlike Django's own
-engines, ``save()`` writes only the keys this request changed, onto the record
-as stored now (through :meth:`lockstore.Store.edit`), so concurrent requests of
-one user changing different keys keep each other's changes, and a session
-logged out elsewhere is never resurrected (``UpdateError``).  With
-:class:`SessionLockMiddleware` the session is also locked from its first access
-until the response is closed, so even a counter incremented by two concurrent
-requests ends exact; a lock not obtained in time answers 503.
+An unknown ``LOCKSTORE`` key, or a ``SESSION_SERIALIZER`` lockstore cannot follow, raises
+:class:`lockstore.LockstoreError` when the middleware is loaded (at start-up) or at the first session
+access, naming the setting.
 
-Django's expiry (``SESSION_COOKIE_AGE``, ``set_expiry``) is stored with the data
-and enforced on load and by ``clear_expired``; the store's own idle expiry
-(``MAX_AGE``, by default ``SESSION_COOKIE_AGE``) removes sessions nobody uses.
+:class:`SessionStore` follows Django's ``SessionBase`` contract (``exists``, ``create``,
+``save(must_create=...)``, ``delete``, ``load``, ``cycle_key``, ``clear_expired`` for ``manage.py
+clearsessions``) and its ``a``-prefixed async twins.  Unlike Django's own engines, ``save()`` writes
+only the keys this request changed, onto the record as stored now (through
+:meth:`lockstore.Store.edit`), so concurrent requests of one user changing different keys keep each
+other's changes, and a session logged out elsewhere is never resurrected (``UpdateError``).  With
+:class:`SessionLockMiddleware` the session is also locked from its first access until the response is
+closed, so even a counter incremented by two concurrent requests ends exact; a lock not obtained in
+time answers 503 with ``Retry-After: 1`` and a generic body.
+
+Codec: a new store follows ``SESSION_SERIALIZER``: Django's default ``JSONSerializer`` gives codec
+``"json"`` (so a session holds what Django's own JSON sessions hold: a ``datetime`` fails on save with
+a ``TypeError``), a pickle serializer gives ``"pickle"``.  An existing store keeps the codec it
+records; ``LOCKSTORE["CODEC"]`` overrides both (another codec than the recorded one raises
+:class:`lockstore.StoreMismatch`).
+
+Errors: the rule of Django's ``SessionMiddleware``, unchanged: a response of status 500 or more (a view
+that raised included) saves nothing; any other response (404, 403 included) saves the session.
+
+Async: in an async view use ``await request.session.aget(...)``, ``aset``, ``asave`` and the rest.  On
+an embedded store they run on the event loop (the store's operations take microseconds); on a
+Redis or PostgreSQL store each runs in a thread.  The request-long lock is waited for with
+non-blocking attempts and ``asyncio.sleep`` back-off, never by blocking the loop.
+
+Django's expiry (``SESSION_COOKIE_AGE``, ``set_expiry``) is stored with the data and enforced on load
+and by ``clear_expired``; the store's own idle expiry (``MAX_AGE``, by default ``SESSION_COOKIE_AGE``)
+removes sessions nobody uses.
 
 Django is imported only when this module is, never by ``import lockstore``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import logging
+import os
 import pickle
+import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
+from django.core import signing
 from django.http import HttpResponse
+from django.utils.module_loading import import_string
 
 import lockstore
 
-from .opener import options_from_settings
+from .opener import options_from_settings, read_meta
 from .wsgi import BUSY_BODY, stripe_locks_for
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
 
     from django.http import HttpRequest
 
     from .stripes import StripeHold, StripeLocks
 
+logger = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 _OWN = {"PATH": "path", "REQUEST_LOCK": "request_lock", "LOCK_DIR": "lock_dir", "LOCK_TIMEOUT": "lock_timeout"}
-_opened: dict[str, tuple[lockstore.BaseStore, StripeLocks | None]] = {}
+# back-off of an async wait for a session lock: as the stripes' own wait (0.2 ms doubling to 5 ms, jittered)
+_FIRST_WAIT = 0.0002
+_MAX_WAIT = 0.005
+
+
+class _Gates:
+    """Which request of this process holds each stripe: at most one, whatever thread or task runs it.
+
+    :class:`~lockstore.stripes.StripeLocks` lets the thread holding a stripe take it again (re-entry),
+    which is right for threads and wrong for asyncio: every task of an event loop runs on the loop's
+    thread, so a second task would walk into the stripe the first one holds.  A request takes the gate
+    before the stripe and gives it back after, so two requests never meet inside the stripe's re-entry.
+    The holder's event loop is kept (None for a thread): a blocking wait on that loop's own thread
+    could never end, since the holder needs the loop to finish.
+
+    Notes
+    -----
+    Thread-safe.  Fork-safe: a child starts with no gate taken (its inherited holds are inert).
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._holders: dict[int, asyncio.AbstractEventLoop | None] = {}
+
+    def take(self, index: int, loop: asyncio.AbstractEventLoop | None, timeout: float) -> bool:
+        """Take gate *index* for a request running on *loop*, waiting up to *timeout* s (0: try once)."""
+        if self._pid != os.getpid():
+            self._reset()
+        with self._cond:
+            if index in self._holders and (
+                timeout <= 0 or not self._cond.wait_for(lambda: index not in self._holders, timeout)
+            ):
+                return False
+            self._holders[index] = loop
+            return True
+
+    def held_on(self, index: int, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether a request running on *loop* holds gate *index*."""
+        with self._cond:
+            return index in self._holders and self._holders[index] is loop
+
+    def give(self, index: int) -> None:
+        """Give gate *index* back."""
+        if self._pid != os.getpid():
+            return
+        with self._cond:
+            self._holders.pop(index, None)
+            self._cond.notify_all()
+
+
+class _Held:
+    """A request's hold of one stripe: the stripe, then its gate, released once."""
+
+    __slots__ = ("_gates", "_hold", "_index", "_released")
+
+    def __init__(self, hold: StripeHold, gates: _Gates, index: int) -> None:
+        self._hold = hold
+        self._gates = gates
+        self._index = index
+        self._released = False
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        try:
+            self._hold.release()
+        finally:
+            self._gates.give(self._index)  # after the stripe: the next request never re-enters it
+
+
+class _Request:
+    """What one request holds (set by :class:`SessionLockMiddleware`), and whether a lock timed out."""
+
+    __slots__ = ("busy", "holds")
+
+    def __init__(self) -> None:
+        self.holds: dict[int, _Held] = {}
+        self.busy = False
+
+    def release(self) -> None:
+        for held in list(self.holds.values()):
+            held.release()
+        self.holds.clear()
+
+
+class _Site(NamedTuple):
+    """The store the settings describe, and its request-long locks (None with ``REQUEST_LOCK`` off)."""
+
+    store: lockstore.BaseStore
+    locks: StripeLocks | None
+    gates: _Gates
+
+
+_opened: dict[str, _Site] = {}
 _opening = threading.Lock()
-_scope: contextvars.ContextVar[dict[int, StripeHold] | None] = contextvars.ContextVar(
-    "lockstore_django_scope", default=None
-)
+_scope: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("lockstore_django_scope", default=None)
+
+
+class _Watch:
+    """Marks the current request busy when a :class:`lockstore.LockTimeout` leaves the block, so that
+    :class:`SessionLockMiddleware` answers 503 even when Django turned the error into a 500 below it
+    (``SessionMiddleware.process_response``, another middleware)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None and issubclass(exc_type, lockstore.LockTimeout):
+            request = _scope.get()
+            if request is not None:
+                request.busy = True
+
+
+_watch = _Watch()
 
 
 def _config() -> dict[str, Any]:
@@ -69,27 +216,143 @@ def _config() -> dict[str, Any]:
     return config
 
 
+def _same_as(serializer: object, model: type) -> bool:
+    return serializer is model or (
+        isinstance(serializer, type)
+        and issubclass(serializer, model)
+        and getattr(serializer, "dumps", None) is getattr(model, "dumps", None)
+        and getattr(serializer, "loads", None) is getattr(model, "loads", None)
+    )
+
+
+def _pickles(serializer: Any) -> bool:
+    """Whether *serializer* writes pickles (Django 4.2's ``PickleSerializer`` or a copy of it)."""
+    probe = {"lockstore": [1, "probe"]}
+    try:
+        data = serializer().dumps(probe)
+        return isinstance(data, bytes) and data[:1] == b"\x80" and pickle.loads(data) == probe
+    except Exception:  # not a serializer we can run: not a pickle one
+        return False
+
+
+def serializer_codec() -> str:
+    """The codec ``SESSION_SERIALIZER`` asks for: ``"json"`` or ``"pickle"``.
+
+    Raises
+    ------
+    lockstore.LockstoreError
+        The serializer cannot be imported, or is neither Django's ``JSONSerializer`` nor a pickle one.
+    """
+    name = settings.SESSION_SERIALIZER
+    where = f"SESSION_SERIALIZER = {name!r}"
+    try:
+        serializer = import_string(name)
+    except ImportError as exc:
+        msg = f"{where} cannot be imported: {exc}"
+        raise lockstore.LockstoreError(msg) from None
+    if _same_as(serializer, signing.JSONSerializer):
+        return "json"
+    # Django 4.2 has PickleSerializer, Django 5 removed it; any serializer writing pickles counts too
+    legacy = getattr(import_module("django.contrib.sessions.serializers"), "PickleSerializer", None)
+    if (legacy is not None and _same_as(serializer, legacy)) or _pickles(serializer):
+        return "pickle"
+    msg = (
+        f"{where} is not supported by lockstore.django: a store keeps sessions as JSON "
+        "(django.core.signing.JSONSerializer, Django's default) or as pickles (a pickle serializer); "
+        'choose one of those, or set LOCKSTORE["CODEC"] ("json", "msgpack" or "pickle")'
+    )
+    raise lockstore.LockstoreError(msg)
+
+
+def _options(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The :func:`lockstore.open` options and this module's own ones that *config* gives.
+
+    The codec: ``LOCKSTORE["CODEC"]`` if set; else the one an existing store records; else the one
+    ``SESSION_SERIALIZER`` asks for.
+    """
+    options, own = options_from_settings(config, _OWN, 'LOCKSTORE["{}"]')
+    options.setdefault("max_age", settings.SESSION_COOKIE_AGE)
+    if "codec" in options:
+        return options, own
+    wanted = serializer_codec()
+    path = config["PATH"]
+    if isinstance(path, str) and "://" in path:
+        # A Redis or PostgreSQL store: without codec= a new one is json and an existing one keeps its
+        # codec; unsigned pickle opens only when the application asks for it, which a pickle serializer does.
+        if wanted == "pickle":
+            options["codec"] = "pickle"
+        return options, own
+    meta = None if options.get("backend") == "memory" else read_meta(os.fspath(path))
+    if meta is None:
+        options["codec"] = wanted
+    elif meta["codec"] != wanted:
+        log = logger.warning if settings.is_overridden("SESSION_SERIALIZER") else logger.info
+        log(
+            "session store %s keeps its recorded codec %r although SESSION_SERIALIZER asks for %r "
+            "(set LOCKSTORE['CODEC'] to silence this, or move the sessions with 'lockstore copy')",
+            path,
+            meta["codec"],
+            wanted,
+        )
+    return options, own
+
+
+def check_settings() -> None:
+    """Check ``LOCKSTORE`` and ``SESSION_SERIALIZER`` without opening the store.
+
+    Raises
+    ------
+    lockstore.LockstoreError
+        A key is missing or unknown, or the serializer cannot be followed.
+    """
+    _options(_config())
+
+
 def get_store() -> lockstore.BaseStore:
     """The store the ``LOCKSTORE`` setting describes, opened once per process."""
-    return _open()[0]
+    return _open().store
 
 
-def _open() -> tuple[lockstore.BaseStore, StripeLocks | None]:
+def _open() -> _Site:
     config = _config()
     key = repr(sorted(config.items()))
     with _opening:
-        opened = _opened.get(key)
-        if opened is None:
-            options, _ = options_from_settings(config, _OWN, 'LOCKSTORE["{}"]')
-            options.setdefault("max_age", settings.SESSION_COOKIE_AGE)
+        site = _opened.get(key)
+        if site is None:
+            options, own = _options(config)
             store = lockstore.open(config["PATH"], **options)
-            locks = (
-                stripe_locks_for(store, lock_dir=config.get("LOCK_DIR"), timeout=config.get("LOCK_TIMEOUT"))
-                if config.get("REQUEST_LOCK", True)
-                else None
-            )
-            opened = _opened[key] = (store, locks)
-    return opened
+            try:
+                locks = (
+                    stripe_locks_for(store, lock_dir=own.get("lock_dir"), timeout=own.get("lock_timeout"))
+                    if own.get("request_lock", True)
+                    else None
+                )
+            except BaseException:
+                store.close()
+                raise
+            site = _opened[key] = _Site(store, locks, _Gates())
+    return site
+
+
+async def _call(store: lockstore.BaseStore, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """Run a store operation for async code: inline on an embedded store (microseconds, and a shard
+    lock held for microseconds by others), in a thread on a remote one (network round trips)."""
+    if isinstance(store, lockstore.Store):
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _lock_timeout(locks: StripeLocks, index: int, wait: float, why: str = "") -> lockstore.LockTimeout:
+    where = locks.path(index) or f"in-process stripe {index}"
+    why = why or "another request of this session (or one sharing its stripe) is still running"
+    return lockstore.LockTimeout(f"session lock not obtained within {wait:g} s ({where}): {why}")
 
 
 def _dump(value: object) -> bytes | None:
@@ -99,7 +362,7 @@ def _dump(value: object) -> bytes | None:
         return None
 
 
-class SessionStore(SessionBase):
+class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: no type information (Any)
     """Django's session interface over the ``LOCKSTORE`` store.
 
     Records are ``{"data": <the session dict>, "expires": <unix time>}``.
@@ -107,19 +370,29 @@ class SessionStore(SessionBase):
     Notes
     -----
     One instance serves one request, as with every Django engine; the store
-    under it is shared by the threads and processes of the site.
+    under it is shared by the threads and processes of the site.  The async
+    methods (``aload``, ``asave``, ...) never block the event loop on the
+    request-long lock.
     """
 
     _session_key: str | None  # a validating property of SessionBase
 
     def __init__(self, session_key: str | None = None) -> None:
         self._snapshot: dict[str, bytes | None] | None = None
+        self._site_cache: _Site | None = None
         super().__init__(session_key)
+
+    @property
+    def _site(self) -> _Site:
+        site = self._site_cache
+        if site is None:
+            site = self._site_cache = _open()
+        return site
 
     @property
     def store(self) -> lockstore.BaseStore:
         """The store sessions live in."""
-        return get_store()
+        return self._site.store
 
     def _validate_session_key(self, key: str | None) -> bool:
         # A forged, over-long or path-like cookie becomes "no session" before any lookup.
@@ -131,32 +404,109 @@ class SessionStore(SessionBase):
             if not self.exists(key):
                 return key
 
-    def _lock(self, key: str) -> None:
-        holds = _scope.get()
-        locks = _open()[1]
-        if holds is None or locks is None:
-            return
+    async def _aget_new_session_key(self) -> str:
+        while True:
+            key = lockstore.new_id()
+            if not await self.aexists(key):
+                return key
+
+    # -- the request-long lock ------------------------------------------------------------------------
+
+    def _stripe(self, key: str) -> tuple[_Request, StripeLocks, int] | None:
+        """(request, locks, stripe) when *key* must be locked now; None outside the middleware, with
+        ``REQUEST_LOCK`` off, or when this request holds the stripe already."""
+        request = _scope.get()
+        if request is None:
+            return None
+        locks = self._site.locks
+        if locks is None:
+            return None
         index = locks.index(key)
-        if index not in holds:
-            hold = locks.acquire(key)
-            assert hold is not None  # a blocking acquire returns a hold or raises
-            holds[index] = hold
+        return None if index in request.holds else (request, locks, index)
+
+    def _lock(self, key: str) -> None:
+        todo = self._stripe(key)
+        if todo is None:
+            return
+        request, locks, index = todo
+        gates = self._site.gates
+        wait = locks.timeout
+        deadline = time.monotonic() + wait
+        loop = _running_loop()
+        if loop is not None and gates.held_on(index, loop):
+            # sync session access in async code: blocking here would stop the holder, which needs this loop
+            why = "another request on this event loop holds it (use the session's async methods in async code)"
+            raise _lock_timeout(locks, index, 0, why)
+        if not gates.take(index, loop, wait):
+            raise _lock_timeout(locks, index, wait)
+        try:
+            hold = locks.acquire(key, timeout=max(0.0, deadline - time.monotonic()))
+        except BaseException:
+            gates.give(index)
+            raise
+        if hold is None:  # pragma: no cover - a blocking acquire returns a hold or raises
+            gates.give(index)
+            raise _lock_timeout(locks, index, wait)
+        request.holds[index] = _Held(hold, gates, index)
+
+    async def _alock(self, key: str) -> None:
+        todo = self._stripe(key)
+        if todo is None:
+            return
+        request, locks, index = todo
+        gates = self._site.gates
+        loop = asyncio.get_running_loop()
+        wait = locks.timeout
+        deadline = time.monotonic() + wait
+        delay = _FIRST_WAIT
+        while True:
+            if gates.take(index, loop, 0):
+                try:
+                    hold = locks.acquire(key, blocking=False)
+                except BaseException:
+                    gates.give(index)
+                    raise
+                if hold is not None:
+                    request.holds[index] = _Held(hold, gates, index)
+                    return
+                gates.give(index)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _lock_timeout(locks, index, wait)
+            await asyncio.sleep(min(left, delay * (0.5 + random.random())))
+            delay = min(delay * 2, _MAX_WAIT)
+
+    # -- reading ---------------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
         """Read the session; an absent, expired or unreadable one reads as empty with no key."""
         key = self.session_key
         if key is None:
             return {}
-        self._lock(key)
+        with _watch:
+            self._lock(key)
+            return self._read(key)
+
+    async def aload(self) -> dict[str, Any]:
+        """:meth:`load` for async code."""
+        key = self.session_key
+        if key is None:
+            return {}
+        with _watch:
+            await self._alock(key)
+            return await _call(self.store, self._read, key)
+
+    def _read(self, key: str) -> dict[str, Any]:
+        store = self.store
         try:
-            record = self.store.get(key)
+            record = store.get(key)
         except lockstore.CorruptRecord:
             record = None
         if not isinstance(record, dict) or not isinstance(record.get("data"), dict):
             self._session_key = None
             return {}
         if record.get("expires", 0) <= time.time():
-            self.store.pop(key, None)
+            store.pop(key, None)
             self._session_key = None
             return {}
         data: dict[str, Any] = record["data"]
@@ -165,7 +515,14 @@ class SessionStore(SessionBase):
 
     def exists(self, session_key: str | None) -> bool:
         """True if a live session has this key."""
-        return lockstore.is_valid_id(session_key) and session_key in self.store
+        with _watch:
+            return lockstore.is_valid_id(session_key) and session_key in self.store
+
+    async def aexists(self, session_key: str | None) -> bool:
+        """:meth:`exists` for async code."""
+        return await _call(self.store, self.exists, session_key)
+
+    # -- writing ---------------------------------------------------------------------------------------
 
     def create(self) -> None:
         """Save an empty session under a new unique key."""
@@ -173,6 +530,17 @@ class SessionStore(SessionBase):
             self._session_key = self._get_new_session_key()
             try:
                 self.save(must_create=True)
+            except CreateError:
+                continue
+            self.modified = True
+            return
+
+    async def acreate(self) -> None:
+        """:meth:`create` for async code."""
+        while True:
+            self._session_key = await self._aget_new_session_key()
+            try:
+                await self.asave(must_create=True)
             except CreateError:
                 continue
             self.modified = True
@@ -188,15 +556,32 @@ class SessionStore(SessionBase):
         UpdateError
             Not *must_create* and the session no longer exists (deleted or
             expired meanwhile): it is not resurrected.
+        lockstore.EncodeError
+            A value the store's codec cannot encode (with ``"json"``, as with
+            Django's ``JSONSerializer``: a ``datetime``, a ``set``...); it is
+            a ``TypeError``, as Django's own engines raise.  Nothing is written.
         """
         if self.session_key is None:
             self.create()
             return
-        key = self.session_key
         data = self._get_session(no_load=must_create)
+        with _watch:
+            self._write(self.session_key, data, must_create=must_create)
+
+    async def asave(self, must_create: bool = False) -> None:
+        """:meth:`save` for async code."""
+        if self.session_key is None:
+            await self.acreate()
+            return
+        data = await self._aget_session(no_load=must_create)
+        with _watch:
+            await _call(self.store, self._write, self.session_key, data, must_create=must_create)
+
+    def _write(self, key: str, data: dict[str, Any], *, must_create: bool) -> None:
         expires = time.time() + self.get_expiry_age(expiry=data.get("_session_expiry"))
+        store = self.store
         if must_create:
-            with self.store.edit(key, create=True) as record:
+            with store.edit(key, create=True) as record:
                 if record:
                     raise CreateError
                 record["data"] = dict(data)
@@ -204,7 +589,7 @@ class SessionStore(SessionBase):
         else:
             snapshot = self._snapshot
             try:
-                with self.store.edit(key, create=False) as record:
+                with store.edit(key, create=False) as record:
                     stored = record.get("data")
                     if snapshot is None or not isinstance(stored, dict):
                         stored = dict(data)  # never loaded (e.g. after clear()): the whole session
@@ -228,7 +613,12 @@ class SessionStore(SessionBase):
                 return
             session_key = self.session_key
         if lockstore.is_valid_id(session_key):
-            self.store.pop(session_key, None)
+            with _watch:
+                self.store.pop(session_key, None)
+
+    async def adelete(self, session_key: str | None = None) -> None:
+        """:meth:`delete` for async code."""
+        await _call(self.store, self.delete, session_key)
 
     @classmethod
     def clear_expired(cls) -> None:
@@ -241,6 +631,17 @@ class SessionStore(SessionBase):
                 store.pop(sid, None)
         store.clean()
 
+    @classmethod
+    async def aclear_expired(cls) -> None:
+        """:meth:`clear_expired` for async code, in a thread: it reads the whole store."""
+        await asyncio.to_thread(cls.clear_expired)
+
+
+def _busy_response() -> HttpResponse:
+    response = HttpResponse(BUSY_BODY, status=503, content_type="text/plain; charset=utf-8")
+    response["Retry-After"] = "1"
+    return response
+
 
 class SessionLockMiddleware:
     """Hold each session's lock stripe from its first access until the response is closed.
@@ -248,38 +649,69 @@ class SessionLockMiddleware:
     Put it before ``django.contrib.sessions.middleware.SessionMiddleware`` in
     ``MIDDLEWARE``.  Without it (or with ``LOCKSTORE["REQUEST_LOCK"] = False``)
     only the save is atomic.  A session lock not obtained within the store's
-    timeout (or ``LOCKSTORE["LOCK_TIMEOUT"]``) answers 503.
+    timeout (or ``LOCKSTORE["LOCK_TIMEOUT"]``) answers 503 with
+    ``Retry-After: 1`` and a generic body, wherever below this middleware the
+    wait ran out (the view, ``SessionMiddleware``, another middleware).
+
+    Works in both of Django's modes: under ASGI it runs as async middleware
+    and its lock waits never block the event loop.
+
+    Raises
+    ------
+    lockstore.LockstoreError
+        At start-up (when Django loads the middleware): the ``LOCKSTORE`` or
+        ``SESSION_SERIALIZER`` setting is wrong.
     """
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        check_settings()
         self.get_response = get_response
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        holds: dict[int, StripeHold] = {}
-        token = _scope.set(holds)
-
-        def release() -> None:
-            for hold in list(holds.values()):
-                hold.release()
-            holds.clear()
-
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        if self._async:
+            return self.__acall__(request)
+        scope = _Request()
+        token = _scope.set(scope)
         try:
             response = self.get_response(request)
         except BaseException:
-            release()
+            scope.release()
             raise
         finally:
             _scope.reset(token)
-        response._resource_closers.append(release)
+        return self._finish(scope, response)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        scope = _Request()
+        token = _scope.set(scope)
+        try:
+            response = await self.get_response(request)
+        except BaseException:
+            scope.release()
+            raise
+        finally:
+            _scope.reset(token)
+        return self._finish(scope, response)
+
+    @staticmethod
+    def _finish(scope: _Request, response: HttpResponse) -> HttpResponse:
+        if scope.busy and response.status_code == 500:
+            # a lock wait ran out below us and Django made a 500 of it (a debug page may show a path)
+            response = _busy_response()
+        response._resource_closers.append(scope.release)
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        """Answer 503 when a view could not get its session's lock in time."""
+        """Answer 503 when a view could not get its session's lock (or a shard lock) in time."""
         if isinstance(exception, lockstore.LockTimeout):
-            response = HttpResponse(BUSY_BODY, status=503, content_type="text/plain; charset=utf-8")
-            response["Retry-After"] = "1"
-            return response
+            return _busy_response()
         return None
 
 
-__all__ = ["SessionLockMiddleware", "SessionStore", "get_store"]
+__all__ = ["SessionLockMiddleware", "SessionStore", "check_settings", "get_store", "serializer_codec"]

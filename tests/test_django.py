@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import require
 
-django = pytest.importorskip("django")
+django = require("django")
 
 from django.conf import settings  # noqa: E402
 
@@ -56,6 +57,17 @@ def read(request: HttpRequest) -> HttpResponse:
 urlpatterns = [path("incr", incr), path("read", read)]
 
 
+def forget_sites(fragment: str) -> None:
+    """Close and forget the stores lockstore.django opened for settings mentioning *fragment*."""
+    for key, site in list(lockstore.django._opened.items()):
+        if fragment in key:
+            store, locks = site[0], site[1]  # the store and its request-long locks
+            store.close()
+            if locks is not None:
+                locks.close()
+            del lockstore.django._opened[key]
+
+
 class LockstoreSessionTests(SimpleTestCase):
     """The behaviour Django's own session tests ask of every engine."""
 
@@ -68,10 +80,7 @@ class LockstoreSessionTests(SimpleTestCase):
     def tearDown(self) -> None:
         self.session.delete()
         self.settings_override.disable()
-        for key, (store, _) in list(lockstore.django._opened.items()):
-            if self.dir.name in key:
-                store.close()
-                del lockstore.django._opened[key]
+        forget_sites(self.dir.name)
         self.dir.cleanup()
 
     def test_new_session(self) -> None:
@@ -245,10 +254,7 @@ class LockstoreSessionTests(SimpleTestCase):
 def site(tmp_path: Path) -> Any:
     with override_settings(LOCKSTORE={"PATH": str(tmp_path / "s"), "LOCK_TIMEOUT": 5}):
         yield lockstore.django.get_store()
-        for key, (store, _) in list(lockstore.django._opened.items()):
-            if str(tmp_path) in key:
-                store.close()
-                del lockstore.django._opened[key]
+        forget_sites(str(tmp_path))
 
 
 def test_middleware_threads_share_one_session_exactly(site: Any) -> None:
@@ -285,10 +291,7 @@ def test_middleware_lock_timeout_is_503(tmp_path: Path) -> None:
         probe = holder.acquire(sid, blocking=False)
         assert probe is not None  # the response's close released the stripe
         probe.release()
-        for key, (store, _) in list(lockstore.django._opened.items()):
-            if str(tmp_path) in key:
-                store.close()
-                del lockstore.django._opened[key]
+        forget_sites(str(tmp_path))
 
 
 def test_a_settings_typo_is_an_error_naming_the_closest_key(tmp_path: Path) -> None:
