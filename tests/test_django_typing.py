@@ -15,9 +15,8 @@ require("mypy")
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "typing_samples" / "django_view.py"
 
-# Django has no type information here (no django-stubs): its names are Any. The sample and lockstore.django are
-# checked strictly; the rest of lockstore is analysed for their sake but reported by its own checks (the lint
-# run of mypy, and the package-wide strict check of the Python API), not here.
+# Django has no type information here (no django-stubs): its names are Any. The sample and every lockstore module
+# it reaches are checked strictly.
 CONFIG = """\
 [mypy]
 strict = True
@@ -28,12 +27,6 @@ ignore_missing_imports = True
 
 [mypy-msgpack.*]
 ignore_missing_imports = True
-
-[mypy-lockstore.*]
-follow_imports = silent
-
-[mypy-lockstore.django]
-follow_imports = normal
 """
 
 
