@@ -218,14 +218,17 @@ def open_store(
     secret: str | None,
     timeout: float,
     create: dict[str, Any] | None = None,
+    rules: dict[str, Any] | None = None,
     secret_hint: str = "--secret-file",
 ) -> Any:
     """Open the store at *path* (*where*: its prefix or table). Without *create*, it must exist: a missing
     one is a :class:`CommandError` (exit 1) and nothing is created; with *create* (open() options), a
-    missing one is created with them. *secret* is used if the store is signed (a new one: if given)."""
+    missing one is created with them. *rules* (``max_age``) are recorded by a new store and checked against
+    an existing one's (:class:`StoreMismatch` if they differ). *secret* is used if the store is signed (a
+    new one: if given)."""
     import lockstore
 
-    options: dict[str, Any] = {"timeout": timeout, **where}
+    options: dict[str, Any] = {"timeout": timeout, **where, **(rules or {})}
     meta = recorded(path, where, timeout)
     if meta is None:
         if create is None:
@@ -756,7 +759,7 @@ def parse_line(raw: bytes, lineno: int, now: float) -> tuple[str, float, float, 
         if not math.isfinite(seconds) or seconds < 0:
             raise _BadLine(lineno, f"{name!r} is not a finite number of seconds >= 0: {str(value)[:40]}")
         if seconds > now + FUTURE_SLACK:
-            raise _BadLine(lineno, f"{name!r} is more than a day in the future: {_when(seconds)}")
+            raise _BadLine(lineno, f"{name!r} is more than a day in the future: {str(value)[:40]}")
         times.append(seconds)
     return sid, times[0], times[1], doc["value"]
 
@@ -781,8 +784,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from lockstore.opener import DEFAULTS
 
     create = _new_store_options(args, args.path)
-    if args.max_age is not None:
-        create["max_age"] = args.max_age
+    rules = {} if args.max_age is None else {"max_age": args.max_age}
     where = _where(args.path, args.prefix, args.table)
     max_value_size = 1 << 20  # open()'s default, which the stores below are opened with
     limit = 8 * max_value_size + 65536  # a value's JSON text, escapes included
@@ -823,7 +825,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         written = present = expired = 0
         bad: list[tuple[str, str]] = []
         progress.label = "imported"
-        with open_store(args.path, where=where, secret=_secret(args), timeout=args.timeout, create=create) as store:
+        with open_store(
+            args.path, where=where, secret=_secret(args), timeout=args.timeout, create=create, rules=rules
+        ) as store:
             for lineno, raw in _lines(spool, limit):
                 parsed = parse_line(raw, lineno, now)
                 if parsed is None:  # pragma: no cover - blank lines were not spooled
