@@ -203,8 +203,9 @@ def test_no_command_takes_an_expiry_rule_of_its_own(store_path, tmp_path, capsys
 
 
 def test_help_everywhere(capsys):
-    for argv in (["--help"], *([c, "--help"] for c in ("info", "ls", "show", "rm", "clean", "verify", "copy",
-                                                        "stress", "bench"))):
+    commands = ("info", "stats", "ls", "show", "rm", "clean", "config", "verify", "copy", "export", "import",
+                "stress", "bench")
+    for argv in (["--help"], *([c, "--help"] for c in commands)):
         code, out, _ = run(capsys, *argv)
         assert code == 0, argv
         assert out.startswith("usage: lockstore"), argv
