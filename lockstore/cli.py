@@ -982,7 +982,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         cmd_export,
         'write every live session as a JSON line {"id", "created", "last_access", "value"} (times in seconds '
-        "since the epoch), in no particular order",
+        "since the epoch); each line starts with its id, so sort(1) orders an export by id, to diff two",
         [common, remote],
     )
     p.add_argument("path", help=store_path)
