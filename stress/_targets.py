@@ -377,6 +377,16 @@ TARGETS = (
 )
 
 
+def target_named(text: str) -> str | None:
+    """The target *text* names on a command line: its name, or its name with ``-`` for the space
+    (``lockstore-lmdb``), which a shell passes as one word without quotes; None if it names none."""
+    text = text.strip()
+    for name in TARGETS:
+        if text in (name, name.replace(" ", "-")):
+            return name
+    return None
+
+
 def open_target(name: str, directory: str, durability: str, **options: Any) -> Target:
     if name.startswith("lockstore "):
         return LockstoreTarget(directory, durability, name.split()[1], **options)
@@ -403,4 +413,4 @@ def available(name: str) -> str | None:
     return None
 
 
-__all__ = ["MAX_AGE", "TARGETS", "Target", "available", "du", "open_target"]
+__all__ = ["MAX_AGE", "TARGETS", "Target", "available", "du", "open_target", "target_named"]

@@ -28,7 +28,7 @@ from typing import Any
 from . import _workloads as wl
 from ._common import WorkerPool, mp_context
 from ._report import print_report, targets_check
-from ._targets import TARGETS, available
+from ._targets import TARGETS, available, target_named
 
 CHILD_TIMEOUT = 600.0
 
@@ -40,7 +40,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "cachelib). Every figure is also shown as a ratio to the raw-LMDB reference.",
     )
     p.add_argument("--quick", action="store_true", help="small sizes and short runs: a few seconds in all")
-    p.add_argument("--targets", help=f"comma-separated subset of: {', '.join(TARGETS)}")
+    p.add_argument(
+        "--targets",
+        action="append",
+        metavar="NAMES",
+        help="comma-separated subset of: "
+        + ", ".join(t.replace(" ", "-") for t in TARGETS)
+        + " (repeatable; 'lockstore lmdb', quoted, is accepted too)",
+    )
     p.add_argument("--seconds", type=float, help="length of each read-modify-write run (default 2; quick 0.25)")
     p.add_argument("--processes", help="process counts for read-modify-write (default 1,2,4,8; quick 1,2)")
     p.add_argument("--sessions", type=int, help="sessions for get/set latency (default 10,000; quick 1,000)")
@@ -237,13 +244,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m stress.bench") ->
     if min(plan.processes) < 1 or plan.seconds <= 0:
         print(f"{prog}: error: process counts and --seconds must be positive", file=sys.stderr)
         return 2
-    wanted = [t.strip() for t in args.targets.split(",")] if args.targets else list(TARGETS)
-    unknown = [t for t in wanted if t not in TARGETS]
+    given = [t for value in args.targets or [] for t in value.split(",") if t.strip()]
+    unknown = [t for t in given if target_named(t) is None]
     if unknown:
-        print(
-            f"{prog}: error: unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}", file=sys.stderr
-        )
+        names = ", ".join(t.replace(" ", "-") for t in TARGETS)
+        print(f"{prog}: error: unknown target(s) {', '.join(map(repr, unknown))}; choose from {names}", file=sys.stderr)
         return 2
+    wanted = list(dict.fromkeys(str(target_named(t)) for t in given)) if given else list(TARGETS)
     targets, missing = [], {}
     for t in wanted:
         why = available(t)

@@ -1,7 +1,9 @@
 """The stress harness: ``python -m stress`` and ``lockstore stress``.
 
 Runs the scenarios (all by default) against one backend, each on its own store, prints a table per
-scenario and a verdict, and exits 1 if any invariant was violated.
+scenario and a verdict, and exits 1 if any invariant was violated. A scenario that cannot run on the
+backend (``kill`` and ``fork`` on the memory backend) is reported as skipped, by name and reason; a run
+where every scenario was skipped checked nothing: its verdict is SKIP and it exits 2.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def build_parser(prog: str = "python -m stress") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Multi-process stress and fault injection for lockstore. Each scenario checks its own "
-        "invariant; the exit status is 1 if any was violated, 0 otherwise.",
+        "invariant; the exit status is 1 if any was violated, 2 if every scenario was skipped (none can run "
+        "on this backend), 0 otherwise.",
         epilog="scenarios: counter (no lost update), mixed (the final store and every read match the "
         "acknowledged operations), kill (SIGKILL loses no acknowledged write), expiry (no expired session "
         "returned, no live one swept), fork (a store used across fork), threads (threads and processes mixed).",
@@ -255,7 +258,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m stress") -> int:
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
     violations = sum(len(r.violations) for r in results)
-    verdict = "PASS" if not violations else "FAIL"
+    skipped = {r.name: r.skipped for r in results if r.skipped}
+    # a run that checked nothing is no pass: every scenario asked for was skipped (the memory backend
+    # cannot be killed or forked): verdict SKIP, exit status 2, as for a run that cannot be done
+    verdict = "FAIL" if violations else "SKIP" if len(skipped) == len(results) else "PASS"
     if args.json:
         doc = {
             "verdict": verdict.lower(),
@@ -263,15 +269,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m stress") -> int:
             "seconds": time.monotonic() - t0,
             "options": {k: v for k, v in vars(args).items() if k != "json"},
             "scenarios": [_as_json(r) for r in results],
+            "skipped": skipped,
         }
         print(json.dumps(doc, indent=2))
     else:
         ran = [r.name for r in results if not r.skipped]
         print(
             f"verdict: {verdict}: {len(ran)} scenario(s) in {time.monotonic() - t0:.1f} s, "
-            f"{violations} violation(s) (seed {args.seed})"
+            f"{violations} violation(s)"
+            + (f", skipped: {', '.join(skipped)}" if skipped else "")
+            + f" (seed {args.seed})"
         )
-    return 1 if violations else 0
+    return 1 if violations else 2 if verdict == "SKIP" else 0
 
 
 __all__ = ["build_parser", "main"]

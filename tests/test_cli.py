@@ -177,7 +177,7 @@ def test_copy_journal_defaults_and_between_two_servers(tmp_path, capsys):
 def test_a_path_without_a_store_is_one_line_and_creates_nothing(tmp_path, capsys, command):
     missing = tmp_path / "missing"
     code, out, err = run(capsys, command, str(missing))
-    assert code == 2
+    assert code == 1  # issue 10: no store is a problem found (1), as no such session is, not an error (2)
     assert out == ""
     assert err.count("\n") == 1
     assert err.startswith(f"lockstore: error: no store at {missing}")
@@ -185,7 +185,7 @@ def test_a_path_without_a_store_is_one_line_and_creates_nothing(tmp_path, capsys
     empty = tmp_path / "empty"
     empty.mkdir()
     code, _, err = run(capsys, command, str(empty))
-    assert code == 2
+    assert code == 1
     assert "holds no lockstore metadata" in err
     assert os.listdir(empty) == []
 
@@ -203,8 +203,9 @@ def test_no_command_takes_an_expiry_rule_of_its_own(store_path, tmp_path, capsys
 
 
 def test_help_everywhere(capsys):
-    for argv in (["--help"], *([c, "--help"] for c in ("info", "ls", "show", "rm", "clean", "verify", "copy",
-                                                        "stress", "bench"))):
+    commands = ("info", "stats", "ls", "show", "rm", "clean", "config", "verify", "copy", "export", "import",
+                "stress", "bench")
+    for argv in (["--help"], *([c, "--help"] for c in commands)):
         code, out, _ = run(capsys, *argv)
         assert code == 0, argv
         assert out.startswith("usage: lockstore"), argv
@@ -233,7 +234,7 @@ def test_console_script_reports_errors_without_a_traceback(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "lockstore")
     argv = [script] if os.path.exists(script) else [sys.executable, "-m", "lockstore.cli"]
     proc = subprocess.run([*argv, "ls", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert proc.stdout == ""
     assert proc.stderr.strip() == f"lockstore: error: no store at {tmp_path / 'nothing'}: no such file or directory"
     assert "Traceback" not in proc.stderr
