@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from zlib import crc32 as _crc32
 
 from . import record as fmt
@@ -20,13 +20,14 @@ from .base import KEEP, BaseStore, Clock, Engine, Updater
 from .codec import Codec, Record
 from .errors import CorruptRecord, LockstoreError, StoreClosed, StoreMismatch
 from .ids import _VALID as _valid
-from .ids import describe_id, shard_of, validate_id
+from .ids import describe_id, is_valid_id, shard_of, validate_id
 from .locks import ShardLocks
 
 if TYPE_CHECKING:
     from ._files import StoreDir
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 _atime = fmt.TIME.unpack_from
 _HEADER_SIZE = fmt.HEADER_SIZE
 
@@ -214,10 +215,17 @@ class Store(BaseStore):
             )
         return differs
 
+    def _reading(self, shard: int, read: Callable[[], T], empty: T) -> T:
+        """*read()* of *shard*: under its lock for engines whose reads need it (shelve), and not at all for a
+        shard nothing was ever written to, so that reading a store creates no file (the command line)."""
+        if not self._engine.holds(shard):
+            return empty
+        with self._locks.held(shard, self.timeout):
+            return read()
+
     def _read(self, shard: int, key: bytes) -> bytes | None:
         if self._lock_reads:
-            with self._locks.held(shard, self.timeout):
-                return self._engine.get(shard, key)
+            return self._reading(shard, lambda: self._engine.get(shard, key), None)
         return self._get(shard, key)
 
     def _live(self, rec: bytes | None, now: float) -> bool:
@@ -314,15 +322,21 @@ class Store(BaseStore):
         return [key for key, atime in self._scan_times(shard) if atime >= cutoff]
 
     def _scan_times(self, shard: int) -> list[tuple[bytes, float]]:
-        if self._engine.lock_reads:
-            with self._locks.held(shard, self.timeout):
-                return self._engine.scan_times(shard)
+        if self._lock_reads:
+            return self._reading(shard, lambda: self._engine.scan_times(shard), [])
         return self._engine.scan_times(shard)
 
+    def _shard_times(self, shard: int) -> tuple[list[tuple[bytes, float]], float]:
+        """(key, last access) of every record of *shard*, and its last clean."""
+        engine = self._engine
+        if not self._lock_reads:
+            return engine.scan_times(shard), engine.last_clean(shard)
+        nothing: tuple[list[tuple[bytes, float]], float] = ([], 0.0)
+        return self._reading(shard, lambda: (engine.scan_times(shard), engine.last_clean(shard)), nothing)
+
     def _scan(self, shard: int) -> list[tuple[bytes, bytes]]:
-        if self._engine.lock_reads:
-            with self._locks.held(shard, self.timeout):
-                return self._engine.scan(shard)
+        if self._lock_reads:
+            return self._reading(shard, lambda: self._engine.scan(shard), [])
         return self._engine.scan(shard)
 
     def __iter__(self) -> Iterator[str]:
@@ -403,7 +417,7 @@ class Store(BaseStore):
             batch = []
             for key, rec in self._scan(shard):
                 sid = key.decode(errors="backslashreplace")
-                batch.append((sid if sid.encode() == key else None, sid, rec))
+                batch.append((sid if sid.encode() == key and is_valid_id(sid) else None, sid, rec))
             yield from self._decode_batch(batch, now, expired, on_error)
 
     def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
@@ -464,13 +478,7 @@ class Store(BaseStore):
         live_total = expired_total = 0
         for shard in range(self.shards):
             now = self.clock()
-            if self._lock_reads:  # the engine's state is only read under the lock (shelve)
-                with self._locks.held(shard, self.timeout):
-                    times = self._engine.scan_times(shard)
-                    last = self._engine.last_clean(shard)
-            else:
-                times = self._engine.scan_times(shard)
-                last = self._engine.last_clean(shard)
+            times, last = self._shard_times(shard)
             live = sum(1 for _, atime in times if now - atime <= self.max_age)
             expired = len(times) - live
             live_total += live

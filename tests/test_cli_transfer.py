@@ -21,7 +21,7 @@ import pytest
 
 import lockstore
 from lockstore.cli import main
-from lockstore.codec import HEADER_SIZE, MAC_SIZE
+from lockstore.record import HEADER_SIZE, MAC_SIZE
 
 SECRET_A = "secret-of-the-source-123"
 SECRET_B = "secret-of-the-destination-456"

@@ -60,6 +60,9 @@ class MemoryEngine:
         self._cleaned[shard] = now
         return len(doomed[:limit])
 
+    def holds(self, shard: int) -> bool:
+        return True  # no files
+
     def last_clean(self, shard: int) -> float:
         return self._cleaned[shard]
 

@@ -19,6 +19,7 @@ under the shard lock; their crash behaviour is their own.
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib
 import math
 import os
@@ -167,6 +168,7 @@ class ShelveEngine:
             raise StoreMismatch(f"this store was created with {dbm_name}, which this Python lacks") from None
         self._dumb = dbm_name == "dbm.dumb"
         self._pid = os.getpid()
+        self._held = [False] * shards
         self._shards: list[DumbShard | None] = [None] * shards
 
     @contextlib.contextmanager
@@ -295,6 +297,16 @@ class ShelveEngine:
     def sweep(self, shard: int, now: float, cutoff: float, limit: int | None) -> int:
         with self._db(shard) as db:
             return self._sweep(db, shard, now, cutoff, limit)
+
+    def holds(self, shard: int) -> bool:
+        """False while no file of *shard* exists (nothing was ever written to it); a shard's files are never
+        removed, so a True is remembered."""
+        if self._held[shard]:
+            return True
+        base = self._bases[shard]
+        found = os.path.exists(base + ".dir") if self._dumb else bool(glob.glob(glob.escape(base) + "*"))
+        self._held[shard] = found
+        return found
 
     def last_clean(self, shard: int) -> float:
         with self._db(shard) as db:
