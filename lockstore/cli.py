@@ -38,7 +38,6 @@ from typing import IO, Any
 
 PROG = "lockstore"
 SECRET_ENV = "LOCKSTORE_SECRET"
-REMOTE_SCHEMES = ("redis", "rediss", "postgresql", "postgres")  # as lockstore.opener.REMOTE_SCHEMES
 FUTURE_SLACK = 86400.0
 """How far in the future an imported time may be (clock skew between machines), in seconds: a time
 further ahead would keep a session alive for ever."""
@@ -110,6 +109,8 @@ def _is_url(path: str) -> bool:
 def _scheme(path: str) -> str:
     """The scheme of a URL store; :class:`CommandError` for one lockstore does not know (``x://y`` would
     otherwise be a directory ``x:/y``)."""
+    from lockstore.opener import REMOTE_SCHEMES
+
     scheme = path.partition("://")[0]
     if scheme not in REMOTE_SCHEMES:
         raise CommandError(
@@ -781,7 +782,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     import lockstore
     from lockstore.backends._remote import DEFAULT_CODEC as REMOTE_DEFAULT_CODEC
     from lockstore.codec import Codec
-    from lockstore.opener import DEFAULTS
+    from lockstore.options import DEFAULTS
 
     create = _new_store_options(args, args.path)
     rules = {} if args.max_age is None else {"max_age": args.max_age}

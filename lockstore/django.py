@@ -69,7 +69,8 @@ from django.utils.module_loading import import_string
 
 import lockstore
 
-from .opener import options_from_settings, read_meta
+from .opener import read_meta
+from .options import options_from_settings
 from .wsgi import BUSY_BODY, stripe_locks_for
 
 if TYPE_CHECKING:

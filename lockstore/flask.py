@@ -53,7 +53,7 @@ from werkzeug.exceptions import ServiceUnavailable
 import lockstore
 
 from .errors import LockstoreError
-from .opener import options_from_settings
+from .options import options_from_settings
 from .stripes import DEFAULT_STRIPES, StripeLocks
 from .wsgi import Session, stripe_locks_for
 

@@ -3,77 +3,29 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
+import importlib
 import logging
-import math
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any, overload
 
-from ._files import FILE_MODE, FORMAT, MAX_CLEAN_LIMIT, MAX_SECONDS, MAX_SHARDS, RULES, StoreDir, check_tree
+from ._files import FILE_MODE, FORMAT, RULES, StoreDir, check_tree
 from .codec import Codec, check_secret, codec_functions
 from .errors import LockstoreError, LockTimeout, StoreMismatch
 from .locks import ShardLocks, try_flock, unflock, wait_flock
+from .options import BACKENDS, DEFAULTS, DURABILITY, RULE_DEFAULTS, check_numbers
 from .store import BaseStore, Clock, Store
 
 logger = logging.getLogger(__name__)
-DEFAULTS = {"backend": "lmdb", "shards": 16, "codec": "pickle"}
-RULE_DEFAULTS: dict[str, float | int] = {"max_age": 1800.0, "clean_interval": 300.0, "clean_limit": 1000}
-"""The sweep rules a new store records when open() names none."""
-BACKENDS = ("lmdb", "shelve", "memory")
-DURABILITY = ("process", "system")
-OPEN_OPTIONS = (
-    "backend",
-    "shards",
-    "codec",
-    "max_age",
-    "clean_interval",
-    "clean_limit",
-    "touch_interval",
-    "timeout",
-    "max_value_size",
-    "secret",
-    "durability",
-    "dbm",
-    "map_size",
-    "prefix",
-    "table",
-    "lock_ttl",
-    "connect_timeout",
-    "pool_size",
-)
-"""Every option of :func:`open` a framework setting can give (``clock`` is for tests, a callable)."""
-SETTINGS_KEYS = {name.upper(): name for name in OPEN_OPTIONS}
-"""Framework settings (``LOCKSTORE_MAX_AGE`` in Flask, ``LOCKSTORE = {"MAX_AGE": ...}`` in Django) -> open()."""
-
-
-def options_from_settings(
-    settings: Mapping[str, Any], own: Mapping[str, str], where: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split framework settings into :func:`open` options and the integration's *own* options.
-
-    *settings* maps upper-case names (``MAX_AGE``) to values; *own* maps the integration's own names
-    (``REQUEST_LOCK``) to its keywords. A name that is neither raises :class:`LockstoreError` at start-up,
-    naming the key as *where* shows it and the closest valid one: a typo never goes unnoticed.
-    """
-    store: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for key, value in settings.items():
-        if key in SETTINGS_KEYS:
-            store[SETTINGS_KEYS[key]] = value
-        elif key in own:
-            extra[own[key]] = value
-        else:
-            valid = sorted({*SETTINGS_KEYS, *own})
-            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
-            hint = f"; did you mean {where.format(close[0])}?" if close else f" (valid: {', '.join(valid)})"
-            raise LockstoreError(f"unknown lockstore setting {where.format(key)}{hint}")
-    return store, extra
-
-
-REMOTE_SCHEMES = ("redis", "rediss", "postgresql", "postgres")
+REMOTE_SCHEMES = {
+    "redis": (".backends.redis", "open_redis"),
+    "rediss": (".backends.redis", "open_redis"),
+    "postgresql": (".backends.postgres", "open_postgres"),
+    "postgres": (".backends.postgres", "open_postgres"),
+}
+"""URL scheme -> (module, function) of the remote store; imported only when used (optional extras)."""
 
 
 @overload
@@ -232,7 +184,7 @@ def open(
             raise TypeError(
                 f"option(s) for embedded stores only, not for {path.partition('://')[0]}: {', '.join(given)}"
             )
-        _check_numbers(max_age, clean_interval, touch_interval, timeout, max_value_size, clean_limit, None)
+        check_numbers(max_age, clean_interval, touch_interval, timeout, max_value_size, clean_limit, None)
         remote_rules = {"max_age": max_age, "clean_interval": clean_interval, "clean_limit": clean_limit}
         return _open_remote(
             path,
@@ -251,7 +203,7 @@ def open(
         raise TypeError(f"option(s) for Redis or PostgreSQL only, not for a directory: {', '.join(sorted(options))}")
     path = os.path.abspath(os.fspath(path))
     # every option is checked before anything is created (a rejected option must leave no store behind)
-    _check_numbers(max_age, clean_interval, touch_interval, timeout, max_value_size, clean_limit, shards)
+    check_numbers(max_age, clean_interval, touch_interval, timeout, max_value_size, clean_limit, shards)
     if backend is not None and backend not in BACKENDS:
         raise StoreMismatch(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if durability not in DURABILITY:
@@ -360,42 +312,6 @@ def _open_files(
         files.close()
         raise
     return engine, locks, codec_obj, settings
-
-
-def _check_numbers(
-    max_age: float | None,
-    clean_interval: float | None,
-    touch_interval: float,
-    timeout: float,
-    max_value_size: int,
-    clean_limit: int | None,
-    shards: int | None,
-) -> None:
-    """Check the numeric options (None: the recorded value, checked when it is read)."""
-    for name, value in (
-        ("max_age", max_age),
-        ("clean_interval", clean_interval),
-        ("touch_interval", touch_interval),
-        ("timeout", timeout),
-    ):
-        if value is None and name in RULES:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value < 0:
-            raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
-        if value > MAX_SECONDS:
-            raise ValueError(f"{name} must be at most {MAX_SECONDS:g} seconds, not {value!r}")
-    if max_age is not None and max_age <= 0:
-        raise ValueError(f"max_age must be > 0, not {max_age!r}")
-    if isinstance(max_value_size, bool) or not isinstance(max_value_size, int) or max_value_size < 1:
-        raise ValueError(f"max_value_size must be a positive int, not {max_value_size!r}")
-    if clean_limit is not None and (
-        isinstance(clean_limit, bool) or not isinstance(clean_limit, int) or not 1 <= clean_limit <= MAX_CLEAN_LIMIT
-    ):
-        raise ValueError(f"clean_limit must be a positive int, not {clean_limit!r}")
-    if shards is not None and (
-        isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS
-    ):
-        raise ValueError(f"shards must be an int from 1 to {MAX_SHARDS}, not {shards!r}")
 
 
 def read_meta(path: str) -> dict[str, Any] | None:
@@ -537,7 +453,7 @@ def set_rules(
     next sweep and skips sweeping (logging a warning) until it is restarted, so no process ever sweeps by
     a rule other than the store's.
     """
-    _check_numbers(max_age, clean_interval, 0, 0, 1, clean_limit, None)
+    check_numbers(max_age, clean_interval, 0, 0, 1, clean_limit, None)
     files = StoreDir(os.path.abspath(os.fspath(path)), create=False)
     try:
         with _meta_lock(files):
@@ -556,11 +472,6 @@ def reopen(path: str, options: dict[str, Any]) -> BaseStore:
 
 
 def _open_remote(url: str, **options: Any) -> BaseStore:
-    scheme = url.partition("://")[0]
-    if scheme in ("redis", "rediss"):
-        from .backends.redis import open_redis
-
-        return open_redis(url, **options)
-    from .backends.postgres import open_postgres
-
-    return open_postgres(url, **options)
+    module, function = REMOTE_SCHEMES[url.partition("://")[0]]
+    opener: Callable[..., BaseStore] = getattr(importlib.import_module(module, __package__), function)
+    return opener(url, **options)

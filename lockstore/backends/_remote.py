@@ -45,7 +45,7 @@ from .. import record as fmt
 from ..base import BaseStore
 from ..codec import HEADER_SIZE, Codec, Record
 from ..errors import StoreMismatch, UnsafeStore
-from ..opener import _check_numbers
+from ..options import check_numbers
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def check_options(
     StoreMismatch
         An unknown codec, or msgpack without its package.
     """
-    _check_numbers(
+    check_numbers(
         DEFAULT_MAX_AGE if max_age is None else max_age,
         DEFAULT_CLEAN_INTERVAL if clean_interval is None else clean_interval,
         touch_interval,
