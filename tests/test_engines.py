@@ -171,14 +171,59 @@ def test_dumb_shards_in_two_processes_follow_each_others_index_rewrites(tmp_path
         assert dict(reader.items()) == model, step
 
 
+def _count_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every ``os.fsync`` from now on, as the path of the file synced (what the dbm.dumb shards call)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def _writes(store: lockstore.BaseStore) -> dict[str, Any]:
+    def edit() -> None:
+        with store.edit("a") as session:
+            session["n"] += 1
+
+    return {
+        "set": lambda: store.__setitem__("a", {"n": 1}),
+        "edit": edit,
+        "delete": lambda: store.__delitem__("a"),
+        "set again": lambda: store.__setitem__("b", {"n": 3}),
+    }
+
+
+@pytest.mark.parametrize("durability", ["system", "process"])
+def test_shelve_system_durability_syncs_every_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str
+) -> None:
+    """durability="system": every write of a shelve store fsyncs the files it touched before it returns
+    ("process": none does). dbm.dumb, the shards lockstore writes itself, is always there to count."""
+    synced = _count_fsyncs(monkeypatch)
+    with lockstore.open(tmp_path / "s", backend="shelve", dbm="dbm.dumb", durability=durability) as store:
+        shards = str(tmp_path / "s" / "shelve")
+        for name, write in _writes(store).items():
+            before = len(synced)
+            write()
+            paths = synced[before:]
+            if durability == "process":
+                assert paths == [], name
+                continue
+            assert paths and all(path.startswith(shards + os.sep) for path in paths), (name, paths)
+            if name != "delete":  # the value, then its index line
+                assert {os.path.splitext(path)[1] for path in paths} == {".dat", ".dir"}, (name, paths)
+        assert dict(store.items()) == {"b": {"n": 3}}
+
+
 @pytest.mark.parametrize("backend", ["lmdb", "shelve"])
 def test_system_durability(tmp_path: Path, backend: str) -> None:
     with lockstore.open(tmp_path / "s", backend=backend, durability="system") as store:
-        store["a"] = {"n": 1}
-        with store.edit("a") as session:
-            session["n"] += 1
-        del store["a"]
-        store["b"] = {"n": 3}
+        for write in _writes(store).values():
+            write()
         if backend == "lmdb":
             flags = store._engine._env().env.flags()  # type: ignore[attr-defined]
             assert flags["sync"] and flags["metasync"]  # every commit reaches the disk
@@ -186,5 +231,8 @@ def test_system_durability(tmp_path: Path, backend: str) -> None:
                 lockstore.open(tmp_path / "s")  # the same environment, in the same process
     with lockstore.open(tmp_path / "s") as store:  # durability is per opening, not recorded
         assert dict(store.items()) == {"b": {"n": 3}}
+        if backend == "lmdb":
+            flags = store._engine._env().env.flags()  # type: ignore[attr-defined]
+            assert not flags["sync"] and not flags["metasync"]  # "process": the operating system decides
     with pytest.raises(ValueError, match="durability"):
         lockstore.open(tmp_path / "s", durability="maybe")
