@@ -10,6 +10,7 @@ from typing import Any
 
 import lmdb
 import pytest
+from procs import run_all
 
 import lockstore
 from lockstore.backends.dumb import DumbShard
@@ -27,11 +28,7 @@ def test_lmdb_map_grows_safely_from_two_processes(tmp_path: Path) -> None:
     path = str(tmp_path / "s")
     lockstore.open(path, map_size=1 << 20).close()  # 1 MiB: far too small for what follows
     procs = [ctx.Process(target=_fill, args=(path, who, 600)) for who in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    assert run_all(procs) == [0, 0]
     with lockstore.open(path) as store:
         assert len(store) == 1200
         assert store.verify() == []
@@ -54,15 +51,19 @@ def test_dead_readers_do_not_fill_the_reader_table(tmp_path: Path) -> None:
     for _ in range(10):  # ANCHORS T9: 200 readers killed mid-transaction, 20 at a time
         batch = [(ctx.Event(), None) for _ in range(20)]
         procs = []
-        for ready, _ in batch:
-            p = ctx.Process(target=_reader_killed, args=(os.path.join(path, "lmdb"), ready))
-            p.start()
-            procs.append(p)
-        for (ready, _), p in zip(batch, procs, strict=True):
-            assert ready.wait(30)
-            os.kill(p.pid, signal.SIGKILL)
-        for p in procs:
-            p.join()
+        try:
+            for ready, _ in batch:
+                p = ctx.Process(target=_reader_killed, args=(os.path.join(path, "lmdb"), ready))
+                p.start()
+                procs.append(p)
+            for (ready, _), p in zip(batch, procs, strict=True):
+                assert ready.wait(30)
+                os.kill(p.pid, signal.SIGKILL)
+        finally:  # a reader that was not killed above would wait in signal.pause() for ever
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                p.join()
     with lockstore.open(path) as store:  # reader_check on open frees the dead slots
         assert store["a"] == 1
         env = store._engine._env().env  # type: ignore[attr-defined]
