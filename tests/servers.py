@@ -5,7 +5,10 @@ run and yield its URL. Tests that stop and restart a server (fault tests) start 
 :class:`RedisServer` / :class:`PostgresServer` so the shared one is never disturbed.
 
 A missing server binary skips the tests that need it, except under CI (``CI=true``), where it fails
-them: CI installs both servers, so a skip there would hide a broken set-up.
+them: CI installs both servers, so a skip there would hide a broken set-up. The same rule holds for
+every test that needs something of its environment (a tool, an optional extra, root): each one asks
+through :func:`unavailable` (:func:`missing`, :func:`require`, :func:`require_tool`, :func:`require_root`),
+and ``conftest.py`` turns any other skip into a failure under CI.
 
 PostgreSQL refuses to run as root, so as root ``initdb`` and ``pg_ctl`` run as the ``postgres`` user
 (``runuser -u postgres --``) in a directory that user owns. Authentication is ``trust`` on 127.0.0.1
@@ -25,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -33,16 +36,23 @@ START_TIMEOUT = 30.0
 
 
 def in_ci() -> bool:
-    """True when running under CI, where a missing server must fail, never skip."""
-    return os.environ.get("CI", "").lower() == "true"
+    """True when running under CI (``CI=true``, any case), where nothing the tests need may be missing."""
+    return os.environ.get("CI", "").strip().lower() == "true"
 
 
-def missing(what: str) -> None:
-    """Skip (locally) or fail (in CI) a test that needs a server that is not installed."""
-    message = f"{what} is not installed (apt-get install -y redis-server postgresql)"
+def unavailable(reason: str) -> NoReturn:
+    """The one way a test gives up for want of a tool, an extra, a server or a privilege: skip locally,
+    fail under CI (which provides everything, so a skip there would hide a broken set-up as a pass).
+
+    Works inside a test or a fixture and at module level (an import at the top of a test module)."""
     if in_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+        pytest.fail(f"{reason} [CI=true: a missing requirement fails, it never skips]", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def missing(what: str, install: str = "apt-get install -y redis-server postgresql") -> NoReturn:
+    """Skip (locally) or fail (in CI) a test that needs *what*, which is not installed."""
+    unavailable(f"{what} is not installed ({install})")
 
 
 def require(module: str) -> Any:
@@ -53,10 +63,22 @@ def require(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        message = f"{module} is not installed ({exc}): pip install -e '.[test]'"
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message, allow_module_level=True)
+        problem = str(exc)
+    missing(f"{module} ({problem})", "pip install -e '.[test]'")
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of the program *name* (from the Debian *package*), or skip outside CI and fail under CI."""
+    path = shutil.which(name)
+    if path is None:
+        missing(name, f"apt-get install -y {package}")
+    return path
+
+
+def require_root(purpose: str) -> None:
+    """Go on only as root (CI runs as root), else skip outside CI and fail under CI."""
+    if os.geteuid() != 0:
+        unavailable(f"needs root to {purpose}")
 
 
 def free_port() -> int:
@@ -482,7 +504,11 @@ __all__ = [
     "postgres_bin",
     "postgres_server",
     "redis_server",
+    "require",
+    "require_root",
+    "require_tool",
     "run_increments",
     "running_postgres",
     "running_redis",
+    "unavailable",
 ]

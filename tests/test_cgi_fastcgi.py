@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from servers import require_tool
 from web_apps.servers import cgi_environ, cgi_fcgi_request, cookie_value, fcgi_request, flup_server, run_cgi
 
 import lockstore
@@ -62,8 +62,8 @@ def test_fastcgi_threads_share_one_session_exactly(flup: int) -> None:
     assert fcgi_request(flup, cgi_environ("/read", sid)).body == str(8 * 50 + 1)
 
 
-@pytest.mark.skipif(shutil.which("cgi-fcgi") is None, reason="cgi-fcgi (Debian libfcgi-bin) not installed")
 def test_fastcgi_through_cgi_fcgi(flup: int) -> None:
+    require_tool("cgi-fcgi", "libfcgi-bin")  # skips locally when missing, fails under CI
     first = cgi_fcgi_request(flup, cgi_environ("/incr"))
     sid = cookie_value(first)
     assert first.status == 200 and sid

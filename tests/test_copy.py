@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import require_root
 
 import lockstore
 from lockstore.copy import JournalError, copy_store
@@ -387,10 +388,7 @@ def test_a_journal_that_is_not_a_file_is_refused(stores: Any, tmp_path: Path) ->
 
 
 def test_a_journal_of_another_user_is_refused(stores: Any, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("needs root to give a file to another user")
-        pytest.skip("needs root to give a file to another user")
+    require_root("give a file to another user")
     journal = tmp_path / "j"
     journal.write_text("")
     os.chmod(journal, 0o600)

@@ -10,6 +10,7 @@ from typing import Any
 
 import lmdb
 import pytest
+from procs import run_all
 
 import lockstore
 from lockstore.backends.dumb import DumbShard
@@ -27,11 +28,7 @@ def test_lmdb_map_grows_safely_from_two_processes(tmp_path: Path) -> None:
     path = str(tmp_path / "s")
     lockstore.open(path, map_size=1 << 20).close()  # 1 MiB: far too small for what follows
     procs = [ctx.Process(target=_fill, args=(path, who, 600)) for who in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    assert run_all(procs) == [0, 0]
     with lockstore.open(path) as store:
         assert len(store) == 1200
         assert store.verify() == []
@@ -54,15 +51,19 @@ def test_dead_readers_do_not_fill_the_reader_table(tmp_path: Path) -> None:
     for _ in range(10):  # ANCHORS T9: 200 readers killed mid-transaction, 20 at a time
         batch = [(ctx.Event(), None) for _ in range(20)]
         procs = []
-        for ready, _ in batch:
-            p = ctx.Process(target=_reader_killed, args=(os.path.join(path, "lmdb"), ready))
-            p.start()
-            procs.append(p)
-        for (ready, _), p in zip(batch, procs, strict=True):
-            assert ready.wait(30)
-            os.kill(p.pid, signal.SIGKILL)
-        for p in procs:
-            p.join()
+        try:
+            for ready, _ in batch:
+                p = ctx.Process(target=_reader_killed, args=(os.path.join(path, "lmdb"), ready))
+                p.start()
+                procs.append(p)
+            for (ready, _), p in zip(batch, procs, strict=True):
+                assert ready.wait(30)
+                os.kill(p.pid, signal.SIGKILL)
+        finally:  # a reader that was not killed above would wait in signal.pause() for ever
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                p.join()
     with lockstore.open(path) as store:  # reader_check on open frees the dead slots
         assert store["a"] == 1
         env = store._engine._env().env  # type: ignore[attr-defined]
@@ -171,14 +172,59 @@ def test_dumb_shards_in_two_processes_follow_each_others_index_rewrites(tmp_path
         assert dict(reader.items()) == model, step
 
 
+def _count_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every ``os.fsync`` from now on, as the path of the file synced (what the dbm.dumb shards call)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def _writes(store: lockstore.BaseStore) -> dict[str, Any]:
+    def edit() -> None:
+        with store.edit("a") as session:
+            session["n"] += 1
+
+    return {
+        "set": lambda: store.__setitem__("a", {"n": 1}),
+        "edit": edit,
+        "delete": lambda: store.__delitem__("a"),
+        "set again": lambda: store.__setitem__("b", {"n": 3}),
+    }
+
+
+@pytest.mark.parametrize("durability", ["system", "process"])
+def test_shelve_system_durability_syncs_every_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str
+) -> None:
+    """durability="system": every write of a shelve store fsyncs the files it touched before it returns
+    ("process": none does). dbm.dumb, the shards lockstore writes itself, is always there to count."""
+    synced = _count_fsyncs(monkeypatch)
+    with lockstore.open(tmp_path / "s", backend="shelve", dbm="dbm.dumb", durability=durability) as store:
+        shards = str(tmp_path / "s" / "shelve")
+        for name, write in _writes(store).items():
+            before = len(synced)
+            write()
+            paths = synced[before:]
+            if durability == "process":
+                assert paths == [], name
+                continue
+            assert paths and all(path.startswith(shards + os.sep) for path in paths), (name, paths)
+            if name != "delete":  # the value, then its index line
+                assert {os.path.splitext(path)[1] for path in paths} == {".dat", ".dir"}, (name, paths)
+        assert dict(store.items()) == {"b": {"n": 3}}
+
+
 @pytest.mark.parametrize("backend", ["lmdb", "shelve"])
 def test_system_durability(tmp_path: Path, backend: str) -> None:
     with lockstore.open(tmp_path / "s", backend=backend, durability="system") as store:
-        store["a"] = {"n": 1}
-        with store.edit("a") as session:
-            session["n"] += 1
-        del store["a"]
-        store["b"] = {"n": 3}
+        for write in _writes(store).values():
+            write()
         if backend == "lmdb":
             flags = store._engine._env().env.flags()  # type: ignore[attr-defined]
             assert flags["sync"] and flags["metasync"]  # every commit reaches the disk
@@ -186,5 +232,8 @@ def test_system_durability(tmp_path: Path, backend: str) -> None:
                 lockstore.open(tmp_path / "s")  # the same environment, in the same process
     with lockstore.open(tmp_path / "s") as store:  # durability is per opening, not recorded
         assert dict(store.items()) == {"b": {"n": 3}}
+        if backend == "lmdb":
+            flags = store._engine._env().env.flags()  # type: ignore[attr-defined]
+            assert not flags["sync"] and not flags["metasync"]  # "process": the operating system decides
     with pytest.raises(ValueError, match="durability"):
         lockstore.open(tmp_path / "s", durability="maybe")

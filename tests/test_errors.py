@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Clock
+from servers import require_root, unavailable
 
 import lockstore
 
@@ -27,14 +29,22 @@ def snapshot(path: Path) -> dict[str, str]:
     return out
 
 
+def state(store: lockstore.BaseStore) -> list[tuple[str, lockstore.Record]]:
+    """Every record, live and expired, with its value and both times, read through the store: what "writes
+    nothing" means for the memory backend, which has no files to compare. Reading every shard creates the
+    lock files not yet used: take it before a :func:`snapshot`."""
+    return sorted([*store.records(), *store.records(expired=True)], key=lambda item: item[0])
+
+
 BAD_IDS = [b"bytes", None, 42, "", "x" * 257, "a/b", "../etc", ".", "..", "a\x00b", "tab\there", "é", "sp ace"]
 
 
 @pytest.mark.parametrize("bad", BAD_IDS, ids=repr)
-def test_bad_ids_rejected_before_any_file(tmp_path: Path, backend: str, bad: Any) -> None:
-    store = lockstore.open(tmp_path / "s", backend=backend)
+def test_bad_ids_rejected_before_any_file(tmp_path: Path, backend: str, bad: Any, clock: Clock) -> None:
+    store = lockstore.open(tmp_path / "s", backend=backend, clock=clock, touch_interval=0)
     store["good"] = {"v": 1}
-    before = snapshot(tmp_path)
+    before, record = snapshot(tmp_path), store.record("good")
+    clock.now += 100  # a write from here on would record other times
     for action in (
         lambda: store[bad],
         lambda: store.__setitem__(bad, 1),
@@ -45,7 +55,8 @@ def test_bad_ids_rejected_before_any_file(tmp_path: Path, backend: str, bad: Any
     ):
         with pytest.raises(lockstore.InvalidSessionId):
             action()
-    assert snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before  # not a file created, not a byte changed
+    assert store.record("good") == record  # its value and both times: what the memory backend can show
     assert not lockstore.is_valid_id(bad)
     store.close()
 
@@ -64,30 +75,36 @@ class Unpicklable:
 
 
 @pytest.mark.parametrize("value", [Unpicklable(), {"x": lambda: 1}, {"n": threading.Lock()}])
-def test_unencodable_value_writes_nothing(tmp_path: Path, backend: str, value: Any) -> None:
-    store = lockstore.open(tmp_path / "s", backend=backend)
+def test_unencodable_value_writes_nothing(tmp_path: Path, backend: str, value: Any, clock: Clock) -> None:
+    store = lockstore.open(tmp_path / "s", backend=backend, clock=clock, touch_interval=0)
     store["s"] = {"v": 1}
-    before = snapshot(tmp_path)
+    records = state(store)
+    before = snapshot(tmp_path)  # after state(), which opens every shard
+    clock.now += 100  # a write from here on would record other times
     with pytest.raises(lockstore.EncodeError):
         store["s"] = value
     with pytest.raises(lockstore.EncodeError), store.edit("s") as session:
         session["bad"] = value
     assert isinstance(lockstore.EncodeError("x"), TypeError)
-    assert store["s"] == {"v": 1}
+    assert state(store) == records  # the value and both times, unchanged
     assert snapshot(tmp_path) == before
+    assert store["s"] == {"v": 1}
     store.close()
 
 
-def test_value_too_large_writes_nothing(tmp_path: Path, backend: str) -> None:
-    store = lockstore.open(tmp_path / "s", backend=backend, max_value_size=1000)
+def test_value_too_large_writes_nothing(tmp_path: Path, backend: str, clock: Clock) -> None:
+    store = lockstore.open(tmp_path / "s", backend=backend, max_value_size=1000, clock=clock, touch_interval=0)
     store["s"] = {"v": 1}
-    before = snapshot(tmp_path)
+    records = state(store)
+    before = snapshot(tmp_path)  # after state(), which opens every shard
+    clock.now += 100  # a write from here on would record other times
     with pytest.raises(lockstore.ValueTooLarge):
         store["s"] = "x" * 2000
     with pytest.raises(lockstore.ValueTooLarge), store.edit("s") as session:
         session["big"] = "x" * 2000
-    assert store["s"] == {"v": 1}
+    assert state(store) == records  # the value and both times, unchanged
     assert snapshot(tmp_path) == before
+    assert store["s"] == {"v": 1}
     store.close()
 
 
@@ -127,8 +144,8 @@ def test_paths_that_are_not_stores(tmp_path: Path) -> None:
     assert not (tmp_path / "y").exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")
 def test_unwritable_directory(tmp_path: Path) -> None:
+    require_root("give files to another user")
     # root can write anywhere; check the other user's view instead: files another user owns are refused
     lockstore.open(tmp_path / "s").close()
     os.chown(tmp_path / "s" / "lockstore.json", 65534, 65534)
@@ -193,20 +210,26 @@ def test_lock_timeout_writes_nothing(tmp_path: Path, file_backend: str) -> None:
     ready, release = ctx.Event(), ctx.Event()
     p = ctx.Process(target=_hold, args=(path, ready, release))
     p.start()
-    assert ready.wait(30)
-    before = snapshot(tmp_path)
-    with lockstore.open(path, timeout=0.2) as store:
-        t0 = time.monotonic()
-        with pytest.raises(lockstore.LockTimeout) as info:
-            store["k"] = {"v": 2}
-        assert 0.2 <= time.monotonic() - t0 < 2
-        assert "shard" in str(info.value) and path in str(info.value)
-        assert isinstance(info.value, TimeoutError)
-        with pytest.raises(lockstore.LockTimeout), store.edit("k"):
-            pass
-    assert snapshot(tmp_path) == before
-    release.set()
-    p.join(30)
+    try:
+        assert ready.wait(30)
+        before = snapshot(tmp_path)
+        with lockstore.open(path, timeout=0.2) as store:
+            t0 = time.monotonic()
+            with pytest.raises(lockstore.LockTimeout) as info:
+                store["k"] = {"v": 2}
+            assert 0.2 <= time.monotonic() - t0 < 2
+            assert "shard" in str(info.value) and path in str(info.value)
+            assert isinstance(info.value, TimeoutError)
+            with pytest.raises(lockstore.LockTimeout), store.edit("k"):
+                pass
+        assert snapshot(tmp_path) == before
+        release.set()
+        p.join(30)
+        assert p.exitcode == 0
+    finally:  # a failed check never leaves the lock holder waiting 30 s
+        if p.is_alive():
+            p.kill()
+        p.join()
     with lockstore.open(path) as store:
         assert store["k"] == {"v": 1, "holder": True}
 
@@ -227,10 +250,9 @@ def tiny_disk(tmp_path: Path) -> Any:
 
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must be able to mount a small tmpfs for the full-disk test")
-        pytest.skip("mounting a tmpfs needs root")
+    require_root("mount a small tmpfs for the full-disk test")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode:
+        unavailable("mounting a 1 MiB tmpfs failed (a container without CAP_SYS_ADMIN?)")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=True)
 

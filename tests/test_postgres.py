@@ -14,13 +14,14 @@ import time
 import uuid
 
 import pytest
+from servers import fault_run, free_port, hold_edit, require, run_increments, running_postgres
 
 import lockstore
-from lockstore.backends.postgres import open_postgres
 
-psycopg = pytest.importorskip("psycopg")
+psycopg = require("psycopg")  # the postgres extra: skips the module locally when missing, fails it under CI
+require("psycopg_pool")
 
-from servers import fault_run, free_port, hold_edit, run_increments, running_postgres  # noqa: E402
+from lockstore.backends.postgres import open_postgres  # noqa: E402  (imports psycopg: after the check)
 
 pytestmark = pytest.mark.servers
 

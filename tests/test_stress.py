@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -40,6 +41,52 @@ def test_scenario_short_run_passes(scenario, tmp_path):
     assert sum(op["operations"] for op in result["operations"].values()) > 100
     assert result["notes"]
     assert os.path.isdir(tmp_path / scenario)  # --path keeps the store
+
+
+# Each scenario's check, shown failing on a store broken on purpose (tests/stress_breaks.py, test only):
+# the harness must find the violation it exists to find, say FAIL and exit 1.
+BROKEN = [
+    ("counter", "no-op-lock", "lost update: hot-"),
+    ("mixed", "no-op-lock", "lost update: "),
+    ("threads", "no-op-lock", "lost update: hot-"),
+    ("fork", "no-op-lock", "a forked child entered a session its parent held"),
+    ("kill", "ack-before-write", "acknowledged write lost: "),
+    ("mixed", "ack-before-write", "a stale value"),
+    ("expiry", "no-expiry-check", "expired session returned by "),
+]
+
+
+def broken_harness(breakage: str, scenario: str, path: str) -> subprocess.CompletedProcess[str]:
+    options = ["--seconds", "2.5", "--processes", "2", "--threads", "2", "--json", "--path", path]
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "stress_breaks.py"), breakage, "--scenario", scenario, *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+@pytest.mark.parametrize(("scenario", "breakage", "finding"), BROKEN)
+def test_scenario_fails_on_a_broken_store(scenario, breakage, finding, tmp_path):
+    proc = broken_harness(breakage, scenario, str(tmp_path))
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["verdict"] == "fail"
+    (result,) = doc["scenarios"]
+    assert result["skipped"] is None
+    assert doc["violations"] == len(result["violations"]) > 0
+    assert not [v for v in result["violations"] if "failed" in v.split(":")[0]]  # workers ran: no crash
+    assert any(finding in v for v in result["violations"]), result["violations"]
+
+
+def test_broken_store_harness_passes_unbroken():
+    """The control: the same wrapper with nothing broken passes, so the failures above are the breakages'."""
+    for scenario in ("counter", "expiry"):
+        with tempfile.TemporaryDirectory() as path:
+            proc = broken_harness("none", scenario, path)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert json.loads(proc.stdout)["verdict"] == "pass"
 
 
 def test_default_run_prints_tables_and_a_verdict():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import in_ci
+from servers import require_root, require_tool
 from test_errors import snapshot
 
 import lockstore
@@ -29,10 +28,8 @@ def other_uid() -> int:
         return pwd.getpwnam(OTHER_USER).pw_uid
     except KeyError:
         pass
-    if os.geteuid() != 0 or shutil.which("useradd") is None:
-        if in_ci():
-            pytest.fail("a second user is needed: run the tests as root (useradd)", pytrace=False)
-        pytest.skip("needs root and useradd to create a second user")
+    require_root("create a second user")
+    require_tool("useradd", "passwd")
     subprocess.run(["useradd", "--system", "--no-create-home", OTHER_USER], check=True)
     return pwd.getpwnam(OTHER_USER).pw_uid
 

@@ -253,24 +253,72 @@ def test_without_request_lock_reads_never_erase_writes_and_keys_merge(store: Any
     assert store[sid] == {"n": 2, "a": True, "b": True, "c": True, "d": True}
 
 
+class _WatchedStripes(StripeLocks):
+    """The middleware's lock stripes, telling the test when the thread named *watch* asks for one (blocking).
+
+    The request-long lock is taken before the session is read, so once that thread asks, it has read
+    nothing yet; a middleware that read first and locked afterwards would already hold a stale copy.
+    """
+
+    def __init__(self, directory: Path, watch: str) -> None:
+        super().__init__(directory)
+        self.watch = watch
+        self.asked = threading.Event()
+
+    def acquire(self, sid: str, *, timeout: float | None = None, blocking: bool = True) -> Any:
+        if blocking and threading.current_thread().name == self.watch:
+            self.asked.set()
+        return super().acquire(sid, timeout=timeout, blocking=blocking)
+
+
 def test_request_lock_serialises_one_session_only(store: Any) -> None:
+    """A paused read-modify-write holds its session: the same user's next request reads only its result,
+    another user's request runs meanwhile. Fails if the lock is taken after the read, or not at all."""
+    setup = SessionMiddleware(counter_app, store)
+    locks = _WatchedStripes(Path(store.path) / "stripes", watch="same-user")
+    sid = call(setup, "/incr").cookie()
+    assert sid is not None
+    other = call(setup, "/incr").cookie()
+    while other is not None and locks.index(other) == locks.index(sid):
+        other = call(setup, "/incr").cookie()  # another user on another stripe (1 in 1,024 share one)
+    assert other is not None
+    changed, go = threading.Event(), threading.Event()
+
+    def paused_increment(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session = environ["lockstore.session"]
+        session["n"] = session.get("n", 0) + 1  # read-modify-write; saved when the response starts
+        changed.set()
+        if not go.wait(30):
+            raise RuntimeError("the test never let the paused request go")
+        start_response("200 OK", [])
+        return [str(session["n"]).encode()]
+
+    paused = SessionMiddleware(paused_increment, store)
     app = SessionMiddleware(counter_app, store)
-    sid = call(app, "/incr").cookie()
-    other = call(app, "/incr").cookie()
-    assert sid is not None and other is not None
-    thread, loaded, go = _paused_reader(store, sid)
-    assert loaded.wait(10)
-    started = time.monotonic()
-    assert call(app, "/incr", other).body == "2"  # another user is not held up
-    assert time.monotonic() - started < 2
-    blocked = threading.Thread(target=call, args=(app, "/incr", sid))
-    blocked.start()
-    blocked.join(0.3)
-    assert blocked.is_alive()  # the same user's request waits for the first to finish...
-    go.set()
-    thread.join(10)
-    blocked.join(10)
-    assert store[sid]["n"] == 2  # ...and is not lost
+    paused.locks = app.locks = locks  # one process: both share its stripes, as one middleware's threads do
+    bodies: dict[str, str] = {}
+
+    def request(name: str, middleware: SessionMiddleware, path: str) -> None:
+        bodies[name] = call(middleware, path, sid).body
+
+    first = threading.Thread(target=request, args=("first", paused, "/"), name="first")
+    second = threading.Thread(target=request, args=("second", app, "/incr"), name="same-user")
+    first.start()
+    try:
+        assert changed.wait(10)
+        assert call(app, "/incr", other).body == "2"  # another user finishes while the first request pauses
+        second.start()
+        assert locks.asked.wait(10)  # the same user's request now waits for the stripe the first one holds
+        assert StripeLocks(Path(store.path) / "stripes").acquire(sid, blocking=False) is None
+        assert bodies == {}  # neither request has finished: the first is paused, the second waits for it
+    finally:
+        go.set()
+        first.join(30)
+        if second.ident is not None:
+            second.join(30)
+    assert not first.is_alive() and not second.is_alive()
+    assert bodies == {"first": "2", "second": "3"}  # the second request read what the first one wrote...
+    assert store[sid]["n"] == 3  # ...and neither increment is lost
 
 
 def test_lock_timeout_is_a_503_and_never_proceeds(store: Any) -> None:
@@ -418,35 +466,50 @@ def test_gunicorn_reads_never_erase_writes(wsgi_server: Any) -> None:
 
 
 def test_gunicorn_slow_request_delays_nobody_else(wsgi_server: Any) -> None:
-    port, _ = wsgi_server
+    port, store = wsgi_server
     slow_user = Client(port)
     slow_user.get("/incr")
     others = [Client(port) for _ in range(3)]
     for other in others:
         other.get("/incr")
+    assert slow_user.cookie is not None
+    probe = StripeLocks(store / "stripes")  # this process's own descriptors: sees the workers' flocks
+
+    def timed_get(path: str) -> tuple[str, float]:
+        t = time.monotonic()
+        reply = slow_user.get(path)
+        assert reply.status == 200, reply.body
+        return reply.body, time.monotonic() - t
+
+    def timed(client: Client) -> float:
+        worst = 0.0
+        for _ in range(10):
+            t = time.monotonic()
+            assert client.get("/incr").status == 200
+            worst = max(worst, time.monotonic() - t)
+        return worst
+
     with ThreadPoolExecutor(6) as pool:
-        slow = pool.submit(slow_user.get, "/slow?s=2")
-        time.sleep(0.3)
+        slow = pool.submit(timed_get, "/slow?s=2")
+        deadline = time.monotonic() + 10
+        while (hold := probe.acquire(slow_user.cookie, blocking=False)) is not None:  # until a worker holds it
+            hold.release()
+            assert time.monotonic() < deadline and not slow.done(), "the slow request never took its lock"
+            time.sleep(0.005)
         started = time.monotonic()
-        same_user = pool.submit(slow_user.get, "/incr")  # waits for the slow one, is not lost
-
-        def timed(client: Client) -> float:
-            worst = 0.0
-            for _ in range(10):
-                t = time.monotonic()
-                assert client.get("/incr").status == 200
-                worst = max(worst, time.monotonic() - t)
-            return worst
-
+        same_user = pool.submit(timed_get, "/incr")  # must wait for the slow one, and not be lost
         latencies = list(pool.map(timed, others))
         others_done = time.monotonic() - started
-        assert slow.result(10).status == 200
-        assert same_user.result(10).status == 200
-        waited = time.monotonic() - started
+        slow_body, slow_took = slow.result(10)
+        same_body, same_took = same_user.result(10)
+    probe.close()
     assert max(latencies) < 1.0, latencies  # other users never waited for the slow request
     assert others_done < 1.5
-    assert waited > 1.2  # the same user's request did wait for it...
-    assert slow_user.get("/read").body == "3"  # ...and both of its increments count
+    assert slow_took > 1.9 and slow_body == "2"
+    # measured by the request itself: it was sent while the slow one held the session (~2 s to go)
+    assert same_took > 1.5, same_took
+    assert same_body == "3"  # it read the slow request's increment...
+    assert slow_user.get("/read").body == "3"  # ...and both count
     assert [o.get("/read").body for o in others] == ["11"] * 3
 
 
