@@ -218,7 +218,7 @@ def open(
             raise StoreMismatch("dbm= applies to the shelve backend only")
         from .backends.shelve import pick_dbm
 
-        pick_dbm(dbm)
+        dbm = pick_dbm(dbm)  # "dumb" is "dbm.dumb", as recorded
     rules: dict[str, Any] = {"max_age": max_age, "clean_interval": clean_interval, "clean_limit": clean_limit}
     files: StoreDir | None = None
     engine: Any

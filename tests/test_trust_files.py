@@ -369,3 +369,9 @@ class _umask:
 
     def __exit__(self, *exc: object) -> None:
         os.umask(self.old)
+
+
+def test_a_short_dbm_name_opens_the_store_it_created(tmp_path: Path) -> None:
+    lockstore.open(tmp_path / "s", backend="shelve", dbm="dumb").close()
+    with lockstore.open(tmp_path / "s", dbm="dumb") as store:
+        assert store.settings["dbm"] == "dbm.dumb"  # type: ignore[attr-defined]
