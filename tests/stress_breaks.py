@@ -57,7 +57,8 @@ def ack_before_write() -> None:
 def no_expiry_check() -> None:
     """Reads (``store[sid]``, ``get``, ``in``, ``record``) return a stored session however long it has been
     idle; everything else (touching live sessions, sweeps) is unchanged."""
-    from lockstore.codec import Record, record_times, stored_atime
+    from lockstore import record as fmt
+    from lockstore.codec import Record
     from lockstore.store import Store
 
     def getitem(self: Store, sid: str) -> Any:
@@ -67,7 +68,7 @@ def no_expiry_check() -> None:
             raise KeyError(sid)
         value = self._codec.decode(key, rec)
         now = self.clock()
-        if now - stored_atime(rec) >= self.touch_interval:
+        if now - fmt.last_access(rec) >= self.touch_interval:
             self._touch_shard(shard, key, now)  # a live session's read still counts as an access
         return value
 
@@ -76,7 +77,7 @@ def no_expiry_check() -> None:
         rec = self._read(shard, key)
         if rec is None:
             return None
-        atime, created = record_times(rec)
+        atime, created = fmt.times(rec)
         return Record(self._codec.decode(key, rec), created, atime)
 
     Store.__getitem__ = getitem  # type: ignore[method-assign]
