@@ -126,8 +126,13 @@ class Codec:
     def payload(self, key: bytes, rec: bytes | memoryview) -> memoryview:
         """The payload of a record, its header and signature checked."""
         fmt.times(rec)  # length, version, finite times
+        return self.body(key, rec)
+
+    def body(self, key: bytes, rec: bytes | memoryview) -> memoryview:
+        """The payload of a record whose header :func:`lockstore.record.times` accepted, its signature checked
+        (for callers that parsed the header already: it is not parsed twice)."""
         view = memoryview(rec)
-        if fmt.flags(rec) & FLAG_SIGNED:
+        if rec[1] & FLAG_SIGNED:
             if self._secret is None:
                 raise CorruptRecord("record is signed but the store was opened without its secret")
             mac = view[HEADER_SIZE : HEADER_SIZE + MAC_SIZE]

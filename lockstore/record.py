@@ -46,11 +46,6 @@ def times(rec: bytes | memoryview) -> tuple[float, float]:
     return atime, created
 
 
-def flags(rec: bytes | memoryview) -> int:
-    """The flags byte of a record whose header :func:`times` accepted."""
-    return rec[1]
-
-
 def last_access(rec: bytes | memoryview) -> float:
     """The last access of a stored record; ``-inf`` for one too short to have a header or whose time is not
     finite (damaged or forged: never live, never swept, reported by verify())."""
@@ -93,7 +88,6 @@ __all__ = [
     "TIME",
     "VERSION",
     "bucket",
-    "flags",
     "is_live",
     "last_access",
     "pack_header",

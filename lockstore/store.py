@@ -66,7 +66,7 @@ class _Edit:
                 self._old = None
                 self._created = now
             else:
-                body = codec.payload(key, rec)
+                body = codec.body(key, rec)  # the header was checked above
                 decoded = codec.loads(body, key)
                 if not isinstance(decoded, dict):
                     raise TypeError(

@@ -37,6 +37,8 @@ from ..locks import try_flock, unflock, wait_flock
 T = TypeVar("T")
 _BUCKET = struct.Struct(">I")
 _SHARD = struct.Struct(">H")
+_BUCKET_SECONDS = fmt.BUCKET_SECONDS
+_time_at = fmt.TIME.unpack_from
 _fork_generation = [0]
 os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(0, _fork_generation[0] + 1))
 
@@ -243,8 +245,9 @@ class LmdbEngine:
         handle = self._handle
         if sweep is None and handle is not None and self._gen == _fork_generation[0]:
             prefix = self._prefix[shard]
-            old_bucket = -1 if old_atime is None else fmt.bucket(old_atime)
-            new_bucket = fmt.record_bucket(rec)
+            # inline: the hot path of edit(); rec is a record just made, its time valid
+            old_bucket = -1 if old_atime is None else max(0, int(old_atime // _BUCKET_SECONDS))
+            new_bucket = max(0, int(_time_at(rec, 2)[0] // _BUCKET_SECONDS))
             with handle.mutex:
                 try:
                     with handle.env.begin(write=True) as txn:
