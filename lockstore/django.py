@@ -69,6 +69,7 @@ from django.utils.module_loading import import_string
 
 import lockstore
 
+from ._process import GENERATION
 from .opener import read_meta
 from .options import options_from_settings
 from .wsgi import BUSY_BODY, stripe_locks_for
@@ -110,13 +111,13 @@ class _Gates:
         self._reset()
 
     def _reset(self) -> None:
-        self._pid = os.getpid()
+        self._gen = GENERATION[0]
         self._cond = threading.Condition()
         self._holders: dict[int, asyncio.AbstractEventLoop | None] = {}
 
     def take(self, index: int, loop: asyncio.AbstractEventLoop | None, timeout: float) -> bool:
         """Take gate *index* for a request running on *loop*, waiting up to *timeout* s (0: try once)."""
-        if self._pid != os.getpid():
+        if self._gen != GENERATION[0]:
             self._reset()
         with self._cond:
             if index in self._holders and (
@@ -133,7 +134,7 @@ class _Gates:
 
     def give(self, index: int) -> None:
         """Give gate *index* back."""
-        if self._pid != os.getpid():
+        if self._gen != GENERATION[0]:
             return
         with self._cond:
             self._holders.pop(index, None)

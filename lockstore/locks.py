@@ -17,18 +17,17 @@ import os
 import random
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from filelock import lock_descriptor, unlock_descriptor
 
+from ._process import at_fork
 from .errors import LockTimeout, StoreClosed
 
 _FIRST_DELAY = 0.00002
 _MAX_DELAY = 0.001
 _YIELDS = 20
-_all_locks: weakref.WeakSet[ShardLocks] = weakref.WeakSet()
 
 
 class ShardLocks:
@@ -44,7 +43,7 @@ class ShardLocks:
         self._paths = [os.path.join(directory, f"lock-{i:03d}") for i in range(shards)] if directory else []
         self._closed = False
         self._reset()
-        _all_locks.add(self)
+        at_fork(self)
 
     def _reset(self) -> None:
         self._guard = threading.Lock()
@@ -158,9 +157,3 @@ def wait_flock(fd: int, deadline: float, *, first: float, cap: float, yields: in
         delay = min(delay * 2, cap)
 
 
-def _reset_all_after_fork() -> None:
-    for locks in list(_all_locks):
-        locks._after_fork()
-
-
-os.register_at_fork(after_in_child=_reset_all_after_fork)

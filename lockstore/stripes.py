@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import lockstore
 
 from ._files import make_dirs
+from ._process import GENERATION
 from .locks import try_flock, unflock, wait_flock
 
 if TYPE_CHECKING:
@@ -73,11 +74,11 @@ class StripeHold:
     parent is inert: releasing it would free the parent's ``flock``.
     """
 
-    __slots__ = ("_locks", "_pid", "index", "released")
+    __slots__ = ("_gen", "_locks", "index", "released")
 
     def __init__(self, locks: StripeLocks, index: int) -> None:
         self._locks = locks
-        self._pid = os.getpid()
+        self._gen = GENERATION[0]
         self.index = index
         self.released = False
 
@@ -86,7 +87,7 @@ class StripeHold:
         if self.released:
             return
         self.released = True
-        if self._pid == os.getpid():
+        if self._gen == GENERATION[0]:
             self._locks._release(self.index)
 
     def __enter__(self) -> Self:
@@ -155,12 +156,12 @@ class StripeLocks:
             make_dirs(os.path.realpath(self.directory))  # missing parents too are 0700, whatever the umask
 
     def _reset(self) -> None:
-        self._pid = os.getpid()
+        self._gen = GENERATION[0]
         self._state: dict[int, _Stripe] = {}
         self._fds: OrderedDict[int, int] = OrderedDict()  # stripe -> open descriptor, LRU order
 
     def _check_fork(self) -> None:
-        if self._pid == os.getpid():
+        if self._gen == GENERATION[0]:
             return
         # A forked child: the inherited descriptors share the parent's open file
         # descriptions, so unlocking them would free the parent's locks; closing
@@ -277,7 +278,7 @@ class StripeLocks:
 
     def _release(self, index: int) -> None:
         with self._guard:
-            if self._pid != os.getpid():
+            if self._gen != GENERATION[0]:
                 return
             stripe = self._state.get(index)
             if stripe is None or stripe.count == 0:

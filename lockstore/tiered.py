@@ -27,13 +27,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import os
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ._process import GENERATION
 from .base import BaseStore
 from .codec import Codec, Record
 from .errors import CorruptRecord, LockstoreError, StoreClosed
@@ -93,7 +93,7 @@ class TieredStore(BaseStore):
         self._codec = codec
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
-        self._pid = os.getpid()
+        self._gen = GENERATION[0]
         self._next_sweep = self.clock() + sweep_interval
         self._closed = False
         # Saves the memory tier at interpreter exit if close() was not called; a weak reference,
@@ -108,7 +108,7 @@ class TieredStore(BaseStore):
         if self._closed:
             msg = f"tiered store over {self.path} is closed"
             raise StoreClosed(msg)
-        if os.getpid() != self._pid:
+        if GENERATION[0] != self._gen:
             msg = (
                 "a tiered store cannot be used in a forked child: its memory tier belongs to the "
                 "parent; open the tiered store after the fork, in the process that serves sessions"
@@ -411,7 +411,7 @@ class TieredStore(BaseStore):
         with self._lock:
             if self._closed:
                 return
-            if os.getpid() == self._pid:
+            if GENERATION[0] == self._gen:
                 self.store_all()
             self._entries.clear()
             self._closed = True
@@ -425,7 +425,7 @@ class TieredStore(BaseStore):
 def _close_at_exit(ref: weakref.ref[TieredStore]) -> None:
     """Interpreter exit: save what is in memory, in the process that owns the tier only."""
     tier = ref()
-    if tier is not None and not tier._closed and os.getpid() == tier._pid:
+    if tier is not None and not tier._closed and GENERATION[0] == tier._gen:
         tier.close()
 
 

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from .. import record as fmt
+from .._process import GENERATION
 from ..base import KEEP, Updater
 from ..errors import LockstoreError, StorageError, StoreMismatch
 from ..locks import try_flock, unflock, wait_flock
@@ -39,8 +40,6 @@ _BUCKET = struct.Struct(">I")
 _SHARD = struct.Struct(">H")
 _BUCKET_SECONDS = fmt.BUCKET_SECONDS
 _time_at = fmt.TIME.unpack_from
-_fork_generation = [0]
-os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(0, _fork_generation[0] + 1))
 
 DEFAULT_MAP_SIZE = 64 << 30  # reserved address space, not disk: the file grows as it fills
 
@@ -110,7 +109,7 @@ class LmdbEngine:
     # -- environment ---------------------------------------------------------------------
 
     def _open(self) -> _Env:
-        gen = _fork_generation[0]
+        gen = GENERATION[0]
         with _envs_lock:
             entry = _envs.get(self._ident)
             if entry is None or entry[0] != gen:
@@ -139,7 +138,7 @@ class LmdbEngine:
 
     def _env(self) -> _Env:
         handle = self._handle
-        if self._gen != _fork_generation[0] or handle is None:
+        if self._gen != GENERATION[0] or handle is None:
             handle = self._open()
         return handle
 
@@ -183,7 +182,7 @@ class LmdbEngine:
 
     def get(self, shard: int, key: bytes) -> bytes | None:
         handle = self._handle
-        if handle is None or self._gen != _fork_generation[0]:
+        if handle is None or self._gen != GENERATION[0]:
             handle = self._env()
         k = self._prefix[shard] + key
         with handle.mutex:
@@ -202,7 +201,7 @@ class LmdbEngine:
 
     def update(self, shard: int, key: bytes, fn: Updater, sweep: tuple[float, float, int] | None) -> int:
         handle = self._handle
-        if handle is not None and self._gen == _fork_generation[0]:
+        if handle is not None and self._gen == GENERATION[0]:
             with handle.mutex:  # the common case, without the retry loop of _run
                 try:
                     with handle.env.begin(write=True) as txn:
@@ -243,7 +242,7 @@ class LmdbEngine:
     ) -> int:
         """Store *rec*, replacing a record the caller read under the same lock (last access *old_atime*)."""
         handle = self._handle
-        if sweep is None and handle is not None and self._gen == _fork_generation[0]:
+        if sweep is None and handle is not None and self._gen == GENERATION[0]:
             prefix = self._prefix[shard]
             # inline: the hot path of edit(); rec is a record just made, its time valid
             old_bucket = -1 if old_atime is None else max(0, int(old_atime // _BUCKET_SECONDS))
@@ -361,7 +360,7 @@ class LmdbEngine:
 
     def close(self) -> None:
         handle, self._handle = self._handle, None
-        if handle is None or self._gen != _fork_generation[0]:
+        if handle is None or self._gen != GENERATION[0]:
             return
         with _envs_lock:
             handle.users -= 1

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -49,6 +48,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .. import record as fmt
+from .._process import GENERATION
 from ..base import Clock
 from ..codec import HEADER_SIZE, Record
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
@@ -280,7 +280,7 @@ class PostgresStore(RemoteStore):
         except psycopg.Error as exc:
             raise ValueError(f"not a usable PostgreSQL URL or conninfo string: {self._scrub(exc)}") from None
         self._build_queries()
-        self._pid = os.getpid()
+        self._gen = GENERATION[0]
         self._pool = self._new_pool()
         try:
             settings = self.setup(
@@ -347,14 +347,14 @@ class PostgresStore(RemoteStore):
     def _current_pool(self) -> psycopg_pool.ConnectionPool[Any]:
         if self._closed:
             raise StoreClosed(f"store {self.table!r} at {self.path} is closed")
-        if os.getpid() != self._pid:
+        if GENERATION[0] != self._gen:
             with self._lock:
-                if os.getpid() != self._pid:
+                if GENERATION[0] != self._gen:
                     # In a forked child: keep the inherited pool referenced forever, never closed, so that
                     # no goodbye message goes out on the parent's connections; use a new pool.
                     self._orphans.append(self._pool)
                     self._pool = self._new_pool()
-                    self._pid = os.getpid()
+                    self._gen = GENERATION[0]
         pool = self._pool
         if pool.closed:
             with self._lock:
@@ -726,7 +726,7 @@ class PostgresStore(RemoteStore):
             if self._closed:
                 return
             self._closed = True
-        if os.getpid() == self._pid:
+        if GENERATION[0] == self._gen:
             self._pool.close(timeout=self.connect_timeout)
 
 

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import record as fmt
+from .._process import GENERATION
 from ..base import KEEP, Updater
 from ..errors import CorruptRecord, StorageError, StoreMismatch
 from .dumb import DumbShard
@@ -167,7 +168,7 @@ class ShelveEngine:
         except ImportError:
             raise StoreMismatch(f"this store was created with {dbm_name}, which this Python lacks") from None
         self._dumb = dbm_name == "dbm.dumb"
-        self._pid = os.getpid()
+        self._gen = GENERATION[0]
         self._held = [False] * shards
         self._shards: list[DumbShard | None] = [None] * shards
 
@@ -183,8 +184,8 @@ class ShelveEngine:
     @contextlib.contextmanager
     def _open_db(self, shard: int) -> Iterator[Any]:
         if self._dumb:
-            if self._pid != os.getpid():  # after fork: new descriptors of our own
-                self._pid = os.getpid()
+            if self._gen != GENERATION[0]:  # after fork: new descriptors of our own
+                self._gen = GENERATION[0]
                 for inherited in self._shards:
                     if inherited is not None:
                         inherited.release()  # closing our copies leaves the parent's open
