@@ -29,10 +29,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import lockstore
-
 from ._files import make_dirs
 from ._process import GENERATION
+from .errors import LockTimeout
 from .locks import try_flock, unflock, wait_flock
 
 if TYPE_CHECKING:
@@ -196,7 +195,7 @@ class StripeLocks:
 
         Raises
         ------
-        lockstore.LockTimeout
+        LockTimeout
             The stripe was not obtained within *timeout* seconds.
         """
         index = self.index(sid)
@@ -234,13 +233,13 @@ class StripeLocks:
         logger.debug("stripe %d acquired", index)
         return StripeHold(self, index)
 
-    def _timeout(self, index: int, wait: float) -> lockstore.LockTimeout:
+    def _timeout(self, index: int, wait: float) -> LockTimeout:
         where = self.path(index) or f"in-process stripe {index}"
         msg = (
             f"session lock not obtained within {wait:g} s ({where}): another request of this "
             "session (or one sharing its stripe) is still running"
         )
-        return lockstore.LockTimeout(msg)
+        return LockTimeout(msg)
 
     def _open(self, index: int) -> int:
         """Return the kept-open descriptor of stripe *index* (caller holds its thread lock)."""
