@@ -780,9 +780,9 @@ def _lines(f: IO[bytes], limit: int) -> Iterator[tuple[int, bytes]]:
 
 def cmd_import(args: argparse.Namespace) -> int:
     import lockstore
-    from lockstore.backends._remote import DEFAULT_CODEC as REMOTE_DEFAULT_CODEC
     from lockstore.codec import Codec
     from lockstore.options import DEFAULTS
+    from lockstore.remote.base import DEFAULT_CODEC as REMOTE_DEFAULT_CODEC
 
     create = _new_store_options(args, args.path)
     rules = {} if args.max_age is None else {"max_age": args.max_age}

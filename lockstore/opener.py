@@ -20,10 +20,10 @@ from .store import BaseStore, Clock, Store
 
 logger = logging.getLogger(__name__)
 REMOTE_SCHEMES = {
-    "redis": (".backends.redis", "open_redis"),
-    "rediss": (".backends.redis", "open_redis"),
-    "postgresql": (".backends.postgres", "open_postgres"),
-    "postgres": (".backends.postgres", "open_postgres"),
+    "redis": (".remote.redis", "open_redis"),
+    "rediss": (".remote.redis", "open_redis"),
+    "postgresql": (".remote.postgres", "open_postgres"),
+    "postgres": (".remote.postgres", "open_postgres"),
 }
 """URL scheme -> (module, function) of the remote store; imported only when used (optional extras)."""
 

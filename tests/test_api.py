@@ -133,3 +133,14 @@ def test_clean_refuses_a_max_idle_that_is_not_a_time(make_store: Any, any_backen
     with pytest.raises(ValueError, match="max_idle"):
         store.clean(max_idle=bad)
     assert store["keep"] == 1
+
+
+@pytest.mark.parametrize(("old", "new"), [("redis", "open_redis"), ("postgres", "open_postgres")])
+def test_the_remote_stores_old_import_path_still_works_with_a_warning(old: str, new: str) -> None:
+    import importlib
+    import sys
+
+    sys.modules.pop(f"lockstore.backends.{old}", None)
+    with pytest.warns(DeprecationWarning, match=f"lockstore.remote.{old}"):
+        shim = importlib.import_module(f"lockstore.backends.{old}")
+    assert getattr(shim, new) is getattr(importlib.import_module(f"lockstore.remote.{old}"), new)

@@ -21,7 +21,7 @@ import lockstore
 psycopg = require("psycopg")  # the postgres extra: skips the module locally when missing, fails it under CI
 require("psycopg_pool")
 
-from lockstore.backends.postgres import open_postgres  # noqa: E402  (imports psycopg: after the check)
+from lockstore.remote.postgres import open_postgres  # noqa: E402  (imports psycopg: after the check)
 
 pytestmark = pytest.mark.servers
 

@@ -27,10 +27,10 @@ from servers import PostgresServer, free_port
 
 import lockstore
 from lockstore import record as fmt
-from lockstore.backends.postgres import open_postgres
-from lockstore.backends.redis import open_redis
 from lockstore.codec import Codec
 from lockstore.record import HEADER_SIZE
+from lockstore.remote.postgres import open_postgres
+from lockstore.remote.redis import open_redis
 
 pytestmark = pytest.mark.servers
 
@@ -424,7 +424,7 @@ def test_redis_credentials_never_show(redis_server: str, redis_user: tuple[str, 
 
 
 def test_redaction_rule() -> None:
-    from lockstore.backends._remote import redact_url, scrub
+    from lockstore.remote.base import redact_url, scrub
 
     shown, found = redact_url("redis://me:p%40ss@h:1/0?db=1&auth_token=T0k&SSL_KEYFILE=/k&Password=P+w#rest")
     assert shown == "redis://me:***@h:1/0?db=1&auth_token=***&SSL_KEYFILE=***&Password=***#***"

@@ -1,0 +1,771 @@
+"""The Redis backend: ``lockstore.open("redis://host:port/db", prefix="lockstore")``.
+
+Redis's own mechanisms do the work the embedded design does with files:
+
+- A session is one string key ``PREFIX:{SID}`` holding the same record as the embedded stores (times,
+  optional signature, payload). The hash tag ``{SID}`` puts a session's keys in one Redis Cluster slot.
+- Expiry is native: every write sets the key's TTL to what is left of ``max_age`` since the last
+  access, so a touch slides it. Reads also check the record's last access against the store's clock,
+  so an expired session is never returned even before the server drops it.
+- ``edit()`` takes a per-session lock key ``PREFIX:{SID}:lock`` (a random token, ``PX lock_ttl``) in
+  the same server-side script that reads the record, and commits with a script that writes only if the
+  token still holds. A ``with`` block cannot be replayed, which optimistic ``WATCH``/``MULTI`` needs on
+  conflict (the README's scale-out measurements compare both). A holder that dies leaves its lock
+  until ``lock_ttl``; a holder slower than ``lock_ttl`` gets :class:`~lockstore.LockTimeout` on exit and
+  writes nothing, so no update is ever lost silently.
+- Connections come from a bounded pool; every socket has a timeout. A server that is down or does not
+  answer raises :class:`~lockstore.BackendUnavailable`, never a hang.
+- The store's settings live in the hash ``PREFIX:meta``: metadata format, codec, whether records are
+  signed, a random store id bound into every signature, and the sweep rule (``max_age``,
+  ``clean_interval``, ``clean_limit``). Nothing there is trusted: see :mod:`lockstore.remote.base`.
+- Keys under the prefix that lockstore did not write (an id that is not a valid session id, a record
+  too short for its header) are reported by :meth:`RedisStore.verify`; reading one raises
+  :class:`~lockstore.CorruptRecord`, never another exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from itertools import chain
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .. import record as fmt
+from ..base import Clock
+from ..codec import HEADER_SIZE, Record
+from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
+from ..ids import describe_id, is_valid_id, validate_id
+from .base import RemoteStore, Settings, check_options, creation_fields, make_codec, parse_meta, redact_url, resolve
+
+logger = logging.getLogger(__name__)
+
+SCAN_BATCH = 500
+DONE_TTL_MS = 5000
+_PREFIX_OK = re.compile(r"[A-Za-z0-9_.:~-]{1,100}").fullmatch
+
+# KEYS: data, lock. ARGV: token, lock ttl (ms). Takes the lock unless another token holds it; returns
+# {1, record} or {0, lock pttl}. Idempotent for one token, so a retry after a lost reply is safe.
+ACQUIRE = """
+local cur = redis.call('GET', KEYS[2])
+if cur and cur ~= ARGV[1] and string.sub(cur, 1, 5) ~= 'done:' then
+  return {0, redis.call('PTTL', KEYS[2])}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {1, redis.call('GET', KEYS[1])}
+"""
+
+# KEYS: data, lock, wake. ARGV: token, op (w = write, d = delete, r = release only), record, ttl (ms,
+# or '' for none), ttl of the done marker (ms), and optionally the header the record must still have
+# ('' for none): a touch does not take the lock, and put_record_if must not write over one.
+# Returns 1 (done), 2 (an earlier attempt of this commit was done), 3 (the record's header changed:
+# released, nothing written) or 0 (the lock was lost: nothing written). A done commit leaves
+# 'done:TOKEN' for a few seconds so that a retry learns it went through.
+# Every release pushes one wake-up on the wake list, where a waiter blocks (BLPOP) instead of polling.
+COMMIT = f"""
+local cur = redis.call('GET', KEYS[2])
+if cur == 'done:' .. ARGV[1] then return 2 end
+if cur ~= ARGV[1] then return 0 end
+redis.call('LPUSH', KEYS[3], '1')
+redis.call('LTRIM', KEYS[3], 0, 0)
+redis.call('PEXPIRE', KEYS[3], 2000)
+if ARGV[6] and redis.call('GETRANGE', KEYS[1], 0, {HEADER_SIZE - 1}) ~= ARGV[6] then
+  redis.call('DEL', KEYS[2])
+  return 3
+end
+if ARGV[2] == 'r' then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+if ARGV[2] == 'w' and ARGV[4] == '' then
+  redis.call('SET', KEYS[1], ARGV[3])
+elseif ARGV[2] == 'w' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('DEL', KEYS[1])
+end
+redis.call('SET', KEYS[2], 'done:' .. ARGV[1], 'PX', ARGV[5])
+return 1
+"""
+
+# KEYS: data. ARGV: old record, new record, ttl (ms, or '' for none). Compare-and-set for a touch.
+RETIME = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[3] == '' then
+    redis.call('SET', KEYS[1], ARGV[2])
+  else
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  end
+  return 1
+end
+return 0
+"""
+
+# KEYS: data. ARGV: header. Deletes the record if it still has that header (same times): for clean().
+SWEEP = f"""
+if redis.call('GETRANGE', KEYS[1], 0, {HEADER_SIZE - 1}) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: meta. ARGV: n, n field/value pairs that record a new store, then field/value pairs to record
+# where absent in an existing one (the sweep rule of a store created before it was recorded). Returns
+# the recorded fields, or the key's type if it is not a hash.
+META = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' and kind ~= 'hash' then return kind end
+local n = tonumber(ARGV[1])
+if kind == 'none' then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n))
+else
+  for i = 2 + 2 * n, #ARGV, 2 do
+    redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+class _Edit:
+    """The context manager returned by :meth:`RedisStore.edit`."""
+
+    def __init__(self, store: RedisStore, sid: str, create: bool) -> None:
+        self._store = store
+        self._sid = validate_id(sid)
+        self._create = create
+
+    def __enter__(self) -> dict[str, Any]:
+        store = self._store
+        sid = self._sid
+        self._token, rec = store._lock(sid)
+        try:
+            now = store.clock()
+            codec = store._codec
+            key = sid.encode()
+            if not fmt.is_live(rec, now, store.max_age):
+                rec = None
+            if rec is None:
+                if not self._create:
+                    raise KeyError(sid)
+                value: dict[str, Any] = {}
+                self._old: bytes | None = None
+                self._created = now
+                self._atime = -math.inf
+            else:
+                atime, created = fmt.times(rec)
+                body = codec.payload(key, rec)
+                decoded = codec.loads(body, key)
+                if not isinstance(decoded, dict):
+                    raise TypeError(f"edit() needs a dict session; {describe_id(sid)} holds a {type(decoded).__name__}")
+                value = decoded
+                self._old = bytes(body)
+                self._created = created
+                self._atime = atime
+            self._value = value
+            return value
+        except BaseException:
+            store._release(sid, self._token)
+            raise
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        store = self._store
+        sid = self._sid
+        if exc_type is not None:
+            store._release(sid, self._token)
+            return
+        try:
+            value = self._value
+            if self._old is None and not value:
+                store._release(sid, self._token)  # just in time: an absent session left empty is not created
+                return
+            codec = store._codec
+            payload = codec.encode(value)
+            now = store.clock()
+            if payload == self._old and now - self._atime < store.touch_interval:
+                store._release(sid, self._token)
+                return
+            rec = codec.record(sid.encode(), payload, now, self._created)
+        except BaseException:
+            store._release(sid, self._token)
+            raise
+        store._commit(sid, self._token, rec, now)
+
+
+class RedisStore(RemoteStore):
+    """A store on a Redis server: see :func:`open_redis` and :func:`lockstore.open`.
+
+    Notes
+    -----
+    Thread safe: threads share one bounded connection pool. Process safe: every process (or machine)
+    opens its own store; ``edit()`` is atomic across all of them through the server. Fork safe: the
+    redis client drops inherited connections in a child and reconnects.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        codec: str | None,
+        max_age: float | None = None,
+        touch_interval: float,
+        timeout: float,
+        max_value_size: int,
+        secret: bytes | str | None,
+        clock: Clock | None,
+        connect_timeout: float,
+        lock_ttl: float,
+        pool_size: int,
+        clean_interval: float | None = None,
+        clean_limit: int | None = None,
+    ) -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
+        if not isinstance(prefix, str) or not _PREFIX_OK(prefix):
+            raise ValueError(f"prefix must be 1-100 characters from A-Z a-z 0-9 _ . : ~ -, not {prefix!r}")
+        # Every option is checked before the server is touched: a rejected one writes nothing.
+        check_options(
+            codec=codec,
+            touch_interval=touch_interval,
+            secret=secret,
+            max_value_size=max_value_size,
+            max_age=max_age,
+            clean_interval=clean_interval,
+            clean_limit=clean_limit,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            lock_ttl=lock_ttl,
+            pool_size=pool_size,
+        )
+        self.backend = "redis"
+        self.path, self._secrets = redact_url(url)
+        self.prefix = prefix
+        self.touch_interval = float(touch_interval)
+        self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.lock_ttl = float(lock_ttl)
+        self.clock = clock or time.time
+        # Native expiry runs on the server's clock; an injected clock (tests, replays) is the store's
+        # only judge of expiry, so native expiry is then left off and clean() removes what expired.
+        self._native_expiry = clock is None
+        self._closed = False
+        self._close_lock = threading.Lock()
+        try:
+            self._pool = redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=pool_size,
+                timeout=self.timeout,
+                socket_timeout=self.connect_timeout,
+                socket_connect_timeout=self.connect_timeout,
+                retry=Retry(NoBackoff(), 0),  # retries are decided here, per operation (see _do)
+            )
+        except ValueError as exc:
+            raise ValueError(f"not a usable Redis URL: {self.path}: {self._scrub(exc)}") from None
+        self._client = redis.Redis(connection_pool=self._pool)
+        self._acquire = self._client.register_script(ACQUIRE)
+        self._commit_script = self._client.register_script(COMMIT)
+        self._retime = self._client.register_script(RETIME)
+        self._sweep = self._client.register_script(SWEEP)
+        self._pattern = re.sub(r"([\\*?\[\]])", r"\\\1", prefix) + ":{*}"
+        try:
+            settings = self._settings(codec, secret is not None, max_age, clean_interval, clean_limit)
+            self.max_age = settings.max_age
+            self.clean_interval = settings.clean_interval
+            self.clean_limit = settings.clean_limit
+            self._codec = make_codec("redis", prefix, settings, secret, max_value_size, self.path)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _data_key(self, sid: str) -> str:
+        return f"{self.prefix}:{{{sid}}}"
+
+    def _sid_of(self, key: bytes) -> str | None:
+        """The session id of a data key (it matched ``PREFIX:{*}``), or None if it holds no valid id."""
+        try:
+            sid = key.decode()[len(self.prefix) + 2 : -1]
+        except UnicodeDecodeError:
+            return None
+        return sid if is_valid_id(sid) else None
+
+    def _bad_key(self, key: bytes) -> CorruptRecord:
+        return CorruptRecord(
+            f"key {key!r} under prefix {self.prefix!r} is not a session's: the part between the braces is not "
+            "a valid session id (not written by lockstore; delete it with redis-cli)"
+        )
+
+    def _do(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one server call, mapping the client's errors to :class:`BackendUnavailable`.
+
+        A connection error is retried once at once on a fresh connection: after a server restart the
+        pooled connections are dead, and every call made here is safe to repeat (the scripts are
+        idempotent per lock token). A timeout is not retried: the caller has waited long enough.
+
+        The client's error is not chained (``from None``): a traceback would print its text as it is, and
+        only the scrubbed text, in this message, is sure to hold no credential.
+        """
+        if self._closed:
+            raise StoreClosed(f"store at {self.path} is closed")
+        for attempt in (0, 1):
+            try:
+                return fn(*args, **kwargs)
+            except redis.ConnectionError as exc:
+                if attempt == 0:
+                    self._pool.disconnect(inuse_connections=False)
+                    continue
+                raise BackendUnavailable(
+                    f"redis at {self.path} is unavailable: {type(exc).__name__}: {self._scrub(exc)}"
+                ) from None
+            except redis.TimeoutError as exc:
+                raise BackendUnavailable(
+                    f"redis at {self.path} did not answer within {self.connect_timeout} s: {self._scrub(exc)}"
+                ) from None
+            except redis.RedisError as exc:
+                raise BackendUnavailable(
+                    f"redis at {self.path} refused the command: {type(exc).__name__}: {self._scrub(exc)}"
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _settings(
+        self,
+        codec: str | None,
+        signed: bool,
+        max_age: float | None,
+        clean_interval: float | None,
+        clean_limit: int | None,
+    ) -> Settings:
+        """Record the settings of a new store, or read and check those of an existing one."""
+        meta = f"{self.prefix}:meta"
+        where = f"store {self.prefix!r} at {self.path}"
+        create = creation_fields(codec, signed, max_age, clean_interval, clean_limit)
+        fill: dict[str, str] = {}
+        for _ in range(3):
+            args = [str(len(create)), *chain(*create.items()), *chain(*fill.items())]
+            reply = self._do(self._client.eval, META, 1, meta, *args)
+            if not isinstance(reply, list):
+                raise StoreMismatch(f"{where}: {meta} is a Redis {reply!r}, not lockstore metadata (a hash)")
+            recorded = parse_meta(zip(reply[::2], reply[1::2], strict=True), where)
+            settings, fill = resolve(
+                recorded,
+                where,
+                codec=codec,
+                signed=signed,
+                max_age=max_age,
+                clean_interval=clean_interval,
+                clean_limit=clean_limit,
+            )
+            if settings is not None:
+                return settings
+        raise StoreMismatch(f"{where}: its metadata kept changing while it was opened; try again")
+
+    def _px(self, last_access: float, now: float) -> str | None:
+        """The native TTL of a record in milliseconds ('' for none), or None if it has expired."""
+        if now - last_access > self.max_age:
+            return None
+        if not self._native_expiry:
+            return ""
+        return str(max(1, math.ceil((last_access + self.max_age - now) * 1000)))
+
+    def _lock(self, sid: str) -> tuple[str, bytes | None]:
+        """Take the session's lock (waiting up to ``timeout``); returns (token, record or None)."""
+        key, lock = self._data_key(sid), self._data_key(sid) + ":lock"
+        token = secrets.token_hex(12)
+        ttl = str(math.ceil(self.lock_ttl * 1000))
+        deadline = time.monotonic() + self.timeout
+        while True:
+            got, value = self._do(self._acquire, keys=[key, lock], args=[token, ttl])
+            if got:
+                return token, value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockTimeout(
+                    f"session {describe_id(sid)} at {self.path} stayed locked for {self.timeout} s "
+                    f"(its holder may have died: its lock expires after lock_ttl={self.lock_ttl} s)"
+                )
+            # Block until a release pushes a wake-up (or the holder's lock would lapse), then try again;
+            # the socket timeout must not fire first. Measured: twice the throughput of polling with
+            # backoff on a hot session.
+            lapse = value / 1000 if isinstance(value, int) and value > 0 else 0.05
+            wait = max(0.001, min(left, lapse + 0.001, self.connect_timeout / 2, 1.0))
+            self._do(self._client.blpop, [key + ":wake"], timeout=wait)
+
+    def _release(self, sid: str, token: str) -> None:
+        key = self._data_key(sid)
+        try:
+            self._do(self._commit_script, keys=[key, key + ":lock", key + ":wake"], args=[token, "r", b"", "0", "0"])
+        except (BackendUnavailable, StoreClosed):
+            # Nothing was to be written; the lock expires by itself after lock_ttl.
+            logger.debug("could not release the lock of %s; it expires after %s s", describe_id(sid), self.lock_ttl)
+
+    def _commit(self, sid: str, token: str, rec: bytes | None, now: float, header: bytes | None = None) -> bool:
+        """Write *rec* (or delete, if None or already expired) and release, if the lock still holds.
+
+        With *header*, only if the stored record still starts with it (b"": there is none); returns False
+        (lock released, nothing written) if it does not.
+        """
+        key = self._data_key(sid)
+        px = self._px(fmt.times(rec)[0], now) if rec is not None else None
+        op, data = ("w", rec) if rec is not None and px is not None else ("d", b"")
+        args: list[str | bytes] = [token, op, data, px or "", str(DONE_TTL_MS)]
+        if header is not None:
+            args.append(header)
+        keys = [key, key + ":lock", key + ":wake"]
+        try:
+            done = self._commit_script(keys=keys, args=args)
+        except redis.RedisError:
+            # The reply was lost: ask again. 2 means the first attempt went through; 0 that the lock is
+            # gone, and whether the first attempt wrote cannot be known.
+            done = self._do(self._commit_script, keys=keys, args=args)
+            if done == 0:
+                raise BackendUnavailable(
+                    f"redis at {self.path} failed while saving session {describe_id(sid)}; "
+                    "whether the write happened is unknown"
+                ) from None
+        if done == 0:
+            raise LockTimeout(
+                f"session {describe_id(sid)} was held longer than lock_ttl={self.lock_ttl} s and its "
+                "lock expired: nothing was written"
+            )
+        return bool(done != 3)
+
+    def _get(self, sid: str) -> bytes | None:
+        value: bytes | None = self._do(self._client.get, self._data_key(validate_id(sid)))
+        return value
+
+    def _scan(self) -> Iterator[list[bytes]]:
+        """Batches of the store's data keys (each key once)."""
+        seen: set[bytes] = set()
+        cursor = 0
+        while True:
+            cursor, keys = self._do(self._client.scan, cursor, match=self._pattern, count=SCAN_BATCH, _type="string")
+            batch = [k for k in keys if k not in seen]
+            seen.update(batch)
+            if batch:
+                yield batch
+            if cursor == 0:
+                return
+
+    def _fetch(self, keys: list[bytes], header_only: bool = False) -> list[bytes | None]:
+        """The records (or headers) of *keys*; None for a key gone since (or, for a header, empty)."""
+
+        def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                if header_only:
+                    pipe.getrange(key, 0, HEADER_SIZE - 1)
+                else:
+                    pipe.get(key)
+            return pipe.execute()
+
+        return [r if r or (r is not None and not header_only) else None for r in self._do(run)]
+
+    def _times(self) -> Iterator[tuple[str, bytes]]:
+        """(id, header) of every record whose key holds a valid id."""
+        for keys in self._scan():
+            for key, header in zip(keys, self._fetch(keys, header_only=True), strict=True):
+                sid = self._sid_of(key)
+                if header is not None and sid is not None:
+                    yield sid, header
+
+    def _listed(self, header: bytes, now: float) -> bool:
+        """Live, or too short to hold its times: such a record is listed (reading it raises
+        :class:`CorruptRecord`, ``verify()`` reports it, ``del`` removes it) rather than hidden."""
+        return len(header) < HEADER_SIZE or now - fmt.last_access(header) <= self.max_age
+
+    # -- the mapping -------------------------------------------------------------------------
+
+    def __contains__(self, sid: object) -> bool:
+        key = self._data_key(validate_id(sid))
+        header = self._do(self._client.getrange, key, 0, HEADER_SIZE - 1)
+        return bool(header) and self._live(header, self.clock())
+
+    def __setitem__(self, sid: str, value: Any) -> None:
+        validate_id(sid)
+        payload = self._codec.encode(value)
+        token, old = self._lock(sid)
+        try:
+            now = self.clock()
+            created = now
+            if old is not None and len(old) >= HEADER_SIZE and self._live(old, now):
+                created = fmt.times(old)[1]
+            rec = self._codec.record(sid.encode(), payload, now, created)
+        except BaseException:
+            self._release(sid, token)
+            raise
+        self._commit(sid, token, rec, now)
+
+    def _take(self, sid: str) -> tuple[bytes | None, float]:
+        validate_id(sid)
+        token, old = self._lock(sid)
+        now = self.clock()
+        if old is None:
+            self._release(sid, token)
+        else:
+            self._commit(sid, token, None, now)
+        return old, now
+
+    def __iter__(self) -> Iterator[str]:
+        for sid, header in self._times():
+            if self._listed(header, self.clock()):
+                yield sid
+
+    def __len__(self) -> int:
+        now = self.clock()
+        return sum(1 for _, header in self._times() if self._listed(header, now))
+
+    def clear(self) -> None:
+        """Delete every session of this prefix, live or expired."""
+        for keys in self._scan():
+            self._do(self._client.unlink, *keys)
+
+    # -- beyond the mapping ----------------------------------------------------------------
+
+    def edit(self, sid: str, *, create: bool = True) -> _Edit:
+        """Atomic read-modify-write of one session, across processes and machines::
+
+            with store.edit(sid) as session:     # a dict; the session's lock is held in Redis
+                session["n"] = session.get("n", 0) + 1
+
+        Saved on a clean exit if changed, discarded on an exception. A new empty dict if the session is
+        absent (or :class:`KeyError` with ``create=False``). The value must be a dict.
+        """
+        return _Edit(self, sid, create)
+
+    def _touch_record(self, sid: str, rec: bytes, now: float) -> None:
+        new = self._codec.retime(sid.encode(), rec, now)
+        self._do(self._retime, keys=[self._data_key(sid)], args=[rec, new, self._px(now, now)])
+
+    def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
+        """Remove the sessions expired by the store's clock that the server has not dropped yet, or with
+        *max_idle*, every session idle longer than that many seconds (each deleted only if unchanged)."""
+        idle = self._max_idle(max_idle)
+        removed = batches = 0
+        for keys in self._scan():
+            now = self.clock()
+            stale = [
+                (k, h)
+                for k, h in zip(keys, self._fetch(keys, header_only=True), strict=True)
+                if h is not None and -math.inf < fmt.last_access(h) < now - idle
+            ]
+            if stale:
+
+                def run(stale: list[tuple[bytes, bytes]] = stale) -> list[Any]:
+                    pipe = self._client.pipeline(transaction=False)
+                    for key, header in stale:
+                        self._sweep(keys=[key], args=[header], client=pipe)
+                    return pipe.execute()
+
+                removed += sum(self._do(run))
+            batches += 1
+            if progress is not None:
+                progress(batches, batches + 1)
+        if progress is not None:
+            progress(batches, batches)
+        return removed
+
+    def stats(self) -> dict[str, Any]:
+        now = self.clock()
+        live = expired = size = 0
+        for keys in self._scan():
+
+            def run(keys: list[bytes] = keys) -> list[Any]:
+                pipe = self._client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.getrange(key, 0, HEADER_SIZE - 1)
+                    pipe.strlen(key)
+                return pipe.execute()
+
+            reply = self._do(run)
+            for key, header, length in zip(keys, reply[::2], reply[1::2], strict=True):
+                if header and self._sid_of(key) is not None:
+                    size += length
+                    if self._listed(header, now):
+                        live += 1
+                    else:
+                        expired += 1
+        info = self._do(self._client.info, "server")
+        return {
+            "backend": self.backend,
+            "path": self.path,
+            "prefix": self.prefix,
+            "shards": 1,
+            "codec": self._codec.name,
+            "signed": self._codec.signed,
+            "max_age": self.max_age,
+            "clean_interval": self.clean_interval,
+            "clean_limit": self.clean_limit,
+            "live": live,
+            "expired": expired,
+            "bytes": size,
+            "per_shard": [{"shard": 0, "live": live, "expired": expired, "last_clean": None}],
+            "server": f"redis {info.get('redis_version', '?')}",
+        }
+
+    def verify(self) -> list[tuple[str, str]]:
+        bad: list[tuple[str, str]] = []
+        for keys in self._scan():
+            for key, rec in zip(keys, self._fetch(keys), strict=True):
+                if rec is None:
+                    continue
+                sid = self._sid_of(key)
+                if sid is None:
+                    bad.append((repr(key), str(self._bad_key(key))))
+                    continue
+                try:
+                    self._codec.decode(sid.encode(), rec)
+                except Exception as exc:
+                    bad.append((sid, str(exc)))
+        return bad
+
+    def records(
+        self, *, expired: bool = False, on_error: Callable[[str, CorruptRecord], None] | None = None
+    ) -> Iterator[tuple[str, Record]]:
+        for keys in self._scan():
+            now = self.clock()
+            sids = [self._sid_of(key) for key in keys]
+            batch = [
+                (sid, sid or key.decode(errors="backslashreplace"), rec)
+                for sid, key, rec in zip(sids, keys, self._fetch(keys), strict=True)
+            ]
+            yield from self._decode_batch(batch, now, expired, on_error)
+
+    def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
+        validate_id(sid)
+        rec = self._codec.record(sid.encode(), self._codec.encode(value), float(last_access), float(created))
+        token, _ = self._lock(sid)
+        self._commit(sid, token, rec, self.clock())
+
+    def put_record_if(self, sid: str, value: Any, *, created: float, last_access: float, expect: float | None) -> bool:
+        """Store *value* under *sid* with the given times only if the stored live record's last access is
+        *expect* exactly, or, with *expect* None, only if there is no live record (absent or expired);
+        True if it wrote. Atomic: the check and the write happen in one hold of the session's lock, and
+        the write also checks that no touch changed the record meanwhile.
+
+        Liveness is judged by the record's times, without decoding it (a record too short to hold them
+        is not live).
+        """
+        validate_id(sid)
+        rec = self._codec.record(sid.encode(), self._codec.encode(value), float(last_access), float(created))
+        for _ in range(100):
+            token, old = self._lock(sid)
+            try:
+                now = self.clock()
+                wanted = self._may_put(old, expect, now)
+            except BaseException:
+                self._release(sid, token)
+                raise
+            if not wanted:
+                self._release(sid, token)
+                return False
+            if self._commit(sid, token, rec, now, header=b"" if old is None else old[:HEADER_SIZE]):
+                return True
+            # A touch changed the record between the check and the write: check again.
+        raise LockTimeout(f"session {describe_id(sid)} kept changing; try again")
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.disconnect()
+
+
+def open_redis(
+    url: str,
+    *,
+    prefix: str = "lockstore",
+    codec: str | None = None,
+    max_age: float | None = None,
+    touch_interval: float = 60,
+    timeout: float = 10.0,
+    max_value_size: int = 1 << 20,
+    secret: bytes | str | None = None,
+    clock: Clock | None = None,
+    connect_timeout: float = 5.0,
+    lock_ttl: float = 30.0,
+    pool_size: int = 50,
+    clean_interval: float | None = None,
+    clean_limit: int | None = None,
+) -> RedisStore:
+    """Open the store under *prefix* on the Redis server at *url* (``redis://`` or ``rediss://``).
+
+    Parameters
+    ----------
+    url
+        ``redis://[user:password@]host:port/db``; ``rediss://`` for TLS. Its password, and any query
+        parameter whose name contains ``pass``, ``secret``, ``token`` or ``key``, never appear in
+        ``repr()``, ``stats()`` or an error message.
+    prefix
+        Every key of the store starts with ``PREFIX:``; several stores can share one database.
+    codec
+        ``"json"`` (the default for a new store), ``"msgpack"`` or ``"pickle"``. Recorded under
+        ``PREFIX:meta`` when the store is created; None opens an existing store with its recorded codec,
+        except unsigned pickle, which runs code from whoever can write to the server: such a store opens
+        only with ``codec="pickle"`` passed explicitly (:class:`UnsafeStore` otherwise). To move an
+        existing pickle store off pickle, copy it into a new json store with ``lockstore copy``.
+    max_age, clean_interval, clean_limit
+        The sweep rule, recorded when the store is created (defaults 1800 s, 300 s, 1000). None takes the
+        recorded value; an explicit different value raises :class:`StoreMismatch`. A store created before
+        lockstore recorded them must be opened once with ``max_age=``, which is then recorded. Redis drops
+        expired keys itself (its TTL follows ``max_age``); ``clean()`` removes what the store's clock has
+        expired before the server's.
+    touch_interval, max_value_size, secret, clock
+        As for :func:`lockstore.open`. Whether a secret is used is recorded; opening the other way raises
+        :class:`StoreMismatch`. Signatures bind the store's identity (prefix and a random store id), so
+        a signed record copied from another store that shares the secret does not verify.
+    timeout
+        Seconds to wait for a session's lock (then :class:`LockTimeout`) or for a pooled connection.
+    connect_timeout
+        Seconds to wait for the server to accept a connection or answer a command, then
+        :class:`BackendUnavailable`.
+    lock_ttl
+        Seconds an ``edit()`` may hold a session's lock; a holder that dies blocks that session this
+        long. A holder that takes longer writes nothing and gets :class:`LockTimeout`.
+    pool_size
+        Connections this store keeps at most (one per thread in use at once).
+
+    Every option is checked before anything is written to the server.
+
+    Raises
+    ------
+    BackendUnavailable
+        The server cannot be reached.
+    StoreMismatch
+        The store was created with another codec, or with(out) a secret, or records another sweep rule;
+        or its metadata is not valid.
+    UnsafeStore
+        The store records unsigned pickle and *codec* is not ``"pickle"``.
+    ValueError, TypeError
+        An option is out of range (nothing was written).
+    """
+    return RedisStore(
+        url,
+        prefix=prefix,
+        codec=codec,
+        max_age=max_age,
+        touch_interval=touch_interval,
+        timeout=timeout,
+        max_value_size=max_value_size,
+        secret=secret,
+        clock=clock,
+        connect_timeout=connect_timeout,
+        lock_ttl=lock_ttl,
+        pool_size=pool_size,
+        clean_interval=clean_interval,
+        clean_limit=clean_limit,
+    )
+
+
+__all__ = ["RedisStore", "open_redis"]
