@@ -1102,13 +1102,25 @@ def _report(exc: Exception) -> int:
 
 
 def _run_tool(name: str, argv: list[str]) -> int:
-    """``lockstore stress`` and ``lockstore bench`` run the harness and benchmarks in ``stress/``."""
+    """``lockstore stress`` and ``lockstore bench`` run the harness and benchmarks in ``stress/``.
+
+    ``stress/`` belongs to the source tree and is not installed (PyPI has another project named
+    ``stress``): these commands work in a checkout (``pip install -e .``, ``python -m lockstore``), where
+    it stands beside the ``lockstore`` package, and say so elsewhere.
+    """
     import importlib
 
+    import lockstore
+
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(lockstore.__file__)))
+    if os.path.isfile(os.path.join(checkout, "stress", "run.py")) and checkout not in sys.path:
+        sys.path.insert(0, checkout)
     try:
         module = importlib.import_module("stress.run" if name == "stress" else "stress.bench")
     except ImportError as exc:
-        raise CommandError(f"{name} needs the stress package of the lockstore source tree ({exc})") from None
+        raise CommandError(
+            f"{name} runs from a lockstore source checkout (stress/ is not installed with the package): {exc}"
+        ) from None
     return int(module.main(argv, prog=f"{PROG} {name}"))
 
 
