@@ -72,6 +72,7 @@ import lockstore
 from ._process import GENERATION
 from .opener import read_meta
 from .options import options_from_settings
+from .web.changes import changes, merge, snapshot
 from .wsgi import BUSY_BODY, stripe_locks_for
 
 if TYPE_CHECKING:
@@ -357,13 +358,6 @@ def _lock_timeout(locks: StripeLocks, index: int, wait: float, why: str = "") ->
     return lockstore.LockTimeout(f"session lock not obtained within {wait:g} s ({where}): {why}")
 
 
-def _dump(value: object) -> bytes | None:
-    try:
-        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    except Exception:  # unpicklable: counted as changed
-        return None
-
-
 class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: no type information (Any)
     """Django's session interface over the ``LOCKSTORE`` store.
 
@@ -512,7 +506,7 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
             self._session_key = None
             return {}
         data: dict[str, Any] = record["data"]
-        self._snapshot = {name: _dump(value) for name, value in data.items()}
+        self._snapshot = snapshot(data)
         return data
 
     def exists(self, session_key: str | None) -> bool:
@@ -589,24 +583,19 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
                 record["data"] = dict(data)
                 record["expires"] = expires
         else:
-            snapshot = self._snapshot
+            before = self._snapshot
             try:
                 with store.edit(key, create=False) as record:
                     stored = record.get("data")
-                    if snapshot is None or not isinstance(stored, dict):
+                    if before is None or not isinstance(stored, dict):
                         stored = dict(data)  # never loaded (e.g. after clear()): the whole session
                     else:
-                        for name in snapshot.keys() - data.keys():
-                            stored.pop(name, None)
-                        for name, value in data.items():
-                            old = snapshot.get(name)
-                            if name not in snapshot or old is None or _dump(value) != old:
-                                stored[name] = value
+                        merge(stored, *changes(before, data))
                     record["data"] = stored
                     record["expires"] = expires
             except KeyError:
                 raise UpdateError from None
-        self._snapshot = {name: _dump(value) for name, value in data.items()}
+        self._snapshot = snapshot(data)
 
     def delete(self, session_key: str | None = None) -> None:
         """Delete the session under *session_key* (default: this one)."""

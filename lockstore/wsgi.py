@@ -17,7 +17,6 @@ Works the same under a pre-fork server (gunicorn, uWSGI, mod_wsgi), FastCGI
 from __future__ import annotations
 
 import logging
-import pickle
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import lockstore
 
 from .stripes import DEFAULT_STRIPES, StripeHold, StripeLocks
+from .web.changes import changes, merge, snapshot
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -69,13 +69,6 @@ def stripe_locks_for(
         "pass lock_dir= (a local directory), or request_lock=False"
     )
     raise ValueError(msg)
-
-
-def _dump(value: object) -> bytes | None:
-    try:
-        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    except Exception:  # any unpicklable value counts as changed; the store reports it on save
-        return None
 
 
 class Session(MutableMapping[str, Any]):
@@ -181,7 +174,7 @@ class Session(MutableMapping[str, Any]):
                 self._data = value
                 self._id = sid
                 self._stored = self._was_stored = True
-                self._snapshot = {key: _dump(item) for key, item in value.items()}
+                self._snapshot = snapshot(value)
             else:
                 # Unknown, expired or forged: a fresh session under a new id (never
                 # the client's id, against session fixation).
@@ -279,13 +272,7 @@ class Session(MutableMapping[str, Any]):
     def _changes(self) -> tuple[dict[str, Any], list[str]]:
         if self._rewrite or not self._stored:
             return dict(self._data), []
-        snapshot = self._snapshot
-        changed = {}
-        for key, value in self._data.items():
-            old = snapshot.get(key)
-            if key not in snapshot or old is None or _dump(value) != old:
-                changed[key] = value
-        return changed, [key for key in snapshot if key not in self._data]
+        return changes(self._snapshot, self._data)
 
     def save(self) -> str | None:
         """Write this request's changes; return the cookie to send: ``"set"``, ``"delete"`` or ``None``.
@@ -311,9 +298,7 @@ class Session(MutableMapping[str, Any]):
         elif sid is not None and (changed or deleted):
             try:
                 with self.store.edit(sid, create=False) as record:
-                    for key in deleted:
-                        record.pop(key, None)
-                    record.update(changed)
+                    merge(record, changed, deleted)
                     empty = not record
             except KeyError:
                 # Deleted meanwhile (logout in another request, or expired): never resurrect it.
@@ -331,7 +316,7 @@ class Session(MutableMapping[str, Any]):
         self._rewrite = False
         if self._invalidated and self._id is None and action is None and self.cookie_id is not None:
             action = "delete"
-        self._snapshot = {key: _dump(value) for key, value in self._data.items()}
+        self._snapshot = snapshot(self._data)
         return action
 
     @property

@@ -27,6 +27,7 @@ import random
 from typing import Any
 
 import lockstore
+from lockstore.web.changes import merge
 
 _MISSING = object()
 
@@ -132,9 +133,7 @@ class SessionContainer:
             return
         try:
             with self.store.edit(session.sid, create=False) as data:
-                data.update(changed)
-                for key in removed:
-                    data.pop(key, None)
+                merge(data, changed, removed)
         except KeyError:  # expired or deleted since it was opened: store it whole again
             with self.store.edit(session.sid, create=True) as data:
                 data.update(session)

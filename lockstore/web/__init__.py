@@ -1,0 +1,1 @@
+"""What the web integrations (WSGI, Flask, Django, the old stores' adapters) share."""
