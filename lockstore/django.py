@@ -81,7 +81,7 @@ if TYPE_CHECKING:
 
     from django.http import HttpRequest
 
-    from .stripes import StripeHold, StripeLocks
+    from .web.stripes import StripeHold, StripeLocks
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ _MAX_WAIT = 0.005
 class _Gates:
     """Which request of this process holds each stripe: at most one, whatever thread or task runs it.
 
-    :class:`~lockstore.stripes.StripeLocks` lets the thread holding a stripe take it again (re-entry),
+    :class:`~lockstore.web.stripes.StripeLocks` lets the thread holding a stripe take it again (re-entry),
     which is right for threads and wrong for asyncio: every task of an event loop runs on the loop's
     thread, so a second task would walk into the stripe the first one holds.  A request takes the gate
     before the stripe and gives it back after, so two requests never meet inside the stripe's re-entry.

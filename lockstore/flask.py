@@ -54,7 +54,7 @@ import lockstore
 
 from .errors import LockstoreError
 from .options import options_from_settings
-from .stripes import DEFAULT_STRIPES, StripeLocks
+from .web.stripes import DEFAULT_STRIPES, StripeLocks
 from .wsgi import Session, stripe_locks_for
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
 The middleware puts a :class:`Session` at ``environ["lockstore.session"]``.  The
 session is *just in time*: nothing is read before the application touches it,
 no cookie is sent and nothing is written before it holds data.  On first access
-the session's lock stripe is taken (see :mod:`lockstore.stripes`) and held until
+the session's lock stripe is taken (see :mod:`lockstore.web.stripes`) and held until
 the response iterable is closed, so two requests of one user run their session
 code one after the other.  At the end of the request the keys this request set
 or deleted are applied, through :meth:`lockstore.Store.edit`, onto the record
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import lockstore
 
-from .stripes import DEFAULT_STRIPES, StripeHold, StripeLocks
 from .web.changes import changes, merge, snapshot
+from .web.stripes import DEFAULT_STRIPES, StripeHold, StripeLocks
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo

@@ -144,3 +144,15 @@ def test_the_remote_stores_old_import_path_still_works_with_a_warning(old: str, 
     with pytest.warns(DeprecationWarning, match=f"lockstore.remote.{old}"):
         shim = importlib.import_module(f"lockstore.backends.{old}")
     assert getattr(shim, new) is getattr(importlib.import_module(f"lockstore.remote.{old}"), new)
+
+
+def test_the_stripes_old_import_path_still_works_with_a_warning() -> None:
+    import importlib
+    import sys
+
+    from lockstore.web.stripes import StripeLocks
+
+    sys.modules.pop("lockstore.stripes", None)
+    with pytest.warns(DeprecationWarning, match="lockstore.web.stripes"):
+        shim = importlib.import_module("lockstore.stripes")
+    assert shim.StripeLocks is StripeLocks

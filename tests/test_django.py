@@ -42,7 +42,7 @@ from django.utils import timezone  # noqa: E402
 import lockstore  # noqa: E402
 import lockstore.django  # noqa: E402
 from lockstore.django import SessionStore  # noqa: E402
-from lockstore.stripes import StripeLocks  # noqa: E402
+from lockstore.web.stripes import StripeLocks  # noqa: E402
 
 
 def incr(request: HttpRequest) -> HttpResponse:

@@ -26,7 +26,7 @@ from test_django import forget_sites  # noqa: E402  (configures Django's setting
 import lockstore  # noqa: E402
 import lockstore.django  # noqa: E402
 from lockstore.opener import read_meta  # noqa: E402
-from lockstore.stripes import StripeLocks  # noqa: E402
+from lockstore.web.stripes import StripeLocks  # noqa: E402
 from lockstore.wsgi import BUSY_BODY  # noqa: E402
 
 COOKIE = settings.SESSION_COOKIE_NAME

@@ -19,7 +19,7 @@ from web_apps.servers import Client, cookie_value, get, gunicorn  # noqa: E402
 
 import lockstore  # noqa: E402
 from lockstore.flask import LockstoreSessionInterface, init_app  # noqa: E402
-from lockstore.stripes import StripeLocks  # noqa: E402
+from lockstore.web.stripes import StripeLocks  # noqa: E402
 
 
 class ClosingClient(FlaskClient):  # type: ignore[misc]

@@ -27,7 +27,7 @@ from flask.sessions import SecureCookieSessionInterface  # noqa: E402
 
 import lockstore  # noqa: E402
 from lockstore.flask import LockstoreSessionInterface  # noqa: E402
-from lockstore.stripes import StripeLocks  # noqa: E402
+from lockstore.web.stripes import StripeLocks  # noqa: E402
 
 COOKIE = "lockstore_sid"
 TESTS = Path(__file__).resolve().parent

@@ -352,7 +352,7 @@ def test_flask_store_keeps_sessions_for_the_permanent_lifetime(tmp_path: Path) -
 
 
 def test_request_lock_directory_parents_are_created_0700(tmp_path: Path) -> None:
-    from lockstore.stripes import StripeLocks
+    from lockstore.web.stripes import StripeLocks
 
     with _umask(0):
         StripeLocks(tmp_path / "locks" / "app" / "stripes", stripes=4).close()

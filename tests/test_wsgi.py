@@ -18,7 +18,7 @@ from web_apps.apps import counter_app
 from web_apps.servers import Client, cookie_value, get, gunicorn
 
 import lockstore
-from lockstore.stripes import StripeLocks, stripe_index
+from lockstore.web.stripes import StripeLocks, stripe_index
 from lockstore.wsgi import SessionMiddleware, read_cookie
 
 # -- an in-process driver: a real WSGI call, as a server makes it ------------------------------
@@ -383,7 +383,7 @@ def test_stripes_are_bounded_stable_and_private(store: Any, tmp_path: Path) -> N
     assert 0 < len(files) <= 8
     assert all(f.name.endswith(".lock") and (f.stat().st_mode & 0o077) == 0 for f in files)
     assert ((Path(store.path) / "stripes").stat().st_mode & 0o077) == 0
-    code = "from lockstore.stripes import stripe_index; print(stripe_index('abc', 1024))"
+    code = "from lockstore.web.stripes import stripe_index; print(stripe_index('abc', 1024))"
     assert int(subprocess.check_output([sys.executable, "-c", code])) == stripe_index("abc", 1024)
     assert len({stripe_index(lockstore.new_id(), 1024) for _ in range(2000)}) > 800
 

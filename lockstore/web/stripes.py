@@ -1,0 +1,326 @@
+"""Request-long session locks on a bounded set of lock stripes.
+
+A web request that uses a session holds that session's lock from its first
+access until the response is finished, as PHP's ``files`` handler does, so two
+requests of one user run their session code one after the other.  One lock file
+per session would leave a file behind for every session ever seen (Beaker issue
+#124, CherryPy issue #1855) and deleting lock files races (filelock issue #574),
+so ids are mapped by a stable hash onto a fixed number of *stripes*: lock files
+``<directory>/0000.lock`` ... created on first use and never deleted.  Two
+sessions that share a stripe wait for each other; with 1,024 stripes that is
+rare, and a stripe is never the shard lock that guards the data, so a slow
+request delays only the requests that hash to its stripe.
+
+Each process keeps a bounded number of lock files open and locks them with
+:func:`filelock.lock_descriptor` (``flock`` on POSIX).  A ``flock`` belongs to
+the open file description, which all threads of a process share, so threads are
+kept apart by one :class:`threading.Lock` per stripe in front of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._files import make_dirs
+from .._process import GENERATION
+from ..errors import LockTimeout
+from ..locks import try_flock, unflock, wait_flock
+
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Self
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STRIPES = 1024
+_PERSON = b"lockstore-strip"  # blake2b personalisation: keeps stripes apart from shard hashing
+
+
+def stripe_index(sid: str, stripes: int) -> int:
+    """Return the stripe of *sid*: the same in every process and every run.
+
+    ``hash()`` is randomised per process, so a blake2b digest is used.
+    """
+    digest = hashlib.blake2b(sid.encode("utf-8"), digest_size=8, person=_PERSON).digest()
+    return int.from_bytes(digest, "big") % stripes
+
+
+class _Stripe:
+    """In-process state of one stripe: a thread lock and the holder's reentrancy count."""
+
+    __slots__ = ("count", "mutex", "owner")
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.owner: int | None = None
+        self.count = 0
+
+
+class StripeHold:
+    """One acquisition of a stripe; :meth:`release` is idempotent.
+
+    Holds are handed out by :meth:`StripeLocks.acquire`.  A hold may be released
+    from another thread than the one that took it (some servers close the
+    response iterable elsewhere).  In a forked child a hold inherited from the
+    parent is inert: releasing it would free the parent's ``flock``.
+    """
+
+    __slots__ = ("_gen", "_locks", "index", "released")
+
+    def __init__(self, locks: StripeLocks, index: int) -> None:
+        self._locks = locks
+        self._gen = GENERATION[0]
+        self.index = index
+        self.released = False
+
+    def release(self) -> None:
+        """Release the stripe (once); a no-op when already released or inherited across fork."""
+        if self.released:
+            return
+        self.released = True
+        if self._gen == GENERATION[0]:
+            self._locks._release(self.index)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class StripeLocks:
+    """A bounded set of cross-process lock stripes keyed by session id.
+
+    Parameters
+    ----------
+    directory
+        Where the lock files live, created private (0700) if missing.  Use a
+        local file system: ``flock`` is not reliable over NFS.  ``None`` keeps
+        the locks inside this process only, which is right for a ``memory``
+        store and nothing else.
+    stripes
+        Number of stripes (lock files).  Fixed for a directory: every process
+        using it must agree, or two processes lock different files for one id.
+    timeout
+        Default seconds to wait in :meth:`acquire`.
+    max_open
+        Lock files kept open per process; the least recently used idle one is
+        closed beyond that (a held one never is), so a process never needs more
+        than ``max_open`` descriptors however many stripes it touches.
+
+    Notes
+    -----
+    Thread-safe: one instance is meant to be shared by all threads of a process.
+    A thread that already holds a stripe may acquire it again (it is counted).
+    Process-safe through ``flock`` on a descriptor opened by this process.
+    Fork-safe: every call compares the process id; a child drops the inherited
+    descriptors and thread locks without unlocking (the parent keeps its locks)
+    and opens its own descriptors on demand.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None,
+        *,
+        stripes: int = DEFAULT_STRIPES,
+        timeout: float = 10.0,
+        max_open: int = 64,
+    ) -> None:
+        if stripes < 1:
+            msg = f"stripes must be at least 1, got {stripes}"
+            raise ValueError(msg)
+        if max_open < 1:
+            msg = f"max_open must be at least 1, got {max_open}"
+            raise ValueError(msg)
+        self.directory = None if directory is None else Path(directory)
+        self.stripes = stripes
+        self.timeout = timeout
+        self.max_open = max_open
+        self._guard = threading.Lock()
+        self._reset()
+        if self.directory is not None:
+            make_dirs(os.path.realpath(self.directory))  # missing parents too are 0700, whatever the umask
+
+    def _reset(self) -> None:
+        self._gen = GENERATION[0]
+        self._state: dict[int, _Stripe] = {}
+        self._fds: OrderedDict[int, int] = OrderedDict()  # stripe -> open descriptor, LRU order
+
+    def _check_fork(self) -> None:
+        if self._gen == GENERATION[0]:
+            return
+        # A forked child: the inherited descriptors share the parent's open file
+        # descriptions, so unlocking them would free the parent's locks; closing
+        # our copies does not.  Thread locks may have been copied while held.
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):  # already closed by the child
+                os.close(fd)
+        self._guard = threading.Lock()
+        self._reset()
+
+    def index(self, sid: str) -> int:
+        """Return the stripe used for *sid*."""
+        return stripe_index(sid, self.stripes)
+
+    def path(self, index: int) -> Path | None:
+        """Return the lock file of stripe *index* (``None`` for in-process locks)."""
+        if self.directory is None:
+            return None
+        return self.directory / f"{index:04d}.lock"
+
+    def acquire(self, sid: str, *, timeout: float | None = None, blocking: bool = True) -> StripeHold | None:
+        """Lock the stripe of *sid* and return the hold.
+
+        Parameters
+        ----------
+        sid
+            A valid session id.
+        timeout
+            Seconds to wait; ``None`` uses the instance default.
+        blocking
+            ``False`` tries once and returns ``None`` when the stripe is busy.
+
+        Raises
+        ------
+        LockTimeout
+            The stripe was not obtained within *timeout* seconds.
+        """
+        index = self.index(sid)
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        with self._guard:
+            self._check_fork()
+            stripe = self._state.setdefault(index, _Stripe())
+            me = threading.get_ident()
+            if stripe.owner == me:
+                stripe.count += 1
+                return StripeHold(self, index)
+        got = (
+            stripe.mutex.acquire(timeout=max(0.0, deadline - time.monotonic()))
+            if blocking
+            else stripe.mutex.acquire(blocking=False)
+        )
+        if not got:
+            if not blocking:
+                return None
+            raise self._timeout(index, wait)
+        try:
+            locked = self._flock(index, deadline, blocking=blocking)
+        except BaseException:
+            stripe.mutex.release()
+            raise
+        if not locked:
+            stripe.mutex.release()
+            if not blocking:
+                return None
+            raise self._timeout(index, wait)
+        with self._guard:
+            stripe.owner = me
+            stripe.count = 1
+        logger.debug("stripe %d acquired", index)
+        return StripeHold(self, index)
+
+    def _timeout(self, index: int, wait: float) -> LockTimeout:
+        where = self.path(index) or f"in-process stripe {index}"
+        msg = (
+            f"session lock not obtained within {wait:g} s ({where}): another request of this "
+            "session (or one sharing its stripe) is still running"
+        )
+        return LockTimeout(msg)
+
+    def _open(self, index: int) -> int:
+        """Return the kept-open descriptor of stripe *index* (caller holds its thread lock)."""
+        with self._guard:
+            fd = self._fds.get(index)
+            if fd is not None:
+                self._fds.move_to_end(index)
+                return fd
+            path = self.path(index)
+            if path is None:  # pragma: no cover - callers check for in-process mode
+                msg = "in-process stripes have no lock file"
+                raise RuntimeError(msg)
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(path, flags, 0o600)
+            self._fds[index] = fd
+            # Close idle descriptors beyond max_open; a stripe whose thread lock is
+            # taken may be flocked right now and is skipped.
+            for other in list(self._fds):
+                if len(self._fds) <= self.max_open:
+                    break
+                state = self._state.get(other)
+                if other == index or (state is not None and state.mutex.locked()):
+                    continue
+                os.close(self._fds.pop(other))
+            return fd
+
+    def _flock(self, index: int, deadline: float, *, blocking: bool) -> bool:
+        if self.directory is None:
+            return True
+        fd = self._open(index)
+        if try_flock(fd):
+            return True
+        # request-long locks are held for milliseconds: longer, jittered sleeps than the shard locks'
+        return blocking and wait_flock(fd, deadline, first=0.0002, cap=0.005, jitter=True)
+
+    def _release(self, index: int) -> None:
+        with self._guard:
+            if self._gen != GENERATION[0]:
+                return
+            stripe = self._state.get(index)
+            if stripe is None or stripe.count == 0:
+                return
+            stripe.count -= 1
+            if stripe.count:
+                return
+            stripe.owner = None
+            fd = self._fds.get(index)
+        if fd is not None:
+            unflock(fd)
+        stripe.mutex.release()
+        logger.debug("stripe %d released", index)
+
+    def held(self, index: int) -> bool:
+        """Return whether this process holds stripe *index* (any thread)."""
+        with self._guard:
+            self._check_fork()
+            stripe = self._state.get(index)
+            return stripe is not None and stripe.count > 0
+
+    def close(self) -> None:
+        """Close idle lock files; held stripes stay locked until released."""
+        with self._guard:
+            self._check_fork()
+            for index in list(self._fds):
+                state = self._state.get(index)
+                if state is None or not state.mutex.locked():
+                    os.close(self._fds.pop(index))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"StripeLocks({str(self.directory)!r}, stripes={self.stripes})"
+
+
+__all__ = ["DEFAULT_STRIPES", "StripeHold", "StripeLocks", "stripe_index"]
