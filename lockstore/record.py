@@ -65,12 +65,6 @@ def bucket(t: float) -> int:
     return max(0, int(t // BUCKET_SECONDS))
 
 
-def record_bucket(rec: bytes | memoryview) -> int:
-    """The index bucket of a stored record; -1 (no index entry) for a damaged one."""
-    atime = last_access(rec)
-    return -1 if atime == -math.inf else bucket(atime)
-
-
 def read_time(raw: bytes | None) -> float:
     """A time stored alone (:data:`TIME`), or 0.0 for none or for bytes that do not hold a finite one."""
     if raw is None or len(raw) != TIME.size:
@@ -92,6 +86,5 @@ __all__ = [
     "last_access",
     "pack_header",
     "read_time",
-    "record_bucket",
     "times",
 ]

@@ -40,6 +40,16 @@ _BUCKET = struct.Struct(">I")
 _SHARD = struct.Struct(">H")
 _BUCKET_SECONDS = fmt.BUCKET_SECONDS
 _time_at = fmt.TIME.unpack_from
+_isfinite = math.isfinite
+
+
+def _bucket_of(rec: bytes) -> int:
+    """The index bucket of a stored record (``record.bucket`` of its last access), -1 for a damaged one (it
+    has no index entry); in one call, as it runs twice in every write."""
+    if len(rec) < fmt.HEADER_SIZE:
+        return -1
+    atime: float = _time_at(rec, 2)[0]
+    return max(0, int(atime // _BUCKET_SECONDS)) if _isfinite(atime) else -1
 
 DEFAULT_MAP_SIZE = 64 << 30  # reserved address space, not disk: the file grows as it fills
 
@@ -222,7 +232,7 @@ class LmdbEngine:
         new = fn(old)
         if new is KEEP:
             return swept
-        old_bucket = -1 if old is None else fmt.record_bucket(old)
+        old_bucket = -1 if old is None else _bucket_of(old)
         if new is None:
             if old is not None:
                 txn.delete(k)
@@ -230,7 +240,7 @@ class LmdbEngine:
                     txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
             return swept
         txn.put(k, new)
-        new_bucket = fmt.record_bucket(new)
+        new_bucket = _bucket_of(new)
         if new_bucket != old_bucket:
             if old_bucket >= 0:
                 txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
