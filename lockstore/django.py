@@ -73,7 +73,7 @@ from ._process import GENERATION
 from .opener import read_meta
 from .options import options_from_settings
 from .web.changes import changes, merge, snapshot
-from .wsgi import BUSY_BODY, stripe_locks_for
+from .web.stripes import BUSY_BODY, stripe_locks_for
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -54,8 +54,8 @@ import lockstore
 
 from .errors import LockstoreError
 from .options import options_from_settings
-from .web.stripes import DEFAULT_STRIPES, StripeLocks
-from .wsgi import Session, stripe_locks_for
+from .web.stripes import DEFAULT_STRIPES, StripeLocks, stripe_locks_for
+from .wsgi import Session
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -160,7 +160,7 @@ class LockstoreSessionInterface(SessionInterface):
     lock_timeout
         Seconds to wait for the session lock (default: the store's ``timeout``).
     lock_dir, stripes
-        See :func:`lockstore.wsgi.stripe_locks_for`.
+        See :func:`lockstore.web.stripes.stripe_locks_for`.
 
     Notes
     -----

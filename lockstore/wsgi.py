@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import lockstore
 
 from .web.changes import changes, merge, snapshot
-from .web.stripes import DEFAULT_STRIPES, StripeHold, StripeLocks
+from .web.stripes import BUSY_BODY, BUSY_STATUS, DEFAULT_STRIPES, StripeHold, StripeLocks, stripe_locks_for
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -38,37 +38,6 @@ logger = logging.getLogger(__name__)
 _NEW_ID_TRIES = 64
 
 
-def stripe_locks_for(
-    store: lockstore.BaseStore,
-    *,
-    lock_dir: str | Path | None = None,
-    stripes: int = DEFAULT_STRIPES,
-    timeout: float | None = None,
-) -> StripeLocks:
-    """Return the request-long lock stripes to use with *store*.
-
-    The lock files go to ``<store path>/stripes/`` unless *lock_dir* says
-    otherwise; a ``memory`` store (one process) gets in-process locks.  A remote
-    store (Redis, PostgreSQL) has no local directory, so *lock_dir* is required:
-    the stripes then serialise the requests of one machine only.
-
-    Raises
-    ------
-    ValueError
-        A remote store and no *lock_dir*.
-    """
-    wait = store.timeout if timeout is None else timeout
-    if lock_dir is not None:
-        return StripeLocks(lock_dir, stripes=stripes, timeout=wait)
-    if isinstance(store, lockstore.Store):
-        if store.backend == "memory":
-            return StripeLocks(None, stripes=stripes, timeout=wait)
-        return StripeLocks(Path(store.path) / "stripes", stripes=stripes, timeout=wait)
-    msg = (
-        f"a {store.backend} store has no local directory for the request-long session locks: "
-        "pass lock_dir= (a local directory), or request_lock=False"
-    )
-    raise ValueError(msg)
 
 
 class Session(MutableMapping[str, Any]):
@@ -370,8 +339,6 @@ def cookie_header(
     return "; ".join(parts)
 
 
-BUSY_STATUS = "503 Service Unavailable"
-BUSY_BODY = b"503 Service Unavailable: the session is busy with another request; retry shortly.\n"
 
 
 class SessionMiddleware:

@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING
 
 from .._files import make_dirs
 from .._process import GENERATION
+from ..base import BaseStore
 from ..errors import LockTimeout
 from ..locks import try_flock, unflock, wait_flock
+from ..store import Store
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -323,4 +325,51 @@ class StripeLocks:
         return f"StripeLocks({str(self.directory)!r}, stripes={self.stripes})"
 
 
-__all__ = ["DEFAULT_STRIPES", "StripeHold", "StripeLocks", "stripe_index"]
+
+BUSY_STATUS = "503 Service Unavailable"
+BUSY_BODY = b"503 Service Unavailable: the session is busy with another request; retry shortly.\n"
+"""What every integration answers when a session's lock is not obtained in time (with ``Retry-After: 1``)."""
+
+
+def stripe_locks_for(
+    store: BaseStore,
+    *,
+    lock_dir: str | Path | None = None,
+    stripes: int = DEFAULT_STRIPES,
+    timeout: float | None = None,
+) -> StripeLocks:
+    """Return the request-long lock stripes to use with *store*.
+
+    The lock files go to ``<store path>/stripes/`` unless *lock_dir* says
+    otherwise; a ``memory`` store (one process) gets in-process locks.  A remote
+    store (Redis, PostgreSQL) has no local directory, so *lock_dir* is required:
+    the stripes then serialise the requests of one machine only.
+
+    Raises
+    ------
+    ValueError
+        A remote store and no *lock_dir*.
+    """
+    wait = store.timeout if timeout is None else timeout
+    if lock_dir is not None:
+        return StripeLocks(lock_dir, stripes=stripes, timeout=wait)
+    if isinstance(store, Store):
+        if store.backend == "memory":
+            return StripeLocks(None, stripes=stripes, timeout=wait)
+        return StripeLocks(Path(store.path) / "stripes", stripes=stripes, timeout=wait)
+    msg = (
+        f"a {store.backend} store has no local directory for the request-long session locks: "
+        "pass lock_dir= (a local directory), or request_lock=False"
+    )
+    raise ValueError(msg)
+
+
+__all__ = [
+    "BUSY_BODY",
+    "BUSY_STATUS",
+    "DEFAULT_STRIPES",
+    "StripeHold",
+    "StripeLocks",
+    "stripe_index",
+    "stripe_locks_for",
+]
