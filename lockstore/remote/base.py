@@ -45,6 +45,7 @@ from .. import record as fmt
 from ..base import BaseStore
 from ..codec import HEADER_SIZE, Codec, Record
 from ..errors import StoreMismatch, UnsafeStore
+from ..ids import describe_id, validate_id
 from ..options import check_numbers
 
 logger = logging.getLogger(__name__)
@@ -377,6 +378,71 @@ def scrub(text: str, values: Iterable[str]) -> str:
 
 
 # -- reads --------------------------------------------------------------------------------------------
+
+
+class RemoteEdit:
+    """``edit()`` of a server store, written once: the session is read under its lock, decoded and yielded as
+    a dict; on a clean exit it is written if it changed (or its touch is due), else the lock is just given
+    back. A server gives two primitives: :meth:`_begin` (take the session's lock, return its record) and
+    :meth:`_end` (write *rec* and let go, or with None only let go)."""
+
+    def __init__(self, store: RemoteStore, sid: str, create: bool) -> None:
+        self._store = store
+        self._sid = validate_id(sid)
+        self._create = create
+
+    def _begin(self) -> bytes | None:
+        """Take the session's lock; its stored record (live or not) or None."""
+        raise NotImplementedError
+
+    def _end(self, rec: bytes | None, now: float) -> None:
+        """Write *rec* (at time *now*) and give the lock back, or with None only give it back."""
+        raise NotImplementedError
+
+    def __enter__(self) -> dict[str, Any]:
+        store = self._store
+        sid = self._sid
+        rec = self._begin()
+        try:
+            now = store.clock()
+            value: dict[str, Any] = {}
+            self._old: bytes | None = None
+            self._created = now
+            self._atime = -math.inf
+            if not fmt.is_live(rec, now, store.max_age):
+                if not self._create:
+                    raise KeyError(sid)
+            else:
+                assert rec is not None
+                self._atime, self._created = fmt.times(rec)
+                body = store._codec.body(sid.encode(), rec)
+                decoded = store._codec.loads(body, sid.encode())
+                if not isinstance(decoded, dict):
+                    raise TypeError(f"edit() needs a dict session; {describe_id(sid)} holds a {type(decoded).__name__}")
+                value = decoded
+                self._old = bytes(body)
+            self._value = value
+            return value
+        except BaseException:
+            self._end(None, 0.0)
+            raise
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self._end(None, 0.0)
+            return
+        store = self._store
+        try:
+            rec = None
+            now = store.clock()
+            if self._old is not None or self._value:  # just in time: an absent session left empty is not created
+                payload = store._codec.encode(self._value)
+                if payload != self._old or now - self._atime >= store.touch_interval:
+                    rec = store._codec.record(self._sid.encode(), payload, now, self._created)
+        except BaseException:
+            self._end(None, 0.0)
+            raise
+        self._end(rec, now)
 
 
 class RemoteStore(BaseStore):

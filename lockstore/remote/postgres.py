@@ -54,6 +54,7 @@ from ..codec import HEADER_SIZE, Record
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, is_valid_id, validate_id
 from .base import (
+    RemoteEdit,
     RemoteStore,
     Settings,
     check_options,
@@ -93,50 +94,19 @@ def _display(url: str) -> tuple[str, list[str]]:
     return shown, found
 
 
-class _Edit:
+class _Edit(RemoteEdit):
     """The context manager returned by :meth:`PostgresStore.edit`: one transaction, the row locked."""
 
-    def __init__(self, store: PostgresStore, sid: str, create: bool) -> None:
-        self._store = store
-        self._sid = validate_id(sid)
-        self._create = create
-        self._conn: psycopg.Connection[Any] | None = None
+    _store: PostgresStore
+    _conn: psycopg.Connection[Any] | None = None
 
-    def __enter__(self) -> dict[str, Any]:
-        store = self._store
-        sid = self._sid
-        self._conn, rec = store._run(self._begin, keep=True)
+    def _begin(self) -> bytes | None:
+        self._conn, found = self._store._run(self._begin_txn, keep=True)
         self._since = time.monotonic()
-        try:
-            now = store.clock()
-            codec = store._codec
-            key = sid.encode()
-            if not fmt.is_live(rec, now, store.max_age):
-                rec = None
-            if rec is None:
-                if not self._create:
-                    raise KeyError(sid)
-                value: dict[str, Any] = {}
-                self._old: bytes | None = None
-                self._created = now
-                self._atime = -math.inf
-            else:
-                atime, created = fmt.times(rec)
-                body = codec.payload(key, rec)
-                decoded = codec.loads(body, key)
-                if not isinstance(decoded, dict):
-                    raise TypeError(f"edit() needs a dict session; {describe_id(sid)} holds a {type(decoded).__name__}")
-                value = decoded
-                self._old = bytes(body)
-                self._created = created
-                self._atime = atime
-            self._value = value
-            return value
-        except BaseException:
-            self._finish(None, 0.0)
-            raise
+        rec: bytes | None = found
+        return rec
 
-    def _begin(self, conn: psycopg.Connection[Any]) -> bytes | None:
+    def _begin_txn(self, conn: psycopg.Connection[Any]) -> bytes | None:
         """BEGIN and lock the session's row, creating it (uncommitted, empty) if absent and wanted."""
         store = self._store
         # No pipeline mode here: a server does not apply idle_in_transaction_session_timeout to a
@@ -157,7 +127,7 @@ class _Edit:
             cur = conn.execute(store._q_lock, (self._sid,))
         raise LockTimeout(f"session {describe_id(self._sid)} kept appearing and disappearing; try again")
 
-    def _finish(self, rec: bytes | None, now: float) -> None:
+    def _end(self, rec: bytes | None, now: float) -> None:
         """COMMIT *rec* (if not None), else ROLLBACK; always give the connection back."""
         store = self._store
         conn, self._conn = self._conn, None
@@ -185,25 +155,6 @@ class _Edit:
             store._putconn(conn)
         if rec is not None:
             store._clean_on_write(now)
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        store = self._store
-        if exc_type is not None:
-            self._finish(None, 0.0)
-            return
-        try:
-            value = self._value
-            rec = None
-            now = store.clock()
-            if self._old is not None or value:  # just in time: an absent session left empty is not created
-                codec = store._codec
-                payload = codec.encode(value)
-                if payload != self._old or now - self._atime >= store.touch_interval:
-                    rec = codec.record(self._sid.encode(), payload, now, self._created)
-        except BaseException:
-            self._finish(None, 0.0)
-            raise
-        self._finish(rec, now)
 
 
 class PostgresStore(RemoteStore):

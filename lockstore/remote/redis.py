@@ -44,7 +44,17 @@ from ..base import Clock
 from ..codec import HEADER_SIZE, Record
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, is_valid_id, validate_id
-from .base import RemoteStore, Settings, check_options, creation_fields, make_codec, parse_meta, redact_url, resolve
+from .base import (
+    RemoteEdit,
+    RemoteStore,
+    Settings,
+    check_options,
+    creation_fields,
+    make_codec,
+    parse_meta,
+    redact_url,
+    resolve,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -136,69 +146,20 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 
-class _Edit:
-    """The context manager returned by :meth:`RedisStore.edit`."""
+class _Edit(RemoteEdit):
+    """The context manager returned by :meth:`RedisStore.edit`: the session's lock key held by a token."""
 
-    def __init__(self, store: RedisStore, sid: str, create: bool) -> None:
-        self._store = store
-        self._sid = validate_id(sid)
-        self._create = create
+    _store: RedisStore
 
-    def __enter__(self) -> dict[str, Any]:
-        store = self._store
-        sid = self._sid
-        self._token, rec = store._lock(sid)
-        try:
-            now = store.clock()
-            codec = store._codec
-            key = sid.encode()
-            if not fmt.is_live(rec, now, store.max_age):
-                rec = None
-            if rec is None:
-                if not self._create:
-                    raise KeyError(sid)
-                value: dict[str, Any] = {}
-                self._old: bytes | None = None
-                self._created = now
-                self._atime = -math.inf
-            else:
-                atime, created = fmt.times(rec)
-                body = codec.payload(key, rec)
-                decoded = codec.loads(body, key)
-                if not isinstance(decoded, dict):
-                    raise TypeError(f"edit() needs a dict session; {describe_id(sid)} holds a {type(decoded).__name__}")
-                value = decoded
-                self._old = bytes(body)
-                self._created = created
-                self._atime = atime
-            self._value = value
-            return value
-        except BaseException:
-            store._release(sid, self._token)
-            raise
+    def _begin(self) -> bytes | None:
+        self._token, rec = self._store._lock(self._sid)
+        return rec
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        store = self._store
-        sid = self._sid
-        if exc_type is not None:
-            store._release(sid, self._token)
-            return
-        try:
-            value = self._value
-            if self._old is None and not value:
-                store._release(sid, self._token)  # just in time: an absent session left empty is not created
-                return
-            codec = store._codec
-            payload = codec.encode(value)
-            now = store.clock()
-            if payload == self._old and now - self._atime < store.touch_interval:
-                store._release(sid, self._token)
-                return
-            rec = codec.record(sid.encode(), payload, now, self._created)
-        except BaseException:
-            store._release(sid, self._token)
-            raise
-        store._commit(sid, self._token, rec, now)
+    def _end(self, rec: bytes | None, now: float) -> None:
+        if rec is None:
+            self._store._release(self._sid, self._token)
+        else:
+            self._store._commit(self._sid, self._token, rec, now)
 
 
 class RedisStore(RemoteStore):
