@@ -355,7 +355,8 @@ class _Progress:
 
 def _record_size(store: Any) -> Callable[[Any], int | None]:
     """Bytes of the record that holds a value: header, signature and the value as the codec encodes it."""
-    from lockstore.codec import HEADER_SIZE, MAC_SIZE, codec_functions
+    from lockstore.codec import codec_functions
+    from lockstore.record import HEADER_SIZE, MAC_SIZE
 
     codec = store._codec
     encode = codec_functions(codec.name)[0]

@@ -20,10 +20,11 @@ from . import record as fmt
 from .errors import CorruptRecord, EncodeError, StoreMismatch, ValueTooLarge
 
 _pack_header = fmt.pack_header
-HEADER_SIZE = fmt.HEADER_SIZE
-MAC_SIZE = fmt.MAC_SIZE
-RECORD_VERSION = fmt.VERSION
-FLAG_SIGNED = fmt.FLAG_SIGNED
+# the format's constants, bound here for the hot paths below (the format itself is lockstore.record's)
+_HEADER_SIZE = fmt.HEADER_SIZE
+_MAC_SIZE = fmt.MAC_SIZE
+_VERSION = fmt.VERSION
+_FLAG_SIGNED = fmt.FLAG_SIGNED
 
 
 class Record(NamedTuple):
@@ -114,8 +115,8 @@ class Codec:
     def record(self, key: bytes, payload: bytes | memoryview, last_access: float, created: float) -> bytes:
         """A whole record for the id *key* (UTF-8 bytes)."""
         if self._secret is None:
-            return _pack_header(RECORD_VERSION, 0, last_access, created) + payload
-        header = _pack_header(RECORD_VERSION, FLAG_SIGNED, last_access, created)
+            return _pack_header(_VERSION, 0, last_access, created) + payload
+        header = _pack_header(_VERSION, _FLAG_SIGNED, last_access, created)
         return header + self._mac(key, header, payload) + payload
 
     def retime(self, key: bytes, rec: bytes | memoryview, last_access: float) -> bytes:
@@ -132,17 +133,17 @@ class Codec:
         """The payload of a record whose header :func:`lockstore.record.times` accepted, its signature checked
         (for callers that parsed the header already: it is not parsed twice)."""
         view = memoryview(rec)
-        if rec[1] & FLAG_SIGNED:
+        if rec[1] & _FLAG_SIGNED:
             if self._secret is None:
                 raise CorruptRecord("record is signed but the store was opened without its secret")
-            mac = view[HEADER_SIZE : HEADER_SIZE + MAC_SIZE]
-            body = view[HEADER_SIZE + MAC_SIZE :]
-            if not hmac.compare_digest(mac, self._mac(key, view[:HEADER_SIZE], body)):
+            mac = view[_HEADER_SIZE : _HEADER_SIZE + _MAC_SIZE]
+            body = view[_HEADER_SIZE + _MAC_SIZE :]
+            if not hmac.compare_digest(mac, self._mac(key, view[:_HEADER_SIZE], body)):
                 raise CorruptRecord("record signature does not hold (tampered, or another secret)")
             return body
         if self._secret is not None:
             raise CorruptRecord("record is not signed but the store has a secret: refusing to decode it")
-        return view[HEADER_SIZE:]
+        return view[_HEADER_SIZE:]
 
     def loads(self, body: bytes | memoryview, key: bytes) -> Any:
         """Decode a payload already checked by :meth:`payload`."""
@@ -154,9 +155,9 @@ class Codec:
 
     def decode(self, key: bytes, rec: bytes | memoryview) -> Any:
         """The value of a record, never decoding a payload whose signature fails."""
-        if self._secret is None and len(rec) > HEADER_SIZE and rec[0] == RECORD_VERSION and rec[1] == 0:
+        if self._secret is None and len(rec) > _HEADER_SIZE and rec[0] == _VERSION and rec[1] == 0:
             try:  # the common case, unsigned: one slice, one decode
-                return self._loads(rec[HEADER_SIZE:])
+                return self._loads(rec[_HEADER_SIZE:])
             except Exception:
                 pass  # the slow path below says what is wrong
         return self.loads(self.payload(key, rec), key)

@@ -43,10 +43,11 @@ from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from .. import record as fmt
 from ..base import BaseStore
-from ..codec import HEADER_SIZE, Codec, Record
+from ..codec import Codec, Record
 from ..errors import StoreMismatch, UnsafeStore
 from ..ids import describe_id, validate_id
 from ..options import check_numbers
+from ..record import HEADER_SIZE
 
 logger = logging.getLogger(__name__)
 

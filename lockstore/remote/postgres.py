@@ -50,9 +50,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .. import record as fmt
 from .._process import GENERATION
 from ..base import Clock
-from ..codec import HEADER_SIZE, Record
+from ..codec import Record
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, is_valid_id, validate_id
+from ..record import HEADER_SIZE
 from .base import (
     RemoteEdit,
     RemoteStore,
