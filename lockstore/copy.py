@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._files import check_owned
 from .base import BaseStore
 from .errors import CorruptRecord, LockstoreError, UnsafeStore
 from .ids import is_valid_id
@@ -138,13 +139,7 @@ class Journal:
         """The ownership rule of the store's own files (OpenSSH's StrictModes), on the open file."""
         if not stat.S_ISREG(st.st_mode):
             raise UnsafeStore(f"copy journal {self.path} is not a regular file: refusing it")
-        if st.st_uid != os.geteuid():
-            raise UnsafeStore(f"copy journal {self.path} is owned by uid {st.st_uid}, not {os.geteuid()}: refusing it")
-        if st.st_mode & 0o022:
-            raise UnsafeStore(
-                f"copy journal {self.path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}): "
-                "refusing it (chmod go-w, if its lines are yours)"
-            )
+        check_owned(str(self.path), st, "copy journal")
 
     def _read(self) -> dict[str, float]:
         chunks = []
