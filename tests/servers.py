@@ -26,7 +26,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -88,6 +88,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cluster_port() -> int:
+    """A free port P with P + 10000 free too (a Redis Cluster node's bus listens there), P below 55536."""
+    import random
+
+    while True:
+        port = random.randrange(20000, 45000)  # noqa: S311 - a port, not a secret
+        if not port_open(port) and not port_open(port + 10000):
+            return port
+
+
 def port_open(port: int) -> bool:
     """True if something accepts TCP connections on 127.0.0.1:*port*."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -102,7 +112,7 @@ class RedisServer:
     (``appendfsync always``), so a killed server restarts with every acknowledged write.
     """
 
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = False, extra: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             missing("redis-server")
@@ -110,7 +120,8 @@ class RedisServer:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
-        self.port = free_port()
+        self.extra = list(extra)
+        self.port = cluster_port() if "--cluster-enabled" in self.extra else free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -139,6 +150,7 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
+        args += self.extra
         self.process = subprocess.Popen(
             args, cwd=self.directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -289,6 +301,78 @@ class PostgresServer:
             self.stop("fast")
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+class RedisCluster:
+    """A Redis Cluster of *masters* masters with one replica each, on loopback ports, in *directory*.
+
+    Built the way an operator builds one: ``redis-server --cluster-enabled yes`` per node, then
+    ``redis-cli --cluster create ... --cluster-replicas 1``. ``node_timeout`` (ms) is how long a master
+    may be silent before its replica is promoted: short here, so failover tests run in seconds.
+    """
+
+    def __init__(self, directory: Path, *, masters: int = 3, node_timeout: int = 1000, appendonly: bool = False) -> None:
+        self.cli = require_tool("redis-cli", "redis-tools")
+        self.nodes = [
+            RedisServer(
+                Path(directory) / f"node{i}",
+                appendonly=appendonly,
+                extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                       "--cluster-node-timeout", str(node_timeout), "--cluster-replica-validity-factor", "0"],
+            )
+            for i in range(masters * 2)
+        ]
+
+    @property
+    def url(self) -> str:
+        """The ``redis+cluster://`` URL naming every node (any one of them is enough to connect)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes) + "/"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
+        )
+        self.wait_ok()
+
+    def info(self, node: RedisServer, *command: str) -> str:
+        done = subprocess.run(
+            [self.cli, "-p", str(node.port), *command], capture_output=True, text=True, timeout=10, check=False
+        )
+        return done.stdout
+
+    def wait_ok(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until every live node reports ``cluster_state:ok`` and all 16384 slots are served."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [node for node in self.nodes if node.process is not None]
+            if all("cluster_state:ok" in self.info(n, "cluster", "info") for n in live):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def masters(self) -> list[RedisServer]:
+        """The nodes that are masters now (by their own ``ROLE``)."""
+        return [n for n in self.nodes if n.process is not None and self.info(n, "role").startswith("master")]
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
+@contextlib.contextmanager
+def running_redis_cluster(directory: Path, *, appendonly: bool = False) -> Iterator[RedisCluster]:
+    """A started :class:`RedisCluster`, every node killed on exit whatever happens."""
+    cluster = RedisCluster(directory, appendonly=appendonly)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.kill()
 
 
 @contextlib.contextmanager
