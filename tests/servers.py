@@ -93,7 +93,7 @@ def cluster_port() -> int:
     import random
 
     while True:
-        port = random.randrange(20000, 45000)  # noqa: S311 - a port, not a secret
+        port = random.randrange(20000, 45000)  # a port, not a secret
         if not port_open(port) and not port_open(port + 10000):
             return port
 
@@ -311,14 +311,24 @@ class RedisCluster:
     may be silent before its replica is promoted: short here, so failover tests run in seconds.
     """
 
-    def __init__(self, directory: Path, *, masters: int = 3, node_timeout: int = 1000, appendonly: bool = False) -> None:
+    def __init__(
+        self, directory: Path, *, masters: int = 3, node_timeout: int = 1000, appendonly: bool = False
+    ) -> None:
         self.cli = require_tool("redis-cli", "redis-tools")
         self.nodes = [
             RedisServer(
                 Path(directory) / f"node{i}",
                 appendonly=appendonly,
-                extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                       "--cluster-node-timeout", str(node_timeout), "--cluster-replica-validity-factor", "0"],
+                extra=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    str(node_timeout),
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ],
             )
             for i in range(masters * 2)
         ]
@@ -334,7 +344,11 @@ class RedisCluster:
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(
             [self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
-            check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
         )
         self.wait_ok()
 
