@@ -21,17 +21,37 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import lockstore
 from lockstore._files import CODECS
 from lockstore.errors import LockstoreError, LockTimeout
 from lockstore.options import BACKENDS
 
-from .admin import cmd_clean, cmd_config, cmd_info, cmd_verify
+from .admin import SORT_KEYS, cmd_clean, cmd_config, cmd_info, cmd_ls, cmd_rm, cmd_show, cmd_verify
 from .output import PROG, CommandError, err
-from .sessions import SORT_KEYS, cmd_ls, cmd_rm, cmd_show
 from .stores import SECRET_ENV, check_scheme, is_url
 from .transfer import cmd_copy, cmd_export, cmd_import
+
+HELP = {
+    "info": "show a store's settings, session counts, size and last clean per shard",
+    "ls": "list the live sessions (or the expired ones not yet swept)",
+    "show": "print one session, decoded",
+    "rm": "delete one session",
+    "clean": "remove every expired session now (by the store's max_age)",
+    "config": "show the store's recorded sweep rules, or change them (processes that have the store open stop "
+    "sweeping until restarted)",
+    "verify": "check that every record decodes and, in a signed store, that its signature holds (exit 1 and list "
+    "the bad ids otherwise)",
+    "export": 'write every live session as a JSON line {"id", "created", "last_access", "value"} (times in seconds '
+    "since the epoch); each line starts with its id, so sort(1) orders an export by id, to diff two",
+    "import": "read sessions written by export into a store (created if needed): every line is checked before "
+    "anything is written, and a live session is never replaced unless --overwrite",
+    "copy": "copy every live session, with its times, from one store into another (created if needed)",
+    "stress": "run the multi-process stress harness (lockstore stress --help)",
+    "bench": "run the benchmarks against raw LMDB and the peers (lockstore bench --help)",
+}
+"""Each command's one-line help (``lockstore --help``), also its description (``lockstore COMMAND --help``)."""
 
 
 def _positive_float(text: str) -> float:
@@ -65,16 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {lockstore.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    seconds: dict[str, Any] = {"type": _positive_float, "metavar": "SECONDS"}
 
     # no --max-age: every command applies the store's own expiry rule (issue 9, item 8)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--timeout",
-        type=_positive_float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long to wait for a shard lock (default: 10)",
-    )
+    common.add_argument("--timeout", **seconds, default=10.0, help="how long to wait for a shard lock (default: 10)")
     common.add_argument("--secret-file", metavar="FILE", help=f"file holding the store's secret (else ${SECRET_ENV})")
     remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument("--prefix", help="the store's key prefix on a redis:// server (default: lockstore)")
@@ -85,29 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     new_store.add_argument("--backend", choices=BACKENDS, help="backend of a new store")
     new_store.add_argument("--shards", type=_positive_int, help="shards of a new store")
     new_store.add_argument("--codec", choices=CODECS, help="codec of a new store")
-    store_path = "store directory, or redis:// / postgresql:// URL"
+    one_store = [common, remote, jsonopt]
 
     def add(
         name: str,
         fn: Callable[[argparse.Namespace], int],
-        help_: str,
         parents: list[argparse.ArgumentParser],
         aliases: Sequence[str] = (),
+        path: str | None = "store directory, or redis:// / postgresql:// URL",
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_, parents=parents, aliases=list(aliases))
+        p = sub.add_parser(name, help=HELP[name], description=HELP[name], parents=parents, aliases=list(aliases))
         p.set_defaults(func=fn)
+        if path is not None:
+            p.add_argument("path", help=path)
         return p
 
-    p = add(
-        "info",
-        cmd_info,
-        "show a store's settings, session counts, size and last clean per shard",
-        [common, remote, jsonopt],
-        aliases=["stats"],
-    )
-    p.add_argument("path", help=store_path)
-    p = add("ls", cmd_ls, "list the live sessions (or the expired ones not yet swept)", [common, remote, jsonopt])
-    p.add_argument("path", help=store_path)
+    add("info", cmd_info, one_store, ["stats"])
+    p = add("ls", cmd_ls, one_store)
     p.add_argument("--expired", action="store_true", help="list expired sessions not yet removed instead")
     p.add_argument(
         "--sort",
@@ -116,75 +125,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="order: id (default), size (biggest first), idle (longest idle first), created (oldest first)",
     )
     p.add_argument("--limit", type=_positive_int, metavar="N", help="list the first N only")
-    p = add("show", cmd_show, "print one session, decoded", [common, remote, jsonopt])
-    p.add_argument("path", help=store_path)
-    p.add_argument("sid", metavar="SID", help="session id")
-    p = add("rm", cmd_rm, "delete one session", [common, remote])
-    p.add_argument("path", help=store_path)
-    p.add_argument("sid", metavar="SID", help="session id")
-    p = add("clean", cmd_clean, "remove every expired session now (by the store's max_age)", [common, remote, jsonopt])
-    p.add_argument("path", help=store_path)
+    add("show", cmd_show, one_store).add_argument("sid", metavar="SID", help="session id")
+    add("rm", cmd_rm, [common, remote]).add_argument("sid", metavar="SID", help="session id")
+    p = add("clean", cmd_clean, one_store)
     p.add_argument(
-        "--max-idle",
-        type=_positive_float,
-        metavar="SECONDS",
-        help="also remove every session idle longer than this: logs those users out",
+        "--max-idle", **seconds, help="also remove every session idle longer than this: logs those users out"
     )
-    p = add(
-        "config",
-        cmd_config,
-        "show the store's recorded sweep rules, or change them (processes that have the store open stop "
-        "sweeping until restarted)",
-        [jsonopt],
-    )
-    p.add_argument("path", help="store directory")
-    p.add_argument("--max-age", type=_positive_float, metavar="SECONDS", help="idle time after which a session expires")
+    p = add("config", cmd_config, [jsonopt], path="store directory")
+    p.add_argument("--max-age", **seconds, help="idle time after which a session expires")
     p.add_argument("--clean-interval", type=float, metavar="SECONDS", help="how often a write sweeps its shard")
     p.add_argument("--clean-limit", type=_positive_int, metavar="N", help="at most this many removed by one write")
-    p = add(
-        "verify",
-        cmd_verify,
-        "check that every record decodes and, in a signed store, that its signature holds (exit 1 and list "
-        "the bad ids otherwise)",
-        [common, remote, jsonopt],
-    )
-    p.add_argument("path", help=store_path)
-    p = add(
-        "export",
-        cmd_export,
-        'write every live session as a JSON line {"id", "created", "last_access", "value"} (times in seconds '
-        "since the epoch); each line starts with its id, so sort(1) orders an export by id, to diff two",
-        [common, remote],
-    )
-    p.add_argument("path", help=store_path)
+    add("verify", cmd_verify, one_store)
+    p = add("export", cmd_export, [common, remote])
     p.add_argument("-o", "--output", metavar="FILE", help="write FILE (mode 0600, whole or not at all), not stdout")
     p.add_argument(
         "--skip-unencodable",
         action="store_true",
         help="leave out (and list) sessions whose value JSON cannot carry exactly, instead of failing",
     )
-    p = add(
-        "import",
-        cmd_import,
-        "read sessions written by export into a store (created if needed): every line is checked before "
-        "anything is written, and a live session is never replaced unless --overwrite",
-        [common, remote, jsonopt, new_store],
-    )
-    p.add_argument("path", help=store_path)
+    p = add("import", cmd_import, [*one_store, new_store])
     p.add_argument("file", metavar="FILE", help="JSON lines to read ('-': standard input)")
     p.add_argument("--overwrite", action="store_true", help="replace live sessions that have the same id")
     p.add_argument(
         "--max-age",
-        type=_positive_float,
-        metavar="SECONDS",
+        **seconds,
         help="max_age of a new store (an existing one keeps its own: a different value is an error)",
     )
-    p = add(
-        "copy",
-        cmd_copy,
-        "copy every live session, with its times, from one store into another (created if needed)",
-        [common, jsonopt, new_store],
-    )
+    p = add("copy", cmd_copy, [common, jsonopt, new_store], path=None)
     p.add_argument("src", metavar="SRC", help="the existing store to copy from")
     p.add_argument("dst", metavar="DST", help="the store to copy into (created with the options below if absent)")
     p.add_argument("--prefix", help="DST's key prefix, when DST is a redis:// URL (default: lockstore)")
@@ -202,10 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="what was copied, so that a re-run never recreates a session DST deleted nor overwrites one it "
         "changed (default: a copy-journal-*.jsonl file in DST, else in SRC; required between two servers)",
     )
-    sub.add_parser("stress", help="run the multi-process stress harness (lockstore stress --help)", add_help=False)
-    sub.add_parser(
-        "bench", help="run the benchmarks against raw LMDB and the peers (lockstore bench --help)", add_help=False
-    )
+    for name in ("stress", "bench"):
+        sub.add_parser(name, help=HELP[name], add_help=False)
     return parser
 
 
@@ -258,15 +223,13 @@ def _report(exc: Exception) -> int:
     """One line for any error that reaches the top, a lockstore error or not; never a traceback."""
     if isinstance(exc, LockTimeout):
         err(f"{PROG}: error: locked too long: {exc}")
-        return 2
-    if isinstance(exc, LockstoreError):
+    elif isinstance(exc, LockstoreError):
         err(f"{PROG}: error: {exc}")
-        return 2
-    if isinstance(exc, OSError):
+    elif isinstance(exc, OSError):
         where = f" {exc.filename}" if exc.filename else ""
         err(f"{PROG}: error:{where} {exc.strerror or exc}")
-        return 2
-    err(f"{PROG}: error: {type(exc).__name__}: {exc}")
+    else:
+        err(f"{PROG}: error: {type(exc).__name__}: {exc}")
     return 2
 
 

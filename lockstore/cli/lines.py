@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from lockstore.ids import is_valid_id
 
-from .output import CommandError, json_escape, safe, size
+from .output import CommandError, dumps, size
 
 FIELDS = ("id", "created", "last_access", "value")
 FUTURE_SLACK = 86400.0
@@ -40,12 +40,12 @@ def export_line(sid: str, created: float, last_access: float, value: Any) -> str
     are not strings, NaN...)."""
     doc = {"id": sid, "created": created, "last_access": last_access, "value": value}
     try:
-        text = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = dumps(doc, exact=True)
     except (TypeError, ValueError, RecursionError) as exc:
         raise Unencodable(str(exc)) from None
     if json.loads(text)["value"] != value:
         raise Unencodable("JSON would not read it back the same (a tuple, or a key that is not a string)")
-    return safe(text, json_escape)
+    return text
 
 
 def _reject_constant(name: str) -> Any:

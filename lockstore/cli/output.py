@@ -37,8 +37,7 @@ def _escape(char: str) -> str:
     return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
-def json_escape(char: str) -> str:
-    """*char* as a JSON ``\\uXXXX`` escape (a surrogate pair above the BMP)."""
+def _json_escape(char: str) -> str:
     n = ord(char)
     if n < 0x10000:
         return f"\\u{n:04x}"
@@ -57,12 +56,17 @@ def safe(text: str, escape: Callable[[str], str] = _escape) -> str:
     )
 
 
-def dumps(doc: Any, *, indent: int | None = None) -> str:
+def dumps(doc: Any, *, indent: int | None = None, exact: bool = False) -> str:
     """JSON text of *doc* that shows the same on a terminal as it decodes: every character :func:`safe`
-    escapes is written as a ``\\uXXXX`` escape (they can only occur inside strings, where that is valid)."""
+    escapes is written as a ``\\uXXXX`` escape (they can only occur inside strings, where that is valid).
+    Not *exact*, what JSON cannot carry is written as its ``repr()``; *exact*, it raises (``TypeError``,
+    ``ValueError`` for NaN, ``RecursionError``)."""
     separators = None if indent else (",", ":")
-    text = json.dumps(doc, indent=indent, default=repr, ensure_ascii=False, separators=separators)
-    return safe(text, json_escape)
+    default = None if exact else repr
+    text = json.dumps(
+        doc, indent=indent, default=default, ensure_ascii=False, allow_nan=not exact, separators=separators
+    )
+    return safe(text, _json_escape)
 
 
 def out(text: str = "") -> None:
@@ -200,7 +204,6 @@ __all__ = [
     "dumps",
     "err",
     "idle",
-    "json_escape",
     "out",
     "plural",
     "print_json",

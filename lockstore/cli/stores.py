@@ -143,18 +143,14 @@ def open_store(
         if create is None:
             raise no_store(path)
         options.update(create)
-        if secret is not None:
-            options["secret"] = secret
     elif meta is not UNKNOWN and not meta.get("signed"):
-        pass  # an ambient $LOCKSTORE_SECRET does not apply to an unsigned store
+        secret = None  # an ambient $LOCKSTORE_SECRET does not apply to an unsigned store
     elif secret is None and meta is not UNKNOWN:
         raise CommandError(
             f"the store at {redact(path) if is_url(path) else path} is signed: give its secret in "
             f"${SECRET_ENV} or with {secret_hint}"
         )
-    else:
-        options["secret"] = secret
-    return lockstore.open(path, **options)
+    return lockstore.open(path, secret=secret, **options)
 
 
 def open_existing(path: str, args: argparse.Namespace) -> Any:

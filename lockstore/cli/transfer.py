@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Iterator
 from typing import IO, Any
 
 import lockstore
@@ -18,7 +20,7 @@ from lockstore.copy import copy_store
 from lockstore.options import DEFAULTS
 
 from .lines import BadLine, Unencodable, export_line, read_lines
-from .output import CommandError, Progress, err, out, plural, print_json, report_bad
+from .output import CommandError, Progress, err, out, plural, print_json, redact, report_bad
 from .stores import is_url, location, new_store_options, open_existing, open_store, read_secret, recorded, secret_of
 
 # -- copy ---------------------------------------------------------------------------------------
@@ -31,14 +33,12 @@ def _identity(path: str, where: dict[str, Any] | None = None) -> str:
     (with the prefix or table, when one other than the default is named)."""
     if not is_url(path):
         return os.path.realpath(path)
-    parts = urllib.parse.urlsplit(path)
     query = [
         (k, v)
-        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        for k, v in urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query, keep_blank_values=True)
         if k.lower() not in _CREDENTIAL_PARAMS
     ]
-    netloc = parts.netloc.rpartition("@")[2]
-    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, urllib.parse.urlencode(sorted(query)), ""))
+    url = redact(path) + (f"?{urllib.parse.urlencode(sorted(query))}" if query else "")
     return url + "".join(f"#{k}={v}" for k, v in sorted((where or {}).items()))
 
 
@@ -102,59 +102,45 @@ def cmd_copy(args: argparse.Namespace) -> int:
 # -- export -------------------------------------------------------------------------------------
 
 
-class _Output:
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[IO[str]]:
     """Standard output, or ``--output FILE``: a temporary file (mode 0600, sessions are secrets) in the same
     directory, renamed over FILE only when the export is complete, so a failed export leaves FILE as it was."""
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self.tmp: str | None = None
-        self.file: IO[str] = sys.stdout
-        if path is not None:
-            fd, self.tmp = tempfile.mkstemp(prefix=".lockstore-export-", dir=os.path.dirname(os.path.abspath(path)))
-            self.file = os.fdopen(fd, "w", encoding="utf-8")
-
-    def commit(self) -> None:
-        if self.tmp is not None and self.path is not None:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-            os.replace(self.tmp, self.path)
-            self.tmp = None
-
-    def discard(self) -> None:
-        if self.tmp is not None:
-            self.file.close()
-            os.unlink(self.tmp)
-            self.tmp = None
+    if path is None:
+        yield sys.stdout
+        return
+    fd, tmp = tempfile.mkstemp(prefix=".lockstore-export-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     bad: list[tuple[str, str]] = []
     left_out: list[tuple[str, str]] = []
     n = 0
-    with open_existing(args.path, args) as store:
-        output = _Output(args.output)
-        try:
-            with Progress("exported") as progress:
-                for sid, rec in store.records(on_error=lambda sid, exc: bad.append((sid, str(exc)))):
-                    try:
-                        line = export_line(sid, rec.created, rec.last_access, rec.value)
-                    except Unencodable as exc:
-                        if not args.skip_unencodable:
-                            raise CommandError(
-                                f"session {sid} holds a {type(rec.value).__name__} that JSON cannot carry ({exc}); "
-                                "--skip-unencodable leaves such sessions out",
-                                status=1,
-                            ) from None
-                        left_out.append((sid, str(exc)))
-                        continue
-                    output.file.write(line + "\n")
-                    n += 1
-                    progress(n)
-            output.commit()
-        finally:
-            output.discard()
+    with open_existing(args.path, args) as store, _output(args.output) as output, Progress("exported") as progress:
+        for sid, rec in store.records(on_error=lambda sid, exc: bad.append((sid, str(exc)))):
+            try:
+                line = export_line(sid, rec.created, rec.last_access, rec.value)
+            except Unencodable as exc:
+                if not args.skip_unencodable:
+                    raise CommandError(
+                        f"session {sid} holds a {type(rec.value).__name__} that JSON cannot carry ({exc}); "
+                        "--skip-unencodable leaves such sessions out",
+                        status=1,
+                    ) from None
+                left_out.append((sid, str(exc)))
+                continue
+            output.write(line + "\n")
+            n += 1
+            progress(n)
     for sid, why in left_out:
         err(f"{sid}: not exported: {why}")
     if left_out:
@@ -183,9 +169,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             default = REMOTE_DEFAULT_CODEC if is_url(args.path) else str(DEFAULTS["codec"])
             codec = Codec(args.codec or default, None, max_value_size)
         else:
-            store = open_store(args.path, where=where, secret=secret_of(args), timeout=args.timeout)
-            codec = store._codec
-            store.close()
+            with open_store(args.path, where=where, secret=secret_of(args), timeout=args.timeout) as store:
+                codec = store._codec
         seen: dict[str, int] = {}
         src = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115 - closed below
         try:
