@@ -1,10 +1,8 @@
 """The ``lockstore`` command line: inspect, clean, verify, copy, export and import stores; run the stress
 harness and benchmarks.
 
-This module holds the parser and :func:`main`; the commands live beside it: :mod:`.sessions` (``ls``,
-``show``, ``rm``), :mod:`.admin` (``info``, ``clean``, ``config``, ``verify``), :mod:`.transfer` (``copy``,
-``export``, ``import``; the JSON lines in :mod:`.lines`), on :mod:`.stores` (naming, probing and opening a
-store) and :mod:`.output` (terminal-safe text and JSON, progress, :class:`CommandError`).
+Here: the parser and :func:`main`. The commands are in :mod:`.admin` (one store) and :mod:`.transfer` (copy,
+export, import), on :mod:`.stores` (naming and opening a store) and :mod:`.output` (what is printed).
 
 Exit status: 0 ok; 1 the command ran and found a problem (a bad record, no such session, no store at the
 path, a bad import line); 2 usage errors and stores that cannot be opened; 130 interrupted; 141 standard
@@ -33,7 +31,7 @@ from .output import PROG, CommandError, err
 from .stores import SECRET_ENV, check_scheme, is_url
 from .transfer import cmd_copy, cmd_export, cmd_import
 
-HELP = {
+HELP = {  # each command's line in ``lockstore --help``, and its description in ``lockstore COMMAND --help``
     "info": "show a store's settings, session counts, size and last clean per shard",
     "ls": "list the live sessions (or the expired ones not yet swept)",
     "show": "print one session, decoded",
@@ -41,17 +39,14 @@ HELP = {
     "clean": "remove every expired session now (by the store's max_age)",
     "config": "show the store's recorded sweep rules, or change them (processes that have the store open stop "
     "sweeping until restarted)",
-    "verify": "check that every record decodes and, in a signed store, that its signature holds (exit 1 and list "
-    "the bad ids otherwise)",
+    "verify": "check that every record decodes and, in a signed store, that its signature holds (exit 1 and list the "
+    "bad ids otherwise)",
     "export": 'write every live session as a JSON line {"id", "created", "last_access", "value"} (times in seconds '
     "since the epoch); each line starts with its id, so sort(1) orders an export by id, to diff two",
     "import": "read sessions written by export into a store (created if needed): every line is checked before "
     "anything is written, and a live session is never replaced unless --overwrite",
     "copy": "copy every live session, with its times, from one store into another (created if needed)",
-    "stress": "run the multi-process stress harness (lockstore stress --help)",
-    "bench": "run the benchmarks against raw LMDB and the peers (lockstore bench --help)",
 }
-"""Each command's one-line help (``lockstore --help``), also its description (``lockstore COMMAND --help``)."""
 
 
 def _positive_float(text: str) -> float:
@@ -169,17 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="what was copied, so that a re-run never recreates a session DST deleted nor overwrites one it "
         "changed (default: a copy-journal-*.jsonl file in DST, else in SRC; required between two servers)",
     )
-    for name in ("stress", "bench"):
-        sub.add_parser(name, help=HELP[name], add_help=False)
+    sub.add_parser("stress", help="run the multi-process stress harness (lockstore stress --help)", add_help=False)
+    help_ = "run the benchmarks against raw LMDB and the peers (lockstore bench --help)"
+    sub.add_parser("bench", help=help_, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``lockstore`` command line; returns the exit status."""
-    args_list = sys.argv[1:] if argv is None else list(argv)
     try:
         try:
-            status = _dispatch(args_list)
+            status = _dispatch(sys.argv[1:] if argv is None else list(argv))
             sys.stdout.flush()  # here, where a closed pipe can still be told apart from an error
         except SystemExit as exc:  # argparse: --help, --version (0) and usage errors (2), already printed
             sys.stdout.flush()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import heapq
 import pprint
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lockstore
@@ -15,7 +16,7 @@ from lockstore.codec import codec_functions
 from lockstore.opener import set_rules
 from lockstore.record import HEADER_SIZE, MAC_SIZE
 
-from .output import CommandError, Progress, err, idle, out, plural, print_json, report_bad, size, table, when
+from .output import CommandError, Progress, err, out, print_json, report, report_bad, safe, size
 from .stores import is_url, no_store, open_existing, recorded
 
 
@@ -42,6 +43,31 @@ def cmd_info(args: argparse.Namespace) -> int:
             [[s["shard"], f"{s['live']:,}", f"{s['expired']:,}", when(s.get("last_clean"))] for s in per_shard],
         )
     return 0
+
+
+def when(t: float | None) -> str:
+    if t is None:
+        return "never"
+    return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+
+
+def idle(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def table(headers: Sequence[str], rows: list[Sequence[object]]) -> None:
+    cells = [[safe(str(h)) for h in headers]] + [[safe(str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for row in cells:
+        first = row[0].ljust(widths[0])
+        print("  ".join([first] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]).rstrip())
 
 
 SORT_KEYS: dict[str, Callable[[tuple[str, float, float, int | None]], Any]] = {
@@ -167,9 +193,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"ok": not bad, "signed": signed, "bad": [{"id": sid, "problem": why} for sid, why in bad]})
     elif bad:
-        for sid, why in bad:
-            out(f"{sid}: {why}")
-        err(plural(len(bad), "bad record"))
+        return report(bad, "bad record", line=out)
     elif signed:
         out("ok: every record decodes and its signature holds")
     else:

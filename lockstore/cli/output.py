@@ -9,13 +9,12 @@ terminal, and JSON output decodes to the same strings.
 
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 PROG = "lockstore"
@@ -90,23 +89,6 @@ def redact(url: str) -> str:
 # -- numbers and times --------------------------------------------------------------------------
 
 
-def when(t: float | None) -> str:
-    if t is None:
-        return "never"
-    return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
-
-
-def idle(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
 def size(n: int | None) -> str:
     if n is None:
         return "-"
@@ -124,21 +106,19 @@ def plural(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
-def table(headers: Sequence[str], rows: list[Sequence[object]]) -> None:
-    cells = [[safe(str(h)) for h in headers]] + [[safe(str(c)) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for row in cells:
-        first = row[0].ljust(widths[0])
-        print("  ".join([first] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]).rstrip())
+def report(pairs: list[tuple[str, str]], noun: str, note: str = "", *, what: str = "", line: Any = err) -> int:
+    """List ``ID: [what]problem`` for each pair (on standard error unless *line* says), then their count on
+    standard error (``3 bad records`` + *note*); the exit status: 1 if there were any."""
+    for sid, why in pairs:
+        line(f"{sid}: {what}{why}")
+    if pairs:
+        err(f"{plural(len(pairs), noun)}{note}")
+    return 1 if pairs else 0
 
 
 def report_bad(bad: list[tuple[str, str]], path: str) -> int:
     """List records that could not be read on standard error; the exit status: 1 if there were any."""
-    for sid, why in bad:
-        err(f"{sid}: {why}")
-    if bad:
-        err(f"{plural(len(bad), 'bad record')} (lockstore rm {path} ID removes one)")
-    return 1 if bad else 0
+    return report(bad, "bad record", f" (lockstore rm {path} ID removes one)")
 
 
 class Progress:
@@ -149,9 +129,9 @@ class Progress:
     the line at the end.
     """
 
-    def __init__(self, label: str, *, enabled: bool | None = None) -> None:
+    def __init__(self, label: str) -> None:
         self.label = label
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.enabled = sys.stderr.isatty()
         self.counts: tuple[int, ...] = ()
         self.start = time.monotonic()
         self.last = -1.0
@@ -203,14 +183,12 @@ __all__ = [
     "Progress",
     "dumps",
     "err",
-    "idle",
     "out",
     "plural",
     "print_json",
     "redact",
+    "report",
     "report_bad",
     "safe",
     "size",
-    "table",
-    "when",
 ]

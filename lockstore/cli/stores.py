@@ -18,7 +18,7 @@ from lockstore.opener import REMOTE_SCHEMES, read_meta
 from .output import CommandError, redact
 
 SECRET_ENV = "LOCKSTORE_SECRET"
-UNKNOWN: Any = object()
+_UNKNOWN: Any = object()
 """What :func:`recorded` returns when it cannot tell whether a store exists (then open() says why)."""
 
 
@@ -74,7 +74,7 @@ def secret_of(args: argparse.Namespace) -> str | None:
 
 def _probe_remote(path: str, where: dict[str, Any], timeout: float) -> Any:
     """Whether the store at a server URL is signed (``{"signed": bool}``); None if the server holds no such
-    store; :data:`UNKNOWN` if it cannot tell (the server is down, a client is missing...): then open()
+    store; :data:`_UNKNOWN` if it cannot tell (the server is down, a client is missing...): then open()
     says what is wrong, with credentials scrubbed, which this probe never prints.
 
     It reads the metadata beside :mod:`lockstore.remote` (which parses it in ``parse_meta``): a read-only
@@ -100,11 +100,11 @@ def _probe_remote(path: str, where: dict[str, Any], timeout: float) -> Any:
             ).fetchall()
             return {"signed": rows[0][0] == "1"} if rows else None
     except Exception:
-        return UNKNOWN
+        return _UNKNOWN
 
 
 def recorded(path: str, where: dict[str, Any], timeout: float) -> Any:
-    """The recorded settings of the store at *path*; None if there is none; :data:`UNKNOWN`."""
+    """The recorded settings of the store at *path*; None if there is none; :data:`_UNKNOWN`."""
     if is_url(path):
         return _probe_remote(path, where, timeout)
     if not os.path.isdir(path):
@@ -143,9 +143,9 @@ def open_store(
         if create is None:
             raise no_store(path)
         options.update(create)
-    elif meta is not UNKNOWN and not meta.get("signed"):
+    elif meta is not _UNKNOWN and not meta.get("signed"):
         secret = None  # an ambient $LOCKSTORE_SECRET does not apply to an unsigned store
-    elif secret is None and meta is not UNKNOWN:
+    elif secret is None and meta is not _UNKNOWN:
         raise CommandError(
             f"the store at {redact(path) if is_url(path) else path} is signed: give its secret in "
             f"${SECRET_ENV} or with {secret_hint}"
@@ -158,27 +158,11 @@ def open_existing(path: str, args: argparse.Namespace) -> Any:
     return open_store(path, where=location(path, args.prefix, args.table), secret=secret_of(args), timeout=args.timeout)
 
 
-def new_store_options(args: argparse.Namespace, path: str) -> dict[str, Any]:
-    """The options of a new store at *path* (``--backend``, ``--shards``, ``--codec``)."""
-    if args.backend == "memory":
-        raise CommandError(
-            f"--backend memory keeps a store in this process only: what {args.command} wrote would be lost when "
-            "it exits; use lmdb or shelve"
-        )
-    options = {name: getattr(args, name) for name in ("backend", "shards", "codec") if getattr(args, name) is not None}
-    embedded = sorted(f"--{name}" for name in options if name != "codec")
-    if embedded and is_url(path):
-        raise CommandError(f"{' and '.join(embedded)} apply to a store directory, not to a server")
-    return options
-
-
 __all__ = [
     "SECRET_ENV",
-    "UNKNOWN",
     "check_scheme",
     "is_url",
     "location",
-    "new_store_options",
     "no_store",
     "open_existing",
     "open_store",
