@@ -1,8 +1,9 @@
 """The ``lockstore`` command line: inspect, clean, verify, copy, export and import stores; run the stress
 harness and benchmarks.
 
-Here: the parser and :func:`main`. The commands are in :mod:`.admin` (one store) and :mod:`.transfer` (copy,
-export, import), on :mod:`.stores` (naming and opening a store) and :mod:`.output` (what is printed).
+Here: the parser and :func:`main`, the package's API. The commands are in :mod:`.admin` (one store) and
+:mod:`.transfer` (copy, export, import), on :mod:`.stores` (naming and opening a store) and :mod:`.output`
+(what is printed); those modules are the package's internals, with no ``__all__`` of their own.
 
 Exit status: 0 ok; 1 the command ran and found a problem (a bad record, no such session, no store at the
 path, a bad import line); 2 usage errors and stores that cannot be opened; 130 interrupted; 141 standard
@@ -14,6 +15,7 @@ terminal.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import math
 import os
@@ -27,9 +29,11 @@ from lockstore.errors import LockstoreError, LockTimeout
 from lockstore.options import BACKENDS
 
 from .admin import SORT_KEYS, cmd_clean, cmd_config, cmd_info, cmd_ls, cmd_rm, cmd_show, cmd_verify
-from .output import PROG, CommandError, err
+from .output import CommandError, err
 from .stores import SECRET_ENV, check_scheme, is_url
 from .transfer import cmd_copy, cmd_export, cmd_import
+
+PROG = "lockstore"
 
 HELP = {  # each command's line in ``lockstore --help``, and its description in ``lockstore COMMAND --help``
     "info": "show a store's settings, session counts, size and last clean per shard",
@@ -206,25 +210,23 @@ def _dispatch(args_list: list[str]) -> int:
 
 
 def _silence_stdout() -> None:
-    try:
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # not a real file (tests capture it)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # not a real file (tests capture it): nothing buffered there
-        pass
 
 
 def _report(exc: Exception) -> int:
     """One line for any error that reaches the top, a lockstore error or not; never a traceback."""
     if isinstance(exc, LockTimeout):
-        err(f"{PROG}: error: locked too long: {exc}")
+        text = f"locked too long: {exc}"
     elif isinstance(exc, LockstoreError):
-        err(f"{PROG}: error: {exc}")
+        text = str(exc)
     elif isinstance(exc, OSError):
-        where = f" {exc.filename}" if exc.filename else ""
-        err(f"{PROG}: error:{where} {exc.strerror or exc}")
+        text = f"{exc.filename} {exc.strerror or exc}" if exc.filename else f"{exc.strerror or exc}"
     else:
-        err(f"{PROG}: error: {type(exc).__name__}: {exc}")
+        text = f"{type(exc).__name__}: {exc}"
+    err(f"{PROG}: error: {text}")
     return 2
 
 

@@ -20,31 +20,6 @@ from .output import CommandError, Progress, err, out, print_json, report, report
 from .stores import is_url, no_store, open_existing, recorded
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    with open_existing(args.path, args) as store:
-        stats = store.stats()
-    if args.json:
-        print_json(stats)
-        return 0
-    out(f"store      {stats.get('path', args.path)}")
-    for key in ("backend", "dbm", "shards", "codec", "signed", "durability"):
-        if key in stats:
-            out(f"{key:<10} {stats[key]}")
-    if "max_age" in stats:
-        out(f"max_age    {stats['max_age']:g} s (as opened)")
-    out(f"sessions   {stats.get('live', 0):,} live, {stats.get('expired', 0):,} expired")
-    if "bytes" in stats:
-        out(f"size       {size(stats['bytes'])}")
-    per_shard = stats.get("per_shard") or []
-    if per_shard:
-        out()
-        table(
-            ["shard", "live", "expired", "last clean"],
-            [[s["shard"], f"{s['live']:,}", f"{s['expired']:,}", when(s.get("last_clean"))] for s in per_shard],
-        )
-    return 0
-
-
 def when(t: float | None) -> str:
     if t is None:
         return "never"
@@ -76,6 +51,31 @@ SORT_KEYS: dict[str, Callable[[tuple[str, float, float, int | None]], Any]] = {
     "idle": lambda row: (row[2], row[0]),  # the longest idle (the oldest last access) first
     "created": lambda row: (row[1], row[0]),  # the oldest first
 }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with open_existing(args.path, args) as store:
+        stats = store.stats()
+    if args.json:
+        print_json(stats)
+        return 0
+    out(f"store      {stats.get('path', args.path)}")
+    for key in ("backend", "dbm", "shards", "codec", "signed", "durability"):
+        if key in stats:
+            out(f"{key:<10} {stats[key]}")
+    if "max_age" in stats:
+        out(f"max_age    {stats['max_age']:g} s (as opened)")
+    out(f"sessions   {stats.get('live', 0):,} live, {stats.get('expired', 0):,} expired")
+    if "bytes" in stats:
+        out(f"size       {size(stats['bytes'])}")
+    per_shard = stats.get("per_shard") or []
+    if per_shard:
+        out()
+        table(
+            ["shard", "live", "expired", "last clean"],
+            [[s["shard"], f"{s['live']:,}", f"{s['expired']:,}", when(s.get("last_clean"))] for s in per_shard],
+        )
+    return 0
 
 
 def _record_size(store: Any) -> Callable[[Any], int | None]:
@@ -199,6 +199,3 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         out("ok: every record decodes (the store is not signed: there is no signature to check)")
     return 1 if bad else 0
-
-
-__all__ = ["SORT_KEYS", "cmd_clean", "cmd_config", "cmd_info", "cmd_ls", "cmd_rm", "cmd_show", "cmd_verify"]

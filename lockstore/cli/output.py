@@ -1,5 +1,5 @@
 """What the command line writes: text and JSON safe for a terminal, tables, sizes and times, a progress line,
-URLs without credentials, and :class:`CommandError`, the one-line error with an exit status.
+and :class:`CommandError`, the one-line error with an exit status.
 
 Everything read from a store (ids, values, error texts) is printed with its control characters (C0, C1,
 DEL), bidirectional overrides and isolates and other invisible characters escaped, as ``repr()`` escapes
@@ -13,11 +13,8 @@ import json
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import Any
-
-PROG = "lockstore"
 
 
 class CommandError(Exception):
@@ -78,12 +75,6 @@ def err(text: str) -> None:
 
 def print_json(doc: Any) -> None:
     print(dumps(doc, indent=2))
-
-
-def redact(url: str) -> str:
-    """*url* as messages show it: without user, password, query or fragment."""
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 # -- numbers and times --------------------------------------------------------------------------
@@ -175,20 +166,3 @@ class Progress:
         if self.width:
             sys.stderr.write("\r" + " " * self.width + "\r")
             sys.stderr.flush()
-
-
-__all__ = [
-    "PROG",
-    "CommandError",
-    "Progress",
-    "dumps",
-    "err",
-    "out",
-    "plural",
-    "print_json",
-    "redact",
-    "report",
-    "report_bad",
-    "safe",
-    "size",
-]

@@ -1,21 +1,18 @@
-"""How the command line names, probes and opens a store.
-
-A store is a directory or a ``redis://``, ``rediss://``, ``postgresql://`` or ``postgres://`` URL; any other
-``scheme://`` is an error, never a directory named after it. Every command but ``copy`` (its destination)
-and ``import`` opens an existing store and never creates one: on a path with no store it raises
-:class:`CommandError` (exit 1), leaving the path as it was.
+"""How the command line names, probes and opens a store: a directory or a ``redis://``, ``rediss://``,
+``postgresql://`` or ``postgres://`` URL; any other ``scheme://`` is an error, never a directory named after it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import urllib.parse
 from typing import Any
 
 import lockstore
 from lockstore.opener import REMOTE_SCHEMES, read_meta
 
-from .output import CommandError, redact
+from .output import CommandError
 
 SECRET_ENV = "LOCKSTORE_SECRET"
 _UNKNOWN: Any = object()
@@ -112,14 +109,24 @@ def recorded(path: str, where: dict[str, Any], timeout: float) -> Any:
     return read_meta(path)
 
 
+def shown(path: str) -> str:
+    """*path* as messages show it: a URL without user, password, query or fragment."""
+    if not is_url(path):
+        return path
+    parts = urllib.parse.urlsplit(path)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
 def no_store(path: str) -> CommandError:
     if is_url(path):
-        return CommandError(f"no store at {redact(path)}: the server holds no lockstore metadata there", status=1)
-    if not os.path.lexists(path):
-        return CommandError(f"no store at {path}: no such file or directory", status=1)
-    if not os.path.isdir(path):
-        return CommandError(f"no store at {path}: not a directory", status=1)
-    return CommandError(f"no store at {path}: the directory holds no lockstore metadata", status=1)
+        why = "the server holds no lockstore metadata there"
+    elif not os.path.lexists(path):
+        why = "no such file or directory"
+    elif not os.path.isdir(path):
+        why = "not a directory"
+    else:
+        why = "the directory holds no lockstore metadata"
+    return CommandError(f"no store at {shown(path)}: {why}", status=1)
 
 
 def open_store(
@@ -147,8 +154,7 @@ def open_store(
         secret = None  # an ambient $LOCKSTORE_SECRET does not apply to an unsigned store
     elif secret is None and meta is not _UNKNOWN:
         raise CommandError(
-            f"the store at {redact(path) if is_url(path) else path} is signed: give its secret in "
-            f"${SECRET_ENV} or with {secret_hint}"
+            f"the store at {shown(path)} is signed: give its secret in ${SECRET_ENV} or with {secret_hint}"
         )
     return lockstore.open(path, secret=secret, **options)
 
@@ -156,17 +162,3 @@ def open_store(
 def open_existing(path: str, args: argparse.Namespace) -> Any:
     """Open the store a command names (``PATH``, ``--prefix``, ``--table``, its secret); never created."""
     return open_store(path, where=location(path, args.prefix, args.table), secret=secret_of(args), timeout=args.timeout)
-
-
-__all__ = [
-    "SECRET_ENV",
-    "check_scheme",
-    "is_url",
-    "location",
-    "no_store",
-    "open_existing",
-    "open_store",
-    "read_secret",
-    "recorded",
-    "secret_of",
-]

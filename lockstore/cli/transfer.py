@@ -27,8 +27,8 @@ from lockstore.copy import copy_store
 from lockstore.ids import is_valid_id
 from lockstore.options import DEFAULTS
 
-from .output import CommandError, Progress, dumps, out, plural, print_json, redact, report, report_bad, size
-from .stores import is_url, location, open_existing, open_store, read_secret, recorded, secret_of
+from .output import CommandError, Progress, dumps, out, plural, print_json, report, report_bad, size
+from .stores import is_url, location, open_existing, open_store, read_secret, recorded, secret_of, shown
 
 
 def new_store_options(args: argparse.Namespace, path: str) -> dict[str, Any]:
@@ -60,7 +60,7 @@ def _identity(path: str, where: dict[str, Any] | None = None) -> str:
         for k, v in urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query, keep_blank_values=True)
         if k.lower() not in _CREDENTIAL_PARAMS
     ]
-    url = redact(path) + (f"?{urllib.parse.urlencode(sorted(query))}" if query else "")
+    url = shown(path) + (f"?{urllib.parse.urlencode(sorted(query))}" if query else "")
     return url + "".join(f"#{k}={v}" for k, v in sorted((where or {}).items()))
 
 
@@ -121,6 +121,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
     return report_bad(result.bad, args.src)
 
 
+# -- the lines of export and import --------------------------------------------------------------
 FIELDS = ("id", "created", "last_access", "value")
 FUTURE_SLACK = 86400.0
 """How far in the future an imported time may be (clock skew between machines), in seconds: a time
@@ -333,6 +334,3 @@ def cmd_import(args: argparse.Namespace) -> int:
             f"{expired:,} already expired by its max_age"
         )
     return report_bad(bad, args.path)
-
-
-__all__ = ["cmd_copy", "cmd_export", "cmd_import"]
