@@ -152,7 +152,8 @@ def test_copy_copies_sessions_into_a_new_store(store_path, tmp_path, capsys):
 
 
 def test_copy_journal_defaults_and_between_two_servers(tmp_path, capsys):
-    from lockstore.cli import _journal_path, build_parser
+    from lockstore.cli import build_parser
+    from lockstore.cli.transfer import _journal_path
 
     def journal(*argv):
         return _journal_path(build_parser().parse_args(["copy", *argv]))
@@ -232,7 +233,7 @@ def test_bench_command_runs_the_benchmarks(capsys):
 
 def test_console_script_reports_errors_without_a_traceback(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "lockstore")
-    argv = [script] if os.path.exists(script) else [sys.executable, "-m", "lockstore.cli"]
+    argv = [script] if os.path.exists(script) else [sys.executable, "-m", "lockstore"]
     proc = subprocess.run([*argv, "ls", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stdout == ""

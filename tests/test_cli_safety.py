@@ -290,7 +290,7 @@ def test_hostile_text_never_reaches_a_terminal_from_a_process(tmp_path):
 
 
 def test_json_escapes_what_ensure_ascii_false_would_pass():
-    from lockstore.cli import dumps, safe
+    from lockstore.cli.output import dumps, safe
 
     text = "a\x1b\x85\x9b\u200e\u202a\u202e\u2066\u2069\x7f\U000e0041\ud800é😀"
     doc = dumps({"v": text})
