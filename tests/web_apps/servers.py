@@ -287,3 +287,87 @@ def flup_server(store: Path) -> Iterator[int]:
         yield port
     finally:
         stop(proc)
+
+
+# -- ASGI: uvicorn --workers, gunicorn with uvicorn workers (issue 13) ------------------------------------------
+
+
+def _asgi_environ(env: Mapping[str, str] | None) -> dict[str, str]:
+    # the app reads its session kind and store from the environment (asgi_apps.py); it also imports tests.*
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            **(env or {})}  # fmt: skip
+
+
+def wait_workers(port: int, proc: subprocess.Popen[bytes], workers: int, deadline: float = 60.0) -> None:
+    """Wait until *workers* distinct processes have answered ``/pid``, so a measurement starts with all of them.
+
+    One request at a time would keep reaching the same worker: bursts of concurrent ones reach them all.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    seen: set[str] = set()
+    end = time.monotonic() + deadline
+    with ThreadPoolExecutor(2 * workers) as pool:
+        while len(seen) < workers:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode} while its workers started")
+            if time.monotonic() > end:
+                raise RuntimeError(f"{len(seen)} of {workers} workers answered within {deadline} s")
+            seen.update(reply.body for reply in pool.map(lambda _: get(port, "/pid"), range(4 * workers)))
+
+
+@contextlib.contextmanager
+def uvicorn(factory: str, *, workers: int = 4, env: Mapping[str, str] | None = None) -> Iterator[int]:
+    """Serve ``tests.web_apps.asgi_apps:<factory>()`` with ``uvicorn --workers``; yield the port.
+
+    The listening socket is bound here and passed with ``--fd``: uvicorn's supervisor hands it to each
+    worker, which all accept on it (one worker runs in the supervisor's place when *workers* is 1).
+    *env* sets the session kind and store (``LOCKSTORE_TEST_MODE``, ``LOCKSTORE_TEST_PATH``, ...).
+    """
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "uvicorn",
+        "--factory", f"tests.web_apps.asgi_apps:{factory}",
+        "--fd", str(sock.fileno()),
+        "--workers", str(workers),
+        "--app-dir", str(ROOT),
+        "--log-level", "warning", "--no-access-log",
+        "--timeout-graceful-shutdown", "5",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=_asgi_environ(env), pass_fds=[sock.fileno()], cwd=ROOT)
+    sock.close()
+    try:
+        wait_http(port, proc)
+        wait_workers(port, proc, workers)
+        yield port
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def gunicorn_uvicorn(factory: str, *, workers: int = 4, env: Mapping[str, str] | None = None) -> Iterator[int]:
+    """Serve ``tests.web_apps.asgi_apps:<factory>()`` with gunicorn and uvicorn workers; yield the port.
+
+    The worker class is the ``uvicorn-worker`` package's (``uvicorn.workers`` is deprecated since uvicorn 0.30).
+    The socket is bound here and passed as ``fd://``, as for :func:`gunicorn`.
+    """
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "gunicorn",
+        "--workers", str(workers), "--worker-class", "uvicorn_worker.UvicornWorker",
+        "--bind", f"fd://{sock.fileno()}",
+        "--chdir", str(ROOT),
+        "--timeout", "60", "--graceful-timeout", "5",
+        "--log-level", "warning",
+        f"tests.web_apps.asgi_apps:{factory}()",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=_asgi_environ(env), pass_fds=[sock.fileno()], cwd=ROOT)
+    sock.close()
+    try:
+        wait_http(port, proc)
+        wait_workers(port, proc, workers)
+        yield port
+    finally:
+        stop(proc)
