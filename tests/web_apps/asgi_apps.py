@@ -82,13 +82,14 @@ def session_middleware() -> list[Any]:
         return [Middleware(SessionMiddleware, secret_key=SECRET, session_cookie=COOKIE)]
     if kind == "starsessions":
         from redis.asyncio import Redis
-        from starsessions import SessionAutoloadMiddleware, SessionMiddleware
+        from starsessions import SessionAutoloadMiddleware
+        from starsessions import SessionMiddleware as StarSessions
         from starsessions.stores.redis import RedisStore
 
         # starsessions' documented set-up: its middleware, then autoload so that request.session is loaded
-        store = RedisStore(connection=Redis.from_url(os.environ["LOCKSTORE_TEST_URL"]))
+        redis_store = RedisStore(connection=Redis.from_url(os.environ["LOCKSTORE_TEST_URL"]))
         return [
-            Middleware(SessionMiddleware, store=store, cookie_name=COOKIE, cookie_https_only=False),
+            Middleware(StarSessions, store=redis_store, cookie_name=COOKIE, cookie_https_only=False),
             Middleware(SessionAutoloadMiddleware),
         ]
     if kind == "lockstore":
