@@ -292,12 +292,6 @@ def flup_server(store: Path) -> Iterator[int]:
 # -- ASGI: uvicorn --workers, gunicorn with uvicorn workers (issue 13) ------------------------------------------
 
 
-def _asgi_environ(env: Mapping[str, str] | None) -> dict[str, str]:
-    # the app reads its session kind and store from the environment (asgi_apps.py); it also imports tests.*
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            **(env or {})}  # fmt: skip
-
-
 def wait_workers(port: int, proc: subprocess.Popen[bytes], workers: int, deadline: float = 60.0) -> None:
     """Wait until *workers* distinct processes have answered ``/pid``, so a measurement starts with all of them.
 
@@ -317,17 +311,36 @@ def wait_workers(port: int, proc: subprocess.Popen[bytes], workers: int, deadlin
 
 
 @contextlib.contextmanager
-def uvicorn(factory: str, *, workers: int = 4, env: Mapping[str, str] | None = None) -> Iterator[int]:
+def _asgi_server(sock: socket.socket, argv: list[str], workers: int, env: Mapping[str, str] | None) -> Iterator[int]:
+    """Run ``python -m <argv>``, which serves on *sock* (bound here, passed by its file descriptor); yield the
+    port once every worker answers. *env* sets the app's session kind and store (``LOCKSTORE_TEST_MODE``, ...)."""
+    port = sock.getsockname()[1]
+    # the workers import tests.web_apps.asgi_apps from the checkout
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    environ = {**os.environ, "PYTHONPATH": path, **(env or {})}
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", *argv], env=environ, pass_fds=[sock.fileno()], cwd=ROOT)
+    finally:
+        sock.close()
+    try:
+        wait_http(port, proc)
+        wait_workers(port, proc, workers)
+        yield port
+    finally:
+        stop(proc)
+
+
+def uvicorn(
+    factory: str, *, workers: int = 4, env: Mapping[str, str] | None = None
+) -> contextlib.AbstractContextManager[int]:
     """Serve ``tests.web_apps.asgi_apps:<factory>()`` with ``uvicorn --workers``; yield the port.
 
-    The listening socket is bound here and passed with ``--fd``: uvicorn's supervisor hands it to each
-    worker, which all accept on it (one worker runs in the supervisor's place when *workers* is 1).
-    *env* sets the session kind and store (``LOCKSTORE_TEST_MODE``, ``LOCKSTORE_TEST_PATH``, ...).
+    The socket goes to uvicorn with ``--fd``: its supervisor hands it to each worker, which all accept on it
+    (with *workers* 1, the one worker runs in the supervisor's process).
     """
     sock = listening_socket()
-    port = sock.getsockname()[1]
-    cmd = [
-        sys.executable, "-m", "uvicorn",
+    argv = [
+        "uvicorn",
         "--factory", f"tests.web_apps.asgi_apps:{factory}",
         "--fd", str(sock.fileno()),
         "--workers", str(workers),
@@ -335,27 +348,20 @@ def uvicorn(factory: str, *, workers: int = 4, env: Mapping[str, str] | None = N
         "--log-level", "warning", "--no-access-log",
         "--timeout-graceful-shutdown", "5",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=_asgi_environ(env), pass_fds=[sock.fileno()], cwd=ROOT)
-    sock.close()
-    try:
-        wait_http(port, proc)
-        wait_workers(port, proc, workers)
-        yield port
-    finally:
-        stop(proc)
+    return _asgi_server(sock, argv, workers, env)
 
 
-@contextlib.contextmanager
-def gunicorn_uvicorn(factory: str, *, workers: int = 4, env: Mapping[str, str] | None = None) -> Iterator[int]:
+def gunicorn_uvicorn(
+    factory: str, *, workers: int = 4, env: Mapping[str, str] | None = None
+) -> contextlib.AbstractContextManager[int]:
     """Serve ``tests.web_apps.asgi_apps:<factory>()`` with gunicorn and uvicorn workers; yield the port.
 
     The worker class is the ``uvicorn-worker`` package's (``uvicorn.workers`` is deprecated since uvicorn 0.30).
-    The socket is bound here and passed as ``fd://``, as for :func:`gunicorn`.
+    The socket goes to gunicorn as ``fd://``, as in :func:`gunicorn`.
     """
     sock = listening_socket()
-    port = sock.getsockname()[1]
-    cmd = [
-        sys.executable, "-m", "gunicorn",
+    argv = [
+        "gunicorn",
         "--workers", str(workers), "--worker-class", "uvicorn_worker.UvicornWorker",
         "--bind", f"fd://{sock.fileno()}",
         "--chdir", str(ROOT),
@@ -363,11 +369,4 @@ def gunicorn_uvicorn(factory: str, *, workers: int = 4, env: Mapping[str, str] |
         "--log-level", "warning",
         f"tests.web_apps.asgi_apps:{factory}()",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=_asgi_environ(env), pass_fds=[sock.fileno()], cwd=ROOT)
-    sock.close()
-    try:
-        wait_http(port, proc)
-        wait_workers(port, proc, workers)
-        yield port
-    finally:
-        stop(proc)
+    return _asgi_server(sock, argv, workers, env)
