@@ -287,3 +287,86 @@ def flup_server(store: Path) -> Iterator[int]:
         yield port
     finally:
         stop(proc)
+
+
+# -- ASGI: uvicorn --workers, gunicorn with uvicorn workers (issue 13) ------------------------------------------
+
+
+def wait_workers(port: int, proc: subprocess.Popen[bytes], workers: int, deadline: float = 60.0) -> None:
+    """Wait until *workers* distinct processes have answered ``/pid``, so a measurement starts with all of them.
+
+    One request at a time would keep reaching the same worker: bursts of concurrent ones reach them all.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    seen: set[str] = set()
+    end = time.monotonic() + deadline
+    with ThreadPoolExecutor(2 * workers) as pool:
+        while len(seen) < workers:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode} while its workers started")
+            if time.monotonic() > end:
+                raise RuntimeError(f"{len(seen)} of {workers} workers answered within {deadline} s")
+            seen.update(reply.body for reply in pool.map(lambda _: get(port, "/pid"), range(4 * workers)))
+
+
+@contextlib.contextmanager
+def _asgi_server(sock: socket.socket, argv: list[str], workers: int, env: Mapping[str, str] | None) -> Iterator[int]:
+    """Run ``python -m <argv>``, which serves on *sock* (bound here, passed by its file descriptor); yield the
+    port once every worker answers. *env* sets the app's session kind and store (``LOCKSTORE_TEST_MODE``, ...)."""
+    port = sock.getsockname()[1]
+    # the workers import tests.web_apps.asgi_apps from the checkout
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    environ = {**os.environ, "PYTHONPATH": path, **(env or {})}
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", *argv], env=environ, pass_fds=[sock.fileno()], cwd=ROOT)
+    finally:
+        sock.close()
+    try:
+        wait_http(port, proc)
+        wait_workers(port, proc, workers)
+        yield port
+    finally:
+        stop(proc)
+
+
+def uvicorn(
+    factory: str, *, workers: int = 4, env: Mapping[str, str] | None = None
+) -> contextlib.AbstractContextManager[int]:
+    """Serve ``tests.web_apps.asgi_apps:<factory>()`` with ``uvicorn --workers``; yield the port.
+
+    The socket goes to uvicorn with ``--fd``: its supervisor hands it to each worker, which all accept on it
+    (with *workers* 1, the one worker runs in the supervisor's process).
+    """
+    sock = listening_socket()
+    argv = [
+        "uvicorn",
+        "--factory", f"tests.web_apps.asgi_apps:{factory}",
+        "--fd", str(sock.fileno()),
+        "--workers", str(workers),
+        "--app-dir", str(ROOT),
+        "--log-level", "warning", "--no-access-log",
+        "--timeout-graceful-shutdown", "5",
+    ]  # fmt: skip
+    return _asgi_server(sock, argv, workers, env)
+
+
+def gunicorn_uvicorn(
+    factory: str, *, workers: int = 4, env: Mapping[str, str] | None = None
+) -> contextlib.AbstractContextManager[int]:
+    """Serve ``tests.web_apps.asgi_apps:<factory>()`` with gunicorn and uvicorn workers; yield the port.
+
+    The worker class is the ``uvicorn-worker`` package's (``uvicorn.workers`` is deprecated since uvicorn 0.30).
+    The socket goes to gunicorn as ``fd://``, as in :func:`gunicorn`.
+    """
+    sock = listening_socket()
+    argv = [
+        "gunicorn",
+        "--workers", str(workers), "--worker-class", "uvicorn_worker.UvicornWorker",
+        "--bind", f"fd://{sock.fileno()}",
+        "--chdir", str(ROOT),
+        "--timeout", "60", "--graceful-timeout", "5",
+        "--log-level", "warning",
+        f"tests.web_apps.asgi_apps:{factory}()",
+    ]  # fmt: skip
+    return _asgi_server(sock, argv, workers, env)
