@@ -54,12 +54,14 @@ import lockstore
 
 from .errors import LockstoreError
 from .options import options_from_settings
-from .web.stripes import DEFAULT_STRIPES, StripeLocks, stripe_locks_for
-from .wsgi import Session
+from .web.session import Session, request_locks_for
+from .web.stripes import DEFAULT_STRIPES
 
 if TYPE_CHECKING:
     from flask import Flask
     from flask.wrappers import Request, Response
+
+    from .web.requestlock import RequestLocks
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +73,12 @@ _SESSIONS = "lockstore.flask.sessions"
 
 
 class LockstoreSession(Session, SessionMixin):  # type: ignore[override]
-    """``flask.session`` with lockstore: a :class:`lockstore.wsgi.Session` that is a Flask ``SessionMixin``.
+    """``flask.session`` with lockstore: a :class:`lockstore.web.session.Session` that is a Flask ``SessionMixin``.
 
     Parameters
     ----------
     store, cookie_id, locks, lock_timeout
-        See :class:`lockstore.wsgi.Session`.
+        See :class:`lockstore.web.session.Session`.
     permanent
         Whether a session is permanent when it does not say otherwise (``SESSION_PERMANENT``).
 
@@ -91,7 +93,7 @@ class LockstoreSession(Session, SessionMixin):  # type: ignore[override]
         store: lockstore.BaseStore,
         cookie_id: str | None,
         *,
-        locks: StripeLocks | None = None,
+        locks: RequestLocks | None = None,
         lock_timeout: float | None = None,
         permanent: bool = True,
     ) -> None:
@@ -100,9 +102,10 @@ class LockstoreSession(Session, SessionMixin):  # type: ignore[override]
         self._pending_permanent: bool | None = None  # set on a session that holds no data yet
         self._saved_changes = False
 
-    def _load(self) -> dict[str, Any]:
+    def load(self) -> dict[str, Any]:
+        """Read the session now if not yet done; a lock not obtained in time is a 503."""
         try:
-            return super()._load()
+            return super().load()
         except lockstore.LockTimeout as exc:
             # The details (the lock file's path) go to the log, never to the client (issue 10).
             logger.warning("503: %s", exc)
@@ -184,8 +187,8 @@ class LockstoreSessionInterface(SessionInterface):
     ) -> None:
         self.store = store
         self.lock_timeout = lock_timeout
-        self.locks = (
-            stripe_locks_for(store, lock_dir=lock_dir, stripes=stripes, timeout=lock_timeout) if request_lock else None
+        self.locks = request_locks_for(
+            store, request_lock=request_lock, lock_dir=lock_dir, stripes=stripes, timeout=lock_timeout
         )
         self._apps: WeakSet[Flask] = WeakSet()
 
@@ -233,8 +236,8 @@ class LockstoreSessionInterface(SessionInterface):
         if action == "delete":
             response.delete_cookie(name, **attrs)
             return
-        sid = session.id
-        if sid is None or not session.stored:
+        sid = session.stored_id
+        if sid is None:
             return
         if action == "set" or self.should_set_cookie(app, session):
             response.set_cookie(name, sid, expires=self.get_expiration_time(app, session), **attrs)

@@ -32,13 +32,15 @@ from typing import TYPE_CHECKING
 from .._files import make_dirs
 from .._process import GENERATION
 from ..base import BaseStore
-from ..errors import LockTimeout
 from ..locks import try_flock, unflock, wait_flock
 from ..store import Store
+from .requestlock import BUSY_BODY, BUSY_STATUS, lock_timeout
 
 if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
+
+    from ..errors import LockTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -236,12 +238,11 @@ class StripeLocks:
         return StripeHold(self, index)
 
     def _timeout(self, index: int, wait: float) -> LockTimeout:
-        where = self.path(index) or f"in-process stripe {index}"
-        msg = (
-            f"session lock not obtained within {wait:g} s ({where}): another request of this "
-            "session (or one sharing its stripe) is still running"
-        )
-        return LockTimeout(msg)
+        return lock_timeout(self.where(index), wait)
+
+    def where(self, index: int) -> str:
+        """Return where stripe *index* is kept: its lock file, or ``in-process stripe N``."""
+        return str(self.path(index) or f"in-process stripe {index}")
 
     def _open(self, index: int) -> int:
         """Return the kept-open descriptor of stripe *index* (caller holds its thread lock)."""
@@ -324,11 +325,6 @@ class StripeLocks:
     def __repr__(self) -> str:
         return f"StripeLocks({str(self.directory)!r}, stripes={self.stripes})"
 
-
-
-BUSY_STATUS = "503 Service Unavailable"
-BUSY_BODY = b"503 Service Unavailable: the session is busy with another request; retry shortly.\n"
-"""What every integration answers when a session's lock is not obtained in time (with ``Retry-After: 1``)."""
 
 
 def stripe_locks_for(

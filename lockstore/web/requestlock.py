@@ -1,0 +1,275 @@
+"""The request-long session lock, behind one seam: what a web integration needs of it, and what a request holds.
+
+An implementation (:class:`~lockstore.web.stripes.StripeLocks` today: ``flock`` on a bounded set of local lock
+files) is a :class:`RequestLocks`: ``index(sid)`` maps an id to its lock *slot* (two ids of one slot share one
+lock), ``acquire(sid, timeout=, blocking=)`` returns a :class:`Hold` (``release()``), or ``None`` when a
+non-blocking try finds the slot busy, and raises :class:`~lockstore.LockTimeout` when a blocking wait runs out.
+Nothing else here knows how the lock is kept: a lock kept on a server (a lease key, an advisory lock) plugs
+in by giving the same five members.
+
+:class:`RequestHold` is what one request holds: at most one hold per slot, taken blocking (:meth:`~RequestHold.lock`),
+by one try (:meth:`~RequestHold.try_lock`) or from async code without blocking the event loop
+(:meth:`~RequestHold.alock`: non-blocking tries with ``asyncio.sleep`` back-off), and released together.
+With :class:`Gates` it also keeps two requests of one process out of one slot when they run on one thread
+(asyncio tasks, asgiref's shared sync thread), where a lock that lets its holding thread re-enter would let
+both in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from .._process import GENERATION
+from ..errors import LockTimeout
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+BUSY_STATUS = "503 Service Unavailable"
+BUSY_BODY = b"503 Service Unavailable: the session is busy with another request; retry shortly.\n"
+"""What every integration answers when a session's lock is not obtained in time (with ``Retry-After: 1``)."""
+BUSY_HEADERS = [
+    ("Content-Type", "text/plain; charset=utf-8"),
+    ("Content-Length", str(len(BUSY_BODY))),
+    ("Retry-After", "1"),
+]
+
+# back-off of an async wait for a session lock: as the stripes' own wait (0.2 ms doubling to 5 ms, jittered)
+_FIRST_WAIT = 0.0002
+_MAX_WAIT = 0.005
+
+
+class Hold(Protocol):
+    """One acquisition of a request lock."""
+
+    def release(self) -> None:
+        """Release it; idempotent, callable from another thread, inert in a forked child."""
+
+
+class RequestLocks(Protocol):
+    """The request-long locks of one site, shared by every thread of a process (the seam to implement)."""
+
+    @property
+    def timeout(self) -> float:
+        """Default seconds a blocking :meth:`acquire` waits."""
+
+    def index(self, sid: str) -> int:
+        """The lock slot of *sid*, the same in every process: ids of one slot share one lock."""
+
+    def where(self, index: int) -> str:
+        """Where slot *index* is kept, for error messages and logs (a path, a key)."""
+
+    def acquire(self, sid: str, *, timeout: float | None = None, blocking: bool = True) -> Hold | None:
+        """Take *sid*'s slot: a hold, ``None`` if *blocking* is False and it is busy, else ``LockTimeout``.
+
+        The thread holding a slot may take it again (counted); :class:`Gates` keeps requests apart.
+        """
+
+    def close(self) -> None:
+        """Drop what is idle (descriptors, connections); held slots stay held until released."""
+
+
+def lock_timeout(where: str, wait: float, why: str = "") -> LockTimeout:
+    """The error of a session lock not obtained within *wait* seconds (the one wording)."""
+    why = why or "another request of this session (or one sharing its stripe) is still running"
+    return LockTimeout(f"session lock not obtained within {wait:g} s ({where}): {why}")
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class Gates:
+    """Which request of this process holds each slot: at most one, whatever thread or task runs it.
+
+    A :class:`RequestLocks` lets the thread holding a slot take it again (re-entry), which is right for
+    threads and wrong for asyncio: every task of an event loop runs on the loop's thread, so a second task
+    would walk into the slot the first one holds.  A request takes the gate before the slot and gives it
+    back after, so two requests never meet inside the slot's re-entry.  The holder's event loop is kept
+    (None for a thread): a blocking wait on that loop's own thread could never end, since the holder
+    needs the loop to finish.
+
+    Notes
+    -----
+    Thread-safe.  Fork-safe: a child starts with no gate taken (its inherited holds are inert).
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._gen = GENERATION[0]
+        self._cond = threading.Condition()
+        self._holders: dict[int, asyncio.AbstractEventLoop | None] = {}
+
+    def take(self, index: int, loop: asyncio.AbstractEventLoop | None, timeout: float) -> bool:
+        """Take gate *index* for a request running on *loop*, waiting up to *timeout* s (0: try once)."""
+        if self._gen != GENERATION[0]:
+            self._reset()
+        with self._cond:
+            if index in self._holders and (
+                timeout <= 0 or not self._cond.wait_for(lambda: index not in self._holders, timeout)
+            ):
+                return False
+            self._holders[index] = loop
+            return True
+
+    def held_on(self, index: int, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether a request running on *loop* holds gate *index*."""
+        with self._cond:
+            return index in self._holders and self._holders[index] is loop
+
+    def give(self, index: int) -> None:
+        """Give gate *index* back."""
+        if self._gen != GENERATION[0]:
+            return
+        with self._cond:
+            self._holders.pop(index, None)
+            self._cond.notify_all()
+
+
+class RequestHold:
+    """What one request holds of *locks*: one hold per slot, kept until :meth:`release`.
+
+    Parameters
+    ----------
+    locks
+        The site's request locks.
+    gates
+        The site's :class:`Gates`, when requests may share a thread (asyncio, asgiref); ``None`` when each
+        request has a thread of its own for as long as it holds a lock (WSGI servers).
+    timeout
+        Seconds a blocking :meth:`lock` or :meth:`alock` waits (``None``: the locks' default).
+
+    Notes
+    -----
+    Belongs to one request; :meth:`release` may run on another thread (a server closing the response
+    there) and is idempotent.  :attr:`busy` is set by an integration that saw a wait run out.
+    """
+
+    __slots__ = ("_gates", "_holds", "_locks", "_timeout", "busy")
+
+    def __init__(self, locks: RequestLocks, *, gates: Gates | None = None, timeout: float | None = None) -> None:
+        self._locks = locks
+        self._gates = gates
+        self._timeout = timeout
+        self._holds: dict[int, Hold] = {}
+        self.busy = False
+
+    def lock(self, sid: str) -> None:
+        """Hold *sid*'s slot, waiting up to the timeout.
+
+        Raises
+        ------
+        LockTimeout
+            Not obtained in time, or (gated) held by another request on this thread's event loop: sync
+            session access in async code would stop that holder, which needs this loop to finish.
+        """
+        locks, gates = self._locks, self._gates
+        index = locks.index(sid)
+        if index in self._holds:
+            return
+        if gates is None:
+            hold = locks.acquire(sid, timeout=self._timeout)
+        else:
+            wait = self._wait()
+            deadline = time.monotonic() + wait
+            loop = running_loop()
+            if loop is not None and gates.held_on(index, loop):
+                why = "another request on this event loop holds it (use the session's async methods in async code)"
+                raise lock_timeout(locks.where(index), 0, why)
+            if not gates.take(index, loop, wait):
+                raise lock_timeout(locks.where(index), wait)
+            hold = _gated(gates, index, lambda: locks.acquire(sid, timeout=max(0.0, deadline - time.monotonic())))
+        if hold is None:  # pragma: no cover - a blocking acquire returns a hold or raises
+            raise lock_timeout(locks.where(index), self._wait())
+        self._holds[index] = hold
+
+    def try_lock(self, sid: str) -> bool:
+        """Hold *sid*'s slot if that takes no wait; whether it is held now."""
+        locks, gates = self._locks, self._gates
+        index = locks.index(sid)
+        if index in self._holds:
+            return True
+        if gates is None:
+            hold = locks.acquire(sid, blocking=False)
+        elif gates.take(index, running_loop(), 0):
+            hold = _gated(gates, index, lambda: locks.acquire(sid, blocking=False))
+        else:
+            return False
+        if hold is None:
+            return False
+        self._holds[index] = hold
+        return True
+
+    async def alock(self, sid: str) -> None:
+        """:meth:`lock` for async code: tries without blocking, and ``asyncio.sleep`` between them."""
+        if self.try_lock(sid):
+            return
+        wait = self._wait()
+        deadline = time.monotonic() + wait
+        delay = _FIRST_WAIT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise lock_timeout(self._locks.where(self._locks.index(sid)), wait)
+            await asyncio.sleep(min(left, delay * (0.5 + random.random())))
+            delay = min(delay * 2, _MAX_WAIT)
+            if self.try_lock(sid):
+                return
+
+    def unlock(self, sid: str) -> None:
+        """Release *sid*'s slot if this request holds it."""
+        index = self._locks.index(sid)
+        hold = self._holds.pop(index, None)
+        if hold is not None:
+            self._release(index, hold)
+
+    def release(self) -> None:
+        """Release every slot this request holds (idempotent)."""
+        holds, self._holds = self._holds, {}
+        for index, hold in holds.items():
+            self._release(index, hold)
+
+    def _release(self, index: int, hold: Hold) -> None:
+        try:
+            hold.release()
+        finally:
+            if self._gates is not None:
+                self._gates.give(index)  # after the slot: the next request never re-enters it
+
+    def _wait(self) -> float:
+        return self._locks.timeout if self._timeout is None else self._timeout
+
+
+def _gated(gates: Gates, index: int, acquire: Callable[[], Hold | None]) -> Hold | None:
+    """Run *acquire* with gate *index* taken; the gate is given back unless a hold came of it."""
+    try:
+        hold = acquire()
+    except BaseException:
+        gates.give(index)
+        raise
+    if hold is None:
+        gates.give(index)
+    return hold
+
+
+__all__ = [
+    "BUSY_BODY",
+    "BUSY_HEADERS",
+    "BUSY_STATUS",
+    "Gates",
+    "Hold",
+    "RequestHold",
+    "RequestLocks",
+    "lock_timeout",
+    "running_loop",
+]
