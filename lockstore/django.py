@@ -54,11 +54,10 @@ import contextvars
 import logging
 import os
 import pickle
-import random
 import threading
 import time
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -69,11 +68,11 @@ from django.utils.module_loading import import_string
 
 import lockstore
 
-from ._process import GENERATION
 from .opener import read_meta
 from .options import options_from_settings
 from .web.changes import changes, merge, snapshot
-from .web.stripes import BUSY_BODY, stripe_locks_for
+from .web.requestlock import BUSY_BODY, BUSY_HEADERS, Gates, RequestHold
+from .web.session import call, read, request_locks_for
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -81,101 +80,25 @@ if TYPE_CHECKING:
 
     from django.http import HttpRequest
 
-    from .web.stripes import StripeHold, StripeLocks
+    from .web.stripes import StripeLocks
 
 logger = logging.getLogger(__name__)
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 _OWN = {"PATH": "path", "REQUEST_LOCK": "request_lock", "LOCK_DIR": "lock_dir", "LOCK_TIMEOUT": "lock_timeout"}
-# back-off of an async wait for a session lock: as the stripes' own wait (0.2 ms doubling to 5 ms, jittered)
-_FIRST_WAIT = 0.0002
-_MAX_WAIT = 0.005
-
-
-class _Gates:
-    """Which request of this process holds each stripe: at most one, whatever thread or task runs it.
-
-    :class:`~lockstore.web.stripes.StripeLocks` lets the thread holding a stripe take it again (re-entry),
-    which is right for threads and wrong for asyncio: every task of an event loop runs on the loop's
-    thread, so a second task would walk into the stripe the first one holds.  A request takes the gate
-    before the stripe and gives it back after, so two requests never meet inside the stripe's re-entry.
-    The holder's event loop is kept (None for a thread): a blocking wait on that loop's own thread
-    could never end, since the holder needs the loop to finish.
-
-    Notes
-    -----
-    Thread-safe.  Fork-safe: a child starts with no gate taken (its inherited holds are inert).
-    """
-
-    def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        self._gen = GENERATION[0]
-        self._cond = threading.Condition()
-        self._holders: dict[int, asyncio.AbstractEventLoop | None] = {}
-
-    def take(self, index: int, loop: asyncio.AbstractEventLoop | None, timeout: float) -> bool:
-        """Take gate *index* for a request running on *loop*, waiting up to *timeout* s (0: try once)."""
-        if self._gen != GENERATION[0]:
-            self._reset()
-        with self._cond:
-            if index in self._holders and (
-                timeout <= 0 or not self._cond.wait_for(lambda: index not in self._holders, timeout)
-            ):
-                return False
-            self._holders[index] = loop
-            return True
-
-    def held_on(self, index: int, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether a request running on *loop* holds gate *index*."""
-        with self._cond:
-            return index in self._holders and self._holders[index] is loop
-
-    def give(self, index: int) -> None:
-        """Give gate *index* back."""
-        if self._gen != GENERATION[0]:
-            return
-        with self._cond:
-            self._holders.pop(index, None)
-            self._cond.notify_all()
-
-
-class _Held:
-    """A request's hold of one stripe: the stripe, then its gate, released once."""
-
-    __slots__ = ("_gates", "_hold", "_index", "_released")
-
-    def __init__(self, hold: StripeHold, gates: _Gates, index: int) -> None:
-        self._hold = hold
-        self._gates = gates
-        self._index = index
-        self._released = False
-
-    def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        try:
-            self._hold.release()
-        finally:
-            self._gates.give(self._index)  # after the stripe: the next request never re-enters it
 
 
 class _Request:
     """What one request holds (set by :class:`SessionLockMiddleware`), and whether a lock timed out."""
 
-    __slots__ = ("busy", "holds")
+    __slots__ = ("busy", "hold")
 
     def __init__(self) -> None:
-        self.holds: dict[int, _Held] = {}
+        self.hold: RequestHold | None = None  # made at the first lock
         self.busy = False
 
     def release(self) -> None:
-        for held in list(self.holds.values()):
-            held.release()
-        self.holds.clear()
+        if self.hold is not None:
+            self.hold.release()
 
 
 class _Site(NamedTuple):
@@ -183,7 +106,7 @@ class _Site(NamedTuple):
 
     store: lockstore.BaseStore
     locks: StripeLocks | None
-    gates: _Gates
+    gates: Gates
 
 
 _opened: dict[str, _Site] = {}
@@ -325,37 +248,17 @@ def _open() -> _Site:
             options, own = _options(config)
             store = lockstore.open(config["PATH"], **options)
             try:
-                locks = (
-                    stripe_locks_for(store, lock_dir=own.get("lock_dir"), timeout=own.get("lock_timeout"))
-                    if own.get("request_lock", True)
-                    else None
+                locks = request_locks_for(
+                    store,
+                    request_lock=own.get("request_lock", True),
+                    lock_dir=own.get("lock_dir"),
+                    timeout=own.get("lock_timeout"),
                 )
             except BaseException:
                 store.close()
                 raise
-            site = _opened[key] = _Site(store, locks, _Gates())
+            site = _opened[key] = _Site(store, locks, Gates())
     return site
-
-
-async def _call(store: lockstore.BaseStore, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Run a store operation for async code: inline on an embedded store (microseconds, and a shard
-    lock held for microseconds by others), in a thread on a remote one (network round trips)."""
-    if isinstance(store, lockstore.Store):
-        return fn(*args, **kwargs)
-    return await asyncio.to_thread(fn, *args, **kwargs)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _lock_timeout(locks: StripeLocks, index: int, wait: float, why: str = "") -> lockstore.LockTimeout:
-    where = locks.path(index) or f"in-process stripe {index}"
-    why = why or "another request of this session (or one sharing its stripe) is still running"
-    return lockstore.LockTimeout(f"session lock not obtained within {wait:g} s ({where}): {why}")
 
 
 class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: no type information (Any)
@@ -408,69 +311,15 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
     # -- the request-long lock ------------------------------------------------------------------------
 
-    def _stripe(self, key: str) -> tuple[_Request, StripeLocks, int] | None:
-        """(request, locks, stripe) when *key* must be locked now; None outside the middleware, with
-        ``REQUEST_LOCK`` off, or when this request holds the stripe already."""
+    def _hold(self) -> RequestHold | None:
+        """This request's hold; None outside the middleware or with ``REQUEST_LOCK`` off."""
         request = _scope.get()
         if request is None:
             return None
-        locks = self._site.locks
-        if locks is None:
-            return None
-        index = locks.index(key)
-        return None if index in request.holds else (request, locks, index)
-
-    def _lock(self, key: str) -> None:
-        todo = self._stripe(key)
-        if todo is None:
-            return
-        request, locks, index = todo
-        gates = self._site.gates
-        wait = locks.timeout
-        deadline = time.monotonic() + wait
-        loop = _running_loop()
-        if loop is not None and gates.held_on(index, loop):
-            # sync session access in async code: blocking here would stop the holder, which needs this loop
-            why = "another request on this event loop holds it (use the session's async methods in async code)"
-            raise _lock_timeout(locks, index, 0, why)
-        if not gates.take(index, loop, wait):
-            raise _lock_timeout(locks, index, wait)
-        try:
-            hold = locks.acquire(key, timeout=max(0.0, deadline - time.monotonic()))
-        except BaseException:
-            gates.give(index)
-            raise
-        if hold is None:  # pragma: no cover - a blocking acquire returns a hold or raises
-            gates.give(index)
-            raise _lock_timeout(locks, index, wait)
-        request.holds[index] = _Held(hold, gates, index)
-
-    async def _alock(self, key: str) -> None:
-        todo = self._stripe(key)
-        if todo is None:
-            return
-        request, locks, index = todo
-        gates = self._site.gates
-        loop = asyncio.get_running_loop()
-        wait = locks.timeout
-        deadline = time.monotonic() + wait
-        delay = _FIRST_WAIT
-        while True:
-            if gates.take(index, loop, 0):
-                try:
-                    hold = locks.acquire(key, blocking=False)
-                except BaseException:
-                    gates.give(index)
-                    raise
-                if hold is not None:
-                    request.holds[index] = _Held(hold, gates, index)
-                    return
-                gates.give(index)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _lock_timeout(locks, index, wait)
-            await asyncio.sleep(min(left, delay * (0.5 + random.random())))
-            delay = min(delay * 2, _MAX_WAIT)
+        site = self._site
+        if request.hold is None and site.locks is not None:
+            request.hold = RequestHold(site.locks, gates=site.gates)
+        return request.hold
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -480,7 +329,9 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
         if key is None:
             return {}
         with _watch:
-            self._lock(key)
+            hold = self._hold()
+            if hold is not None:
+                hold.lock(key)
             return self._read(key)
 
     async def aload(self) -> dict[str, Any]:
@@ -489,15 +340,14 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
         if key is None:
             return {}
         with _watch:
-            await self._alock(key)
-            return await _call(self.store, self._read, key)
+            hold = self._hold()
+            if hold is not None:
+                await hold.alock(key)
+            return await call(self.store, self._read, key)
 
     def _read(self, key: str) -> dict[str, Any]:
         store = self.store
-        try:
-            record = store.get(key)
-        except lockstore.CorruptRecord:
-            record = None
+        record = read(store, key)
         if not isinstance(record, dict) or not isinstance(record.get("data"), dict):
             self._session_key = None
             return {}
@@ -516,7 +366,7 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
     async def aexists(self, session_key: str | None) -> bool:
         """:meth:`exists` for async code."""
-        return await _call(self.store, self.exists, session_key)
+        return await call(self.store, self.exists, session_key)
 
     # -- writing ---------------------------------------------------------------------------------------
 
@@ -571,7 +421,7 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
             return
         data = await self._aget_session(no_load=must_create)
         with _watch:
-            await _call(self.store, self._write, self.session_key, data, must_create=must_create)
+            await call(self.store, self._write, self.session_key, data, must_create=must_create)
 
     def _write(self, key: str, data: dict[str, Any], *, must_create: bool) -> None:
         expires = time.time() + self.get_expiry_age(expiry=data.get("_session_expiry"))
@@ -609,7 +459,7 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
     async def adelete(self, session_key: str | None = None) -> None:
         """:meth:`delete` for async code."""
-        await _call(self.store, self.delete, session_key)
+        await call(self.store, self.delete, session_key)
 
     @classmethod
     def clear_expired(cls) -> None:
@@ -629,9 +479,7 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
 
 def _busy_response() -> HttpResponse:
-    response = HttpResponse(BUSY_BODY, status=503, content_type="text/plain; charset=utf-8")
-    response["Retry-After"] = "1"
-    return response
+    return HttpResponse(BUSY_BODY, status=503, headers=dict(BUSY_HEADERS))
 
 
 class SessionLockMiddleware:

@@ -152,17 +152,16 @@ class RequestHold:
     Notes
     -----
     Belongs to one request; :meth:`release` may run on another thread (a server closing the response
-    there) and is idempotent.  :attr:`busy` is set by an integration that saw a wait run out.
+    there) and is idempotent.
     """
 
-    __slots__ = ("_gates", "_holds", "_locks", "_timeout", "busy")
+    __slots__ = ("_gates", "_holds", "_locks", "_timeout")
 
     def __init__(self, locks: RequestLocks, *, gates: Gates | None = None, timeout: float | None = None) -> None:
         self._locks = locks
         self._gates = gates
         self._timeout = timeout
         self._holds: dict[int, Hold] = {}
-        self.busy = False
 
     def lock(self, sid: str) -> None:
         """Hold *sid*'s slot, waiting up to the timeout.
