@@ -50,7 +50,6 @@ Django is imported only when this module is, never by ``import lockstore``.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 import pickle
@@ -71,34 +70,20 @@ import lockstore
 from .opener import read_meta
 from .options import options_from_settings
 from .web.changes import changes, merge, snapshot
-from .web.requestlock import BUSY_BODY, BUSY_HEADERS, Gates, RequestHold
+from .web.requestlock import BUSY_BODY, BUSY_HEADERS, Gates, RequestScope, current_scope, watch
 from .web.session import call, read, request_locks_for
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-    from types import TracebackType
 
     from django.http import HttpRequest
 
+    from .web.requestlock import RequestHold
     from .web.stripes import StripeLocks
 
 logger = logging.getLogger(__name__)
 
 _OWN = {"PATH": "path", "REQUEST_LOCK": "request_lock", "LOCK_DIR": "lock_dir", "LOCK_TIMEOUT": "lock_timeout"}
-
-
-class _Request:
-    """What one request holds (set by :class:`SessionLockMiddleware`), and whether a lock timed out."""
-
-    __slots__ = ("busy", "hold")
-
-    def __init__(self) -> None:
-        self.hold: RequestHold | None = None  # made at the first lock
-        self.busy = False
-
-    def release(self) -> None:
-        if self.hold is not None:
-            self.hold.release()
 
 
 class _Site(NamedTuple):
@@ -111,27 +96,6 @@ class _Site(NamedTuple):
 
 _opened: dict[str, _Site] = {}
 _opening = threading.Lock()
-_scope: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("lockstore_django_scope", default=None)
-
-
-class _Watch:
-    """Marks the current request busy when a :class:`lockstore.LockTimeout` leaves the block, so that
-    :class:`SessionLockMiddleware` answers 503 even when Django turned the error into a 500 below it
-    (``SessionMiddleware.process_response``, another middleware)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is not None and issubclass(exc_type, lockstore.LockTimeout):
-            request = _scope.get()
-            if request is not None:
-                request.busy = True
-
-
-_watch = _Watch()
 
 
 def _config() -> dict[str, Any]:
@@ -313,13 +277,11 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
     def _hold(self) -> RequestHold | None:
         """This request's hold; None outside the middleware or with ``REQUEST_LOCK`` off."""
-        request = _scope.get()
-        if request is None:
+        scope = current_scope()
+        if scope is None:
             return None
         site = self._site
-        if request.hold is None and site.locks is not None:
-            request.hold = RequestHold(site.locks, gates=site.gates)
-        return request.hold
+        return None if site.locks is None else scope.hold(site.locks, site.gates)
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -328,7 +290,7 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
         key = self.session_key
         if key is None:
             return {}
-        with _watch:
+        with watch:
             hold = self._hold()
             if hold is not None:
                 hold.lock(key)
@@ -339,7 +301,7 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
         key = self.session_key
         if key is None:
             return {}
-        with _watch:
+        with watch:
             hold = self._hold()
             if hold is not None:
                 await hold.alock(key)
@@ -361,7 +323,7 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
     def exists(self, session_key: str | None) -> bool:
         """True if a live session has this key."""
-        with _watch:
+        with watch:
             return lockstore.is_valid_id(session_key) and session_key in self.store
 
     async def aexists(self, session_key: str | None) -> bool:
@@ -411,7 +373,7 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
             self.create()
             return
         data = self._get_session(no_load=must_create)
-        with _watch:
+        with watch:
             self._write(self.session_key, data, must_create=must_create)
 
     async def asave(self, must_create: bool = False) -> None:
@@ -420,7 +382,7 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
             await self.acreate()
             return
         data = await self._aget_session(no_load=must_create)
-        with _watch:
+        with watch:
             await call(self.store, self._write, self.session_key, data, must_create=must_create)
 
     def _write(self, key: str, data: dict[str, Any], *, must_create: bool) -> None:
@@ -454,7 +416,7 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
                 return
             session_key = self.session_key
         if lockstore.is_valid_id(session_key):
-            with _watch:
+            with watch:
                 self.store.pop(session_key, None)
 
     async def adelete(self, session_key: str | None = None) -> None:
@@ -515,31 +477,17 @@ class SessionLockMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self._async:
             return self.__acall__(request)
-        scope = _Request()
-        token = _scope.set(scope)
-        try:
+        with RequestScope().active() as scope:
             response = self.get_response(request)
-        except BaseException:
-            scope.release()
-            raise
-        finally:
-            _scope.reset(token)
         return self._finish(scope, response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        scope = _Request()
-        token = _scope.set(scope)
-        try:
+        with RequestScope().active() as scope:
             response = await self.get_response(request)
-        except BaseException:
-            scope.release()
-            raise
-        finally:
-            _scope.reset(token)
         return self._finish(scope, response)
 
     @staticmethod
-    def _finish(scope: _Request, response: HttpResponse) -> HttpResponse:
+    def _finish(scope: RequestScope, response: HttpResponse) -> HttpResponse:
         if scope.busy and response.status_code == 500:
             # a lock wait ran out below us and Django made a 500 of it (a debug page may show a path)
             response = _busy_response()

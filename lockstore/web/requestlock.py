@@ -12,22 +12,26 @@ by one try (:meth:`~RequestHold.try_lock`) or from async code without blocking t
 (:meth:`~RequestHold.alock`: non-blocking tries with ``asyncio.sleep`` back-off), and released together.
 With :class:`Gates` it also keeps two requests of one process out of one slot when they run on one thread
 (asyncio tasks, asgiref's shared sync thread), where a lock that lets its holding thread re-enter would let
-both in.
+both in.  :class:`RequestScope` carries a request's hold to session code the framework calls on its own
+(Django's ``SessionStore``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import threading
 import time
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
 from .._process import GENERATION
 from ..errors import LockTimeout
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
+    from types import TracebackType
 
 BUSY_STATUS = "503 Service Unavailable"
 BUSY_BODY = b"503 Service Unavailable: the session is busy with another request; retry shortly.\n"
@@ -261,6 +265,76 @@ def _gated(gates: Gates, index: int, acquire: Callable[[], Hold | None]) -> Hold
     return hold
 
 
+class RequestScope:
+    """One request's locks, for session code that the framework calls on its own (Django's ``SessionStore``).
+
+    A middleware runs the request inside :meth:`active`; the session code finds the scope with
+    :func:`current_scope` and holds its locks through :meth:`hold`; a :class:`~lockstore.LockTimeout`
+    leaving a ``with watch:`` block marks the request :attr:`busy`, so the middleware can answer 503 even
+    when the framework turned the error into a 500 below it.
+
+    Notes
+    -----
+    One per request; :meth:`release` may run on another thread (when the response is closed) and is
+    idempotent.
+    """
+
+    __slots__ = ("_hold", "busy")
+
+    def __init__(self) -> None:
+        self._hold: RequestHold | None = None  # made at the first lock
+        self.busy = False
+
+    def hold(self, locks: RequestLocks, gates: Gates) -> RequestHold:
+        """This request's :class:`RequestHold` of *locks* (the same one on every call)."""
+        if self._hold is None:
+            self._hold = RequestHold(locks, gates=gates)
+        return self._hold
+
+    def release(self) -> None:
+        """Release every lock the request holds."""
+        if self._hold is not None:
+            self._hold.release()
+
+    @contextmanager
+    def active(self) -> Iterator[RequestScope]:
+        """Make this the current scope for the block; its locks are released if the block raises."""
+        token = _current.set(self)
+        try:
+            yield self
+        except BaseException:
+            self.release()
+            raise
+        finally:
+            _current.reset(token)
+
+
+_current: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar("lockstore_scope", default=None)
+
+
+def current_scope() -> RequestScope | None:
+    """The scope of the request being served here (``None`` outside :meth:`RequestScope.active`)."""
+    return _current.get()
+
+
+class _Watch:
+    """``with watch:`` marks the current request busy when a :class:`~lockstore.LockTimeout` leaves the block."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None and issubclass(exc_type, LockTimeout):
+            scope = _current.get()
+            if scope is not None:
+                scope.busy = True
+
+
+watch = _Watch()
+
+
 __all__ = [
     "BUSY_BODY",
     "BUSY_HEADERS",
@@ -269,6 +343,9 @@ __all__ = [
     "Hold",
     "RequestHold",
     "RequestLocks",
+    "RequestScope",
+    "current_scope",
     "lock_timeout",
     "running_loop",
+    "watch",
 ]
