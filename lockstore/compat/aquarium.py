@@ -22,14 +22,11 @@ requests of the same user that change different keys keep both changes.
 
 from __future__ import annotations
 
-import copy
 import random
 from typing import Any
 
 import lockstore
-from lockstore.web.changes import merge
-
-_MISSING = object()
+from lockstore.web.changes import changes, merge, snapshot
 
 
 class _Adjusted(Exception):
@@ -40,23 +37,15 @@ class Session(dict[str, Any]):
     """A session: a dict with its ``sid``, as Aquarium's containers handed out.
 
     It remembers what it held when opened, so :meth:`SessionContainer.save` can write only the
-    keys that changed (values are compared with ``==``; an object that does not define ``==``
-    counts as changed and is written).
+    keys that changed (:mod:`lockstore.web.changes`: values are compared by their pickle, so a
+    change made inside a value counts; a value that cannot be pickled counts as changed).
     """
 
     def __init__(self, sid: str, data: dict[str, Any], *, is_new: bool) -> None:
         super().__init__(data)
         self.sid = sid
         self.is_new = is_new
-        self._loaded: dict[str, Any] = copy.deepcopy(data)
-
-    def _changes(self) -> tuple[dict[str, Any], list[str]]:
-        changed = {k: v for k, v in self.items() if self._loaded.get(k, _MISSING) != v}
-        removed = [k for k in self._loaded if k not in self]
-        return changed, removed
-
-    def _saved(self) -> None:
-        self._loaded = copy.deepcopy(dict(self))
+        self._snapshot = snapshot(data)
 
 
 class SessionContainer:
@@ -128,7 +117,7 @@ class SessionContainer:
         writer's. If the session expired or was deleted meanwhile, it is created again with the
         whole of *session*.
         """
-        changed, removed = session._changes()
+        changed, removed = changes(session._snapshot, session)
         if not changed and not removed:
             return
         try:
@@ -137,7 +126,7 @@ class SessionContainer:
         except KeyError:  # expired or deleted since it was opened: store it whole again
             with self.store.edit(session.sid, create=True) as data:
                 data.update(session)
-        session._saved()
+        session._snapshot = snapshot(session)
 
     def delete(self, sid: str) -> None:
         """Delete the session *sid* permanently (Aquarium's ``_unlink``); absent is not an error."""
