@@ -51,12 +51,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pickle
 import threading
 import time
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -67,11 +66,11 @@ from django.utils.module_loading import import_string
 
 import lockstore
 
-from .opener import read_meta
 from .options import options_from_settings
 from .web.changes import changes, merge, snapshot
-from .web.requestlock import BUSY_BODY, BUSY_HEADERS, Gates, RequestScope, current_scope, watch
-from .web.session import call, read, request_locks_for
+from .web.requestlock import BUSY_BODY, BUSY_HEADERS, RequestScope, current_scope, watch
+from .web.session import read
+from .web.site import Site, call, choose_codec, open_site
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -79,22 +78,14 @@ if TYPE_CHECKING:
     from django.http import HttpRequest
 
     from .web.requestlock import RequestHold
-    from .web.stripes import StripeLocks
 
 logger = logging.getLogger(__name__)
 
+_CODEC = "LOCKSTORE['CODEC']"
 _OWN = {"PATH": "path", "REQUEST_LOCK": "request_lock", "LOCK_DIR": "lock_dir", "LOCK_TIMEOUT": "lock_timeout"}
 
 
-class _Site(NamedTuple):
-    """The store the settings describe, and its request-long locks (None with ``REQUEST_LOCK`` off)."""
-
-    store: lockstore.BaseStore
-    locks: StripeLocks | None
-    gates: Gates
-
-
-_opened: dict[str, _Site] = {}
+_opened: dict[str, Site] = {}
 _opening = threading.Lock()
 
 
@@ -162,28 +153,9 @@ def _options(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     options, own = options_from_settings(config, _OWN, 'LOCKSTORE["{}"]')
     options.setdefault("max_age", settings.SESSION_COOKIE_AGE)
-    if "codec" in options:
-        return options, own
-    wanted = serializer_codec()
-    path = config["PATH"]
-    if isinstance(path, str) and "://" in path:
-        # A Redis or PostgreSQL store: without codec= a new one is json and an existing one keeps its
-        # codec; unsigned pickle opens only when the application asks for it, which a pickle serializer does.
-        if wanted == "pickle":
-            options["codec"] = "pickle"
-        return options, own
-    meta = None if options.get("backend") == "memory" else read_meta(os.fspath(path))
-    if meta is None:
-        options["codec"] = wanted
-    elif meta["codec"] != wanted:
-        log = logger.warning if settings.is_overridden("SESSION_SERIALIZER") else logger.info
-        log(
-            "session store %s keeps its recorded codec %r although SESSION_SERIALIZER asks for %r "
-            "(set LOCKSTORE['CODEC'] to silence this, or move the sessions with 'lockstore copy')",
-            path,
-            meta["codec"],
-            wanted,
-        )
+    if "codec" not in options:
+        wanted, insist = serializer_codec(), settings.is_overridden("SESSION_SERIALIZER")
+        choose_codec(config["PATH"], options, wanted, asked_by="SESSION_SERIALIZER", option=_CODEC, insist=insist)
     return options, own
 
 
@@ -203,25 +175,15 @@ def get_store() -> lockstore.BaseStore:
     return _open().store
 
 
-def _open() -> _Site:
+def _open() -> Site:
     config = _config()
     key = repr(sorted(config.items()))
     with _opening:
         site = _opened.get(key)
         if site is None:
             options, own = _options(config)
-            store = lockstore.open(config["PATH"], **options)
-            try:
-                locks = request_locks_for(
-                    store,
-                    request_lock=own.get("request_lock", True),
-                    lock_dir=own.get("lock_dir"),
-                    timeout=own.get("lock_timeout"),
-                )
-            except BaseException:
-                store.close()
-                raise
-            site = _opened[key] = _Site(store, locks, Gates())
+            own.pop("path", None)
+            site = _opened[key] = open_site(config["PATH"], options, **own)
     return site
 
 
@@ -242,11 +204,11 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
     def __init__(self, session_key: str | None = None) -> None:
         self._snapshot: dict[str, bytes | None] | None = None
-        self._site_cache: _Site | None = None
+        self._site_cache: Site | None = None
         super().__init__(session_key)
 
     @property
-    def _site(self) -> _Site:
+    def _site(self) -> Site:
         site = self._site_cache
         if site is None:
             site = self._site_cache = _open()

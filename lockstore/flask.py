@@ -54,7 +54,8 @@ import lockstore
 
 from .errors import LockstoreError
 from .options import options_from_settings
-from .web.session import Session, request_locks_for
+from .web.session import Session
+from .web.site import request_locks_for
 from .web.stripes import DEFAULT_STRIPES
 
 if TYPE_CHECKING:

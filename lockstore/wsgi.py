@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import LockTimeout
 from .ids import is_valid_id
 from .web.requestlock import BUSY_BODY, BUSY_HEADERS, BUSY_STATUS
-from .web.session import Session, request_locks_for
+from .web.session import Session
+from .web.site import request_locks_for
 from .web.stripes import DEFAULT_STRIPES, stripe_locks_for
 
 if TYPE_CHECKING:

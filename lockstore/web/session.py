@@ -11,54 +11,22 @@ read, the diff-and-merge and the lock from here.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterator, MutableMapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from ..base import BaseStore
 from ..errors import CorruptRecord
 from ..ids import is_valid_id, new_id
-from ..store import Store
 from .changes import changes, merge, snapshot
 from .requestlock import RequestHold
-from .stripes import DEFAULT_STRIPES, StripeLocks, stripe_locks_for
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
+    from ..base import BaseStore
     from .requestlock import RequestLocks
 
 logger = logging.getLogger(__name__)
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 _NEW_ID_TRIES = 64
-
-
-def request_locks_for(
-    store: BaseStore,
-    *,
-    request_lock: bool = True,
-    lock_dir: str | Path | None = None,
-    stripes: int = DEFAULT_STRIPES,
-    timeout: float | None = None,
-) -> StripeLocks | None:
-    """The request-long locks an integration uses with *store*: ``None`` with *request_lock* off.
-
-    The one place that chooses how the lock is kept: lock stripes (:func:`~lockstore.web.stripes.stripe_locks_for`)
-    today; a lock kept on the server for a remote store without *lock_dir* plugs in here (the return type
-    then widens to :class:`~lockstore.web.requestlock.RequestLocks`).
-
-    Raises
-    ------
-    ValueError
-        A remote store and no *lock_dir*.
-    """
-    if not request_lock:
-        return None
-    return stripe_locks_for(store, lock_dir=lock_dir, stripes=stripes, timeout=timeout)
 
 
 def read(store: BaseStore, sid: str) -> Any:
@@ -68,14 +36,6 @@ def read(store: BaseStore, sid: str) -> Any:
     except CorruptRecord:
         logger.warning("session %.8s... does not decode; starting a fresh one", sid)
         return None
-
-
-async def call(store: BaseStore, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Run a store operation for async code: inline on an embedded store (microseconds, and a shard
-    lock held for microseconds by others), in a thread on a remote one (network round trips)."""
-    if isinstance(store, Store):
-        return fn(*args, **kwargs)
-    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 class Session(MutableMapping[str, Any]):
@@ -89,7 +49,7 @@ class Session(MutableMapping[str, Any]):
         The id the client sent, or ``None``.  An id that is not valid
         (:func:`lockstore.is_valid_id`) is ignored before anything is opened.
     locks
-        The request-long locks (:func:`request_locks_for`), or ``None`` for no request-long lock.
+        The request-long locks (:func:`lockstore.web.site.request_locks_for`), or ``None`` for no request-long lock.
     lock_timeout
         Seconds to wait for the lock (``None``: the locks' default).
 
@@ -320,4 +280,4 @@ class Session(MutableMapping[str, Any]):
         return self._id if self._stored else None
 
 
-__all__ = ["Session", "call", "read", "request_locks_for"]
+__all__ = ["Session", "read"]
