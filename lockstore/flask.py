@@ -164,7 +164,7 @@ class LockstoreSessionInterface(SessionInterface):
     lock_timeout
         Seconds to wait for the session lock (default: the store's ``timeout``).
     lock_dir, stripes
-        See :func:`lockstore.web.stripes.stripe_locks_for`.
+        See :func:`lockstore.web.site.request_locks_for`.
 
     Notes
     -----

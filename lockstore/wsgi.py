@@ -28,7 +28,7 @@ from .ids import is_valid_id
 from .web.requestlock import BUSY_BODY, BUSY_HEADERS, BUSY_STATUS
 from .web.session import Session
 from .web.site import request_locks_for
-from .web.stripes import DEFAULT_STRIPES, stripe_locks_for
+from .web.stripes import DEFAULT_STRIPES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from .base import BaseStore
 
 logger = logging.getLogger(__name__)
+
+stripe_locks_for = request_locks_for  # its name in lockstore 0.1
 
 
 def read_cookie(header: str | None, name: str) -> str | None:
@@ -113,7 +115,7 @@ class SessionMiddleware:
         Seconds to wait for the session lock (default: the store's ``timeout``);
         the request then gets a 503 response, never proceeds unlocked.
     lock_dir, stripes
-        Where the lock stripes live and how many (see :func:`stripe_locks_for`).
+        Where the lock stripes live and how many (see :func:`lockstore.web.site.request_locks_for`).
 
     Notes
     -----

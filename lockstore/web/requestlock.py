@@ -1,19 +1,11 @@
-"""The request-long session lock, behind one seam: what a web integration needs of it, and what a request holds.
+"""The request-long session lock behind one seam, and what one request holds of it.
 
-An implementation (:class:`~lockstore.web.stripes.StripeLocks` today: ``flock`` on a bounded set of local lock
-files) is a :class:`RequestLocks`: ``index(sid)`` maps an id to its lock *slot* (two ids of one slot share one
-lock), ``acquire(sid, timeout=, blocking=)`` returns a :class:`Hold` (``release()``), or ``None`` when a
-non-blocking try finds the slot busy, and raises :class:`~lockstore.LockTimeout` when a blocking wait runs out.
-Nothing else here knows how the lock is kept: a lock kept on a server (a lease key, an advisory lock) plugs
-in by giving the same five members.
-
-:class:`RequestHold` is what one request holds: at most one hold per slot, taken blocking (:meth:`~RequestHold.lock`),
-by one try (:meth:`~RequestHold.try_lock`) or from async code without blocking the event loop
-(:meth:`~RequestHold.alock`: non-blocking tries with ``asyncio.sleep`` back-off), and released together.
-With :class:`Gates` it also keeps two requests of one process out of one slot when they run on one thread
-(asyncio tasks, asgiref's shared sync thread), where a lock that lets its holding thread re-enter would let
-both in.  :class:`RequestScope` carries a request's hold to session code the framework calls on its own
-(Django's ``SessionStore``).
+An implementation is a :class:`RequestLocks` (today :class:`~lockstore.web.stripes.StripeLocks`: ``flock`` on
+a bounded set of local lock files); a lock kept on a server plugs in by giving the same members.
+:class:`RequestHold` is one request's holds: taken blocking, by one try, or from async code without blocking
+the event loop; with :class:`Gates` two requests of one process never share a slot even on one thread
+(asyncio tasks, asgiref's shared sync thread).  :class:`RequestScope` carries a request's hold to session code
+the framework calls on its own (Django's ``SessionStore``).
 """
 
 from __future__ import annotations
@@ -30,55 +22,55 @@ from .._process import GENERATION
 from ..errors import LockTimeout
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
     from types import TracebackType
 
 BUSY_STATUS = "503 Service Unavailable"
 BUSY_BODY = b"503 Service Unavailable: the session is busy with another request; retry shortly.\n"
-"""What every integration answers when a session's lock is not obtained in time (with ``Retry-After: 1``)."""
+"""What every integration answers when a session's lock is not obtained in time."""
 BUSY_HEADERS = [
     ("Content-Type", "text/plain; charset=utf-8"),
     ("Content-Length", str(len(BUSY_BODY))),
     ("Retry-After", "1"),
 ]
-
 # back-off of an async wait for a session lock: as the stripes' own wait (0.2 ms doubling to 5 ms, jittered)
 _FIRST_WAIT = 0.0002
 _MAX_WAIT = 0.005
+_SAME_LOOP = "another request on this event loop holds it (use the session's async methods in async code)"
 
 
 class Hold(Protocol):
     """One acquisition of a request lock."""
 
     def release(self) -> None:
-        """Release it; idempotent, callable from another thread, inert in a forked child."""
+        """Release it: idempotent, from any thread, inert in a forked child."""
 
 
 class RequestLocks(Protocol):
-    """The request-long locks of one site, shared by every thread of a process (the seam to implement)."""
+    """The request-long locks of a site, shared by every thread of a process: the seam to implement."""
 
     @property
     def timeout(self) -> float:
         """Default seconds a blocking :meth:`acquire` waits."""
 
     def index(self, sid: str) -> int:
-        """The lock slot of *sid*, the same in every process: ids of one slot share one lock."""
+        """The lock slot of *sid*, the same in every process; ids of one slot share one lock."""
 
     def where(self, index: int) -> str:
-        """Where slot *index* is kept, for error messages and logs (a path, a key)."""
+        """Where slot *index* is kept (a path, a key), for messages."""
 
     def acquire(self, sid: str, *, timeout: float | None = None, blocking: bool = True) -> Hold | None:
-        """Take *sid*'s slot: a hold, ``None`` if *blocking* is False and it is busy, else ``LockTimeout``.
+        """A hold of *sid*'s slot; ``None`` if not *blocking* and busy; else ``LockTimeout`` after *timeout*.
 
-        The thread holding a slot may take it again (counted); :class:`Gates` keeps requests apart.
+        The thread holding a slot may take it again (counted).
         """
 
     def close(self) -> None:
-        """Drop what is idle (descriptors, connections); held slots stay held until released."""
+        """Drop what is idle (descriptors, connections); held slots stay held."""
 
 
 def lock_timeout(where: str, wait: float, why: str = "") -> LockTimeout:
-    """The error of a session lock not obtained within *wait* seconds (the one wording)."""
+    """The error of a session lock not obtained within *wait* seconds."""
     why = why or "another request of this session (or one sharing its stripe) is still running"
     return LockTimeout(f"session lock not obtained within {wait:g} s ({where}): {why}")
 
@@ -94,12 +86,9 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
 class Gates:
     """Which request of this process holds each slot: at most one, whatever thread or task runs it.
 
-    A :class:`RequestLocks` lets the thread holding a slot take it again (re-entry), which is right for
-    threads and wrong for asyncio: every task of an event loop runs on the loop's thread, so a second task
-    would walk into the slot the first one holds.  A request takes the gate before the slot and gives it
-    back after, so two requests never meet inside the slot's re-entry.  The holder's event loop is kept
-    (None for a thread): a blocking wait on that loop's own thread could never end, since the holder
-    needs the loop to finish.
+    A slot's holding thread may re-enter it, which is wrong for asyncio: every task of a loop runs on its
+    thread.  A request takes the gate before the slot and gives it back after.  The holder's event loop is
+    kept (None for a thread): a blocking wait on that loop's own thread could never end.
 
     Notes
     -----
@@ -141,22 +130,15 @@ class Gates:
 
 
 class RequestHold:
-    """What one request holds of *locks*: one hold per slot, kept until :meth:`release`.
+    """What one request holds of *locks*: one hold per slot, until :meth:`release`.
 
-    Parameters
-    ----------
-    locks
-        The site's request locks.
-    gates
-        The site's :class:`Gates`, when requests may share a thread (asyncio, asgiref); ``None`` when each
-        request has a thread of its own for as long as it holds a lock (WSGI servers).
-    timeout
-        Seconds a blocking :meth:`lock` or :meth:`alock` waits (``None``: the locks' default).
+    *gates*: the site's :class:`Gates` when requests may share a thread (asyncio, asgiref); ``None`` when
+    each request has its own thread while it holds a lock (WSGI).  *timeout*: seconds a wait lasts
+    (``None``: the locks' default).
 
     Notes
     -----
-    Belongs to one request; :meth:`release` may run on another thread (a server closing the response
-    there) and is idempotent.
+    Belongs to one request; :meth:`release` may run on another thread and is idempotent.
     """
 
     __slots__ = ("_gates", "_holds", "_locks", "_timeout")
@@ -173,61 +155,54 @@ class RequestHold:
         Raises
         ------
         LockTimeout
-            Not obtained in time, or (gated) held by another request on this thread's event loop: sync
-            session access in async code would stop that holder, which needs this loop to finish.
+            Not obtained in time; or (gated) held by a request on this thread's running event loop, which a
+            blocking wait would stop.
         """
-        locks, gates = self._locks, self._gates
-        index = locks.index(sid)
-        if index in self._holds:
-            return
-        if gates is None:
-            hold = locks.acquire(sid, timeout=self._timeout)
-        else:
-            wait = self._wait()
-            deadline = time.monotonic() + wait
-            loop = running_loop()
-            if loop is not None and gates.held_on(index, loop):
-                why = "another request on this event loop holds it (use the session's async methods in async code)"
-                raise lock_timeout(locks.where(index), 0, why)
-            if not gates.take(index, loop, wait):
-                raise lock_timeout(locks.where(index), wait)
-            hold = _gated(gates, index, lambda: locks.acquire(sid, timeout=max(0.0, deadline - time.monotonic())))
-        if hold is None:  # pragma: no cover - a blocking acquire returns a hold or raises
-            raise lock_timeout(locks.where(index), self._wait())
-        self._holds[index] = hold
+        index = self._locks.index(sid)
+        if index not in self._holds and not self._take(sid, index, blocking=True):  # pragma: no cover
+            raise lock_timeout(self._locks.where(index), self._wait())  # a blocking acquire gave no hold
 
     def try_lock(self, sid: str) -> bool:
         """Hold *sid*'s slot if that takes no wait; whether it is held now."""
-        locks, gates = self._locks, self._gates
-        index = locks.index(sid)
-        if index in self._holds:
-            return True
-        if gates is None:
-            hold = locks.acquire(sid, blocking=False)
-        elif gates.take(index, running_loop(), 0):
-            hold = _gated(gates, index, lambda: locks.acquire(sid, blocking=False))
-        else:
-            return False
-        if hold is None:
-            return False
-        self._holds[index] = hold
-        return True
+        index = self._locks.index(sid)
+        return index in self._holds or self._take(sid, index, blocking=False)
 
     async def alock(self, sid: str) -> None:
-        """:meth:`lock` for async code: tries without blocking, and ``asyncio.sleep`` between them."""
-        if self.try_lock(sid):
-            return
+        """:meth:`lock` for async code: tries, with ``asyncio.sleep`` back-off between them."""
         wait = self._wait()
         deadline = time.monotonic() + wait
         delay = _FIRST_WAIT
-        while True:
+        while not self.try_lock(sid):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise lock_timeout(self._locks.where(self._locks.index(sid)), wait)
             await asyncio.sleep(min(left, delay * (0.5 + random.random())))
             delay = min(delay * 2, _MAX_WAIT)
-            if self.try_lock(sid):
-                return
+
+    def _take(self, sid: str, index: int, *, blocking: bool) -> bool:
+        locks, gates = self._locks, self._gates
+        hold: Hold | None = None
+        if gates is None:
+            hold = locks.acquire(sid, timeout=self._timeout, blocking=blocking)
+        else:
+            wait = self._wait() if blocking else 0.0
+            deadline = time.monotonic() + wait
+            loop = running_loop()
+            if blocking and loop is not None and gates.held_on(index, loop):
+                raise lock_timeout(locks.where(index), 0, _SAME_LOOP)
+            if not gates.take(index, loop, wait):
+                if blocking:
+                    raise lock_timeout(locks.where(index), wait)
+                return False
+            try:
+                hold = locks.acquire(sid, timeout=max(0.0, deadline - time.monotonic()), blocking=blocking)
+            finally:
+                if hold is None:
+                    gates.give(index)  # no hold came of it (busy, or the wait failed)
+        if hold is None:
+            return False
+        self._holds[index] = hold
+        return True
 
     def unlock(self, sid: str) -> None:
         """Release *sid*'s slot if this request holds it."""
@@ -253,30 +228,15 @@ class RequestHold:
         return self._locks.timeout if self._timeout is None else self._timeout
 
 
-def _gated(gates: Gates, index: int, acquire: Callable[[], Hold | None]) -> Hold | None:
-    """Run *acquire* with gate *index* taken; the gate is given back unless a hold came of it."""
-    try:
-        hold = acquire()
-    except BaseException:
-        gates.give(index)
-        raise
-    if hold is None:
-        gates.give(index)
-    return hold
+_current: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar("lockstore_scope", default=None)
 
 
 class RequestScope:
-    """One request's locks, for session code that the framework calls on its own (Django's ``SessionStore``).
+    """One request's locks and whether a lock wait ran out, for code the framework calls on its own.
 
-    A middleware runs the request inside :meth:`active`; the session code finds the scope with
-    :func:`current_scope` and holds its locks through :meth:`hold`; a :class:`~lockstore.LockTimeout`
-    leaving a ``with watch:`` block marks the request :attr:`busy`, so the middleware can answer 503 even
-    when the framework turned the error into a 500 below it.
-
-    Notes
-    -----
-    One per request; :meth:`release` may run on another thread (when the response is closed) and is
-    idempotent.
+    A middleware runs the request inside :meth:`active`; session code finds the scope with
+    :func:`current_scope`; a :class:`~lockstore.LockTimeout` leaving a ``with watch:`` block sets :attr:`busy`,
+    so the middleware can answer 503 where the framework made a 500 of it.  :meth:`release` is idempotent.
     """
 
     __slots__ = ("_hold", "busy")
@@ -309,17 +269,12 @@ class RequestScope:
             _current.reset(token)
 
 
-_current: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar("lockstore_scope", default=None)
-
-
 def current_scope() -> RequestScope | None:
     """The scope of the request being served here (``None`` outside :meth:`RequestScope.active`)."""
     return _current.get()
 
 
 class _Watch:
-    """``with watch:`` marks the current request busy when a :class:`~lockstore.LockTimeout` leaves the block."""
-
     def __enter__(self) -> None:
         return None
 
@@ -333,7 +288,7 @@ class _Watch:
 
 
 watch = _Watch()
-
+"""``with watch:`` marks the current request :attr:`~RequestScope.busy` when a ``LockTimeout`` leaves the block."""
 
 __all__ = [
     "BUSY_BODY",

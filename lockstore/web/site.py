@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
 from ..base import BaseStore
@@ -17,11 +18,10 @@ from ..opener import open as open_store
 from ..opener import read_meta
 from ..store import Store
 from .requestlock import Gates
-from .stripes import DEFAULT_STRIPES, StripeLocks, stripe_locks_for
+from .stripes import DEFAULT_STRIPES, StripeLocks
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +45,12 @@ def request_locks_for(
     stripes: int = DEFAULT_STRIPES,
     timeout: float | None = None,
 ) -> StripeLocks | None:
-    """The request-long locks an integration uses with *store*: ``None`` with *request_lock* off.
+    """The request-long locks to use with *store* (``None`` with *request_lock* off): the one place that chooses.
 
-    The one place that chooses how the lock is kept: lock stripes (:func:`~lockstore.web.stripes.stripe_locks_for`)
-    today; a lock kept on the server for a remote store without *lock_dir* plugs in here (the return type
-    then widens to :class:`~lockstore.web.requestlock.RequestLocks`).
+    Lock stripes under ``<store path>/stripes/`` unless *lock_dir* says otherwise; in-process ones for a
+    ``memory`` store (one process).  A remote store has no local directory, so *lock_dir* is required (the
+    stripes then serialise the requests of one machine); a lock kept on the server plugs in here, and the
+    return type widens to :class:`~lockstore.web.requestlock.RequestLocks`.  *timeout* defaults to the store's.
 
     Raises
     ------
@@ -58,7 +59,16 @@ def request_locks_for(
     """
     if not request_lock:
         return None
-    return stripe_locks_for(store, lock_dir=lock_dir, stripes=stripes, timeout=timeout)
+    wait = store.timeout if timeout is None else timeout
+    if lock_dir is None and isinstance(store, Store):
+        lock_dir = None if store.backend == "memory" else Path(store.path) / "stripes"
+    elif lock_dir is None:
+        msg = (
+            f"a {store.backend} store has no local directory for the request-long session locks: "
+            "pass lock_dir= (a local directory), or request_lock=False"
+        )
+        raise ValueError(msg)
+    return StripeLocks(lock_dir, stripes=stripes, timeout=wait)
 
 
 def open_site(

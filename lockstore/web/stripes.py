@@ -31,10 +31,8 @@ from typing import TYPE_CHECKING
 
 from .._files import make_dirs
 from .._process import GENERATION
-from ..base import BaseStore
 from ..locks import try_flock, unflock, wait_flock
-from ..store import Store
-from .requestlock import BUSY_BODY, BUSY_STATUS, lock_timeout
+from .requestlock import lock_timeout
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -295,13 +293,6 @@ class StripeLocks:
         stripe.mutex.release()
         logger.debug("stripe %d released", index)
 
-    def held(self, index: int) -> bool:
-        """Return whether this process holds stripe *index* (any thread)."""
-        with self._guard:
-            self._check_fork()
-            stripe = self._state.get(index)
-            return stripe is not None and stripe.count > 0
-
     def close(self) -> None:
         """Close idle lock files; held stripes stay locked until released."""
         with self._guard:
@@ -327,45 +318,9 @@ class StripeLocks:
 
 
 
-def stripe_locks_for(
-    store: BaseStore,
-    *,
-    lock_dir: str | Path | None = None,
-    stripes: int = DEFAULT_STRIPES,
-    timeout: float | None = None,
-) -> StripeLocks:
-    """Return the request-long lock stripes to use with *store*.
-
-    The lock files go to ``<store path>/stripes/`` unless *lock_dir* says
-    otherwise; a ``memory`` store (one process) gets in-process locks.  A remote
-    store (Redis, PostgreSQL) has no local directory, so *lock_dir* is required:
-    the stripes then serialise the requests of one machine only.
-
-    Raises
-    ------
-    ValueError
-        A remote store and no *lock_dir*.
-    """
-    wait = store.timeout if timeout is None else timeout
-    if lock_dir is not None:
-        return StripeLocks(lock_dir, stripes=stripes, timeout=wait)
-    if isinstance(store, Store):
-        if store.backend == "memory":
-            return StripeLocks(None, stripes=stripes, timeout=wait)
-        return StripeLocks(Path(store.path) / "stripes", stripes=stripes, timeout=wait)
-    msg = (
-        f"a {store.backend} store has no local directory for the request-long session locks: "
-        "pass lock_dir= (a local directory), or request_lock=False"
-    )
-    raise ValueError(msg)
-
-
 __all__ = [
-    "BUSY_BODY",
-    "BUSY_STATUS",
     "DEFAULT_STRIPES",
     "StripeHold",
     "StripeLocks",
     "stripe_index",
-    "stripe_locks_for",
 ]
