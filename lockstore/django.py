@@ -69,8 +69,7 @@ import lockstore
 from .options import options_from_settings
 from .web.changes import changes, merge, snapshot
 from .web.requestlock import BUSY_BODY, BUSY_HEADERS, RequestScope, current_scope, watch
-from .web.session import read
-from .web.site import Site, call, choose_codec, open_site
+from .web.session import Site, call, choose_codec, open_site, read
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -54,8 +54,7 @@ import lockstore
 
 from .errors import LockstoreError
 from .options import options_from_settings
-from .web.session import Session
-from .web.site import request_locks_for
+from .web.session import Session, request_locks_for
 from .web.stripes import DEFAULT_STRIPES
 
 if TYPE_CHECKING:
@@ -164,7 +163,7 @@ class LockstoreSessionInterface(SessionInterface):
     lock_timeout
         Seconds to wait for the session lock (default: the store's ``timeout``).
     lock_dir, stripes
-        See :func:`lockstore.web.site.request_locks_for`.
+        See :func:`lockstore.web.session.request_locks_for`.
 
     Notes
     -----

@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import LockTimeout
 from .ids import is_valid_id
 from .web.requestlock import BUSY_BODY, BUSY_HEADERS, BUSY_STATUS
-from .web.session import Session
-from .web.site import request_locks_for
+from .web.session import Session, request_locks_for
 from .web.stripes import DEFAULT_STRIPES
 
 if TYPE_CHECKING:
@@ -115,7 +114,7 @@ class SessionMiddleware:
         Seconds to wait for the session lock (default: the store's ``timeout``);
         the request then gets a 503 response, never proceeds unlocked.
     lock_dir, stripes
-        Where the lock stripes live and how many (see :func:`lockstore.web.site.request_locks_for`).
+        Where the lock stripes live and how many (see :func:`lockstore.web.session.request_locks_for`).
 
     Notes
     -----

@@ -317,7 +317,6 @@ class StripeLocks:
         return f"StripeLocks({str(self.directory)!r}, stripes={self.stripes})"
 
 
-
 __all__ = [
     "DEFAULT_STRIPES",
     "StripeHold",
