@@ -16,21 +16,18 @@ An unknown ``LOCKSTORE`` key, or a ``SESSION_SERIALIZER`` lockstore cannot follo
 :class:`lockstore.LockstoreError` when the middleware is loaded (at start-up) or at the first session
 access, naming the setting.
 
-:class:`SessionStore` follows Django's ``SessionBase`` contract (``exists``, ``create``,
-``save(must_create=...)``, ``delete``, ``load``, ``cycle_key``, ``clear_expired`` for ``manage.py
-clearsessions``) and its ``a``-prefixed async twins.  Unlike Django's own engines, ``save()`` writes
-only the keys this request changed, onto the record as stored now (through
-:meth:`lockstore.Store.edit`), so concurrent requests of one user changing different keys keep each
-other's changes, and a session logged out elsewhere is never resurrected (``UpdateError``).  With
-:class:`SessionLockMiddleware` the session is also locked from its first access until the response is
-closed, so even a counter incremented by two concurrent requests ends exact; a lock not obtained in
-time answers 503 with ``Retry-After: 1`` and a generic body.
+:class:`SessionStore` follows Django's ``SessionBase`` contract (``exists``, ``create``, ``save(must_create=...)``,
+``delete``, ``load``, ``cycle_key``, ``clear_expired`` for ``manage.py clearsessions``) and its ``a``-prefixed async
+twins.  Unlike Django's own engines, ``save()`` writes only the keys this request changed, onto the record as stored now
+(through :meth:`lockstore.Store.edit`), so concurrent requests of one user changing different keys keep each other's
+changes, and a session logged out elsewhere is never resurrected (``UpdateError``).  With :class:`SessionLockMiddleware`
+the session is also locked from its first access until the response is closed, so even a counter incremented by two
+concurrent requests ends exact; a lock not obtained in time answers 503 with ``Retry-After: 1`` and a generic body.
 
-Codec: a new store follows ``SESSION_SERIALIZER``: Django's default ``JSONSerializer`` gives codec
-``"json"`` (so a session holds what Django's own JSON sessions hold: a ``datetime`` fails on save with
-a ``TypeError``), a pickle serializer gives ``"pickle"``.  An existing store keeps the codec it
-records; ``LOCKSTORE["CODEC"]`` overrides both (another codec than the recorded one raises
-:class:`lockstore.StoreMismatch`).
+Codec: a new store follows ``SESSION_SERIALIZER``: Django's default ``JSONSerializer`` gives codec ``"json"`` (so a
+session holds what Django's own JSON sessions hold: a ``datetime`` fails on save with a ``TypeError``), a pickle
+serializer gives ``"pickle"``.  An existing store keeps the codec it records; ``LOCKSTORE["CODEC"]`` overrides both
+(another codec than the recorded one raises :class:`lockstore.StoreMismatch`).
 
 Errors: the rule of Django's ``SessionMiddleware``, unchanged: a response of status 500 or more (a view
 that raised included) saves nothing; any other response (404, 403 included) saves the session.
@@ -193,10 +190,9 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
     Notes
     -----
-    One instance serves one request, as with every Django engine; the store
-    under it is shared by the threads and processes of the site.  The async
-    methods (``aload``, ``asave``, ...) never block the event loop on the
-    request-long lock.
+    One instance serves one request, as with every Django engine; the store under it is shared by the threads and
+    processes of the site.  The async methods (``aload``, ``asave``, ...) never block the event loop on the request-long
+    lock.
     """
 
     _session_key: str | None  # a validating property of SessionBase
@@ -323,12 +319,10 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
         CreateError
             *must_create* and the key exists.
         UpdateError
-            Not *must_create* and the session no longer exists (deleted or
-            expired meanwhile): it is not resurrected.
+            Not *must_create* and the session no longer exists (deleted or expired meanwhile): it is not resurrected.
         lockstore.EncodeError
-            A value the store's codec cannot encode (with ``"json"``, as with
-            Django's ``JSONSerializer``: a ``datetime``, a ``set``...); it is
-            a ``TypeError``, as Django's own engines raise.  Nothing is written.
+            A value the store's codec cannot encode (with ``"json"``, as with Django's ``JSONSerializer``: a
+            ``datetime``, a ``set``...); it is a ``TypeError``, as Django's own engines raise.  Nothing is written.
         """
         if self.session_key is None:
             self.create()
@@ -408,12 +402,10 @@ def _busy_response() -> HttpResponse:
 class SessionLockMiddleware:
     """Hold each session's lock stripe from its first access until the response is closed.
 
-    Put it before ``django.contrib.sessions.middleware.SessionMiddleware`` in
-    ``MIDDLEWARE``.  Without it (or with ``LOCKSTORE["REQUEST_LOCK"] = False``)
-    only the save is atomic.  A session lock not obtained within the store's
-    timeout (or ``LOCKSTORE["LOCK_TIMEOUT"]``) answers 503 with
-    ``Retry-After: 1`` and a generic body, wherever below this middleware the
-    wait ran out (the view, ``SessionMiddleware``, another middleware).
+    Put it before ``django.contrib.sessions.middleware.SessionMiddleware`` in ``MIDDLEWARE``.  Without it (or with
+    ``LOCKSTORE["REQUEST_LOCK"] = False``) only the save is atomic.  A session lock not obtained within the store's
+    timeout (or ``LOCKSTORE["LOCK_TIMEOUT"]``) answers 503 with ``Retry-After: 1`` and a generic body, wherever below
+    this middleware the wait ran out (the view, ``SessionMiddleware``, another middleware).
 
     Works in both of Django's modes: under ASGI it runs as async middleware
     and its lock waits never block the event loop.
@@ -421,8 +413,7 @@ class SessionLockMiddleware:
     Raises
     ------
     lockstore.LockstoreError
-        At start-up (when Django loads the middleware): the ``LOCKSTORE`` or
-        ``SESSION_SERIALIZER`` setting is wrong.
+        At start-up (when Django loads the middleware): the ``LOCKSTORE`` or ``SESSION_SERIALIZER`` setting is wrong.
     """
 
     sync_capable = True

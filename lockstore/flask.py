@@ -1,35 +1,27 @@
 """Flask sessions kept in a lockstore store: :class:`LockstoreSessionInterface` and :func:`init_app`.
 
-``flask.session`` becomes a :class:`LockstoreSession`: the same lazily loaded,
-just-in-time session as :class:`lockstore.wsgi.Session` (no cookie and no write
-until data is put; only the keys a request changed are written, onto the record
-as stored at the end of the request), following Flask's conventions:
-``session.permanent`` (the ``_permanent`` key) gives the cookie an expiry of
-``PERMANENT_SESSION_LIFETIME``, ``SESSION_REFRESH_EACH_REQUEST`` re-sends the
-cookie of a permanent session on each request that uses it (a cookie refresh,
-never a write), ``session.modified = True`` forces the cookie out, and the
-``SESSION_COOKIE_*`` settings shape the cookie (SameSite defaults to Lax here).  ``session.regenerate()`` gives
-a new id at login; ``session.invalidate()`` forgets the session at logout; :func:`current_session` reaches them
-in a type-checked way.  ``SESSION_PERMANENT`` (default True, as in Flask-Session) makes sessions permanent
-unless the application sets ``session.permanent = False``.
+``flask.session`` becomes a :class:`LockstoreSession`: the same lazily loaded, just-in-time session as
+:class:`lockstore.wsgi.Session` (no cookie and no write until data is put; only the keys a request changed are written,
+onto the record as stored at the end of the request), following Flask's conventions: ``session.permanent`` (the
+``_permanent`` key) gives the cookie an expiry of ``PERMANENT_SESSION_LIFETIME``, ``SESSION_REFRESH_EACH_REQUEST``
+re-sends the cookie of a permanent session on each request that uses it (a cookie refresh, never a write),
+``session.modified = True`` forces the cookie out, and the ``SESSION_COOKIE_*`` settings shape the cookie (SameSite
+defaults to Lax here).  ``session.regenerate()`` gives a new id at login; ``session.invalidate()`` forgets the session
+at logout; :func:`current_session` reaches them in a type-checked way.  ``SESSION_PERMANENT`` (default True, as in
+Flask-Session) makes sessions permanent unless the application sets ``session.permanent = False``.
 
-The session's lock stripe is taken on first access and released when the
-request's context is torn down, whether or not anybody closes the response (the
-test client's responses, ``session_transaction()``, a save that failed).  A
-``stream_with_context`` body reads the session as loaded; Flask >= 3.1.1 tears
-such a request down when the view returns and again after the last chunk (older
-Flask only after the last chunk), and the lock goes at the first teardown.  A
-session that ``session_transaction()`` hands to a test takes no lock (no request
-runs); its save is one atomic edit.  A lock not obtained in time answers 503
-Service Unavailable with ``Retry-After: 1`` and a body that names nothing of the
+The session's lock stripe is taken on first access and released when the request's context is torn down, whether or not
+anybody closes the response (the test client's responses, ``session_transaction()``, a save that failed).  A
+``stream_with_context`` body reads the session as loaded; Flask >= 3.1.1 tears such a request down when the view returns
+and again after the last chunk (older Flask only after the last chunk), and the lock goes at the first teardown.  A
+session that ``session_transaction()`` hands to a test takes no lock (no request runs); its save is one atomic edit.  A
+lock not obtained in time answers 503 Service Unavailable with ``Retry-After: 1`` and a body that names nothing of the
 server.
 
-Errors follow Flask's own sessions: the session is saved whenever Flask builds
-the response, the 500 page of an unhandled exception and an error handler's
-response included, and nothing is saved when the exception propagates out of
-the application (``PROPAGATE_EXCEPTIONS``, testing and debug mode) or when an
-``after_request`` function fails.  Changes made while a streamed body is
-produced are not saved (the cookie left with the headers).
+Errors follow Flask's own sessions: the session is saved whenever Flask builds the response, the 500 page of an
+unhandled exception and an error handler's response included, and nothing is saved when the exception propagates out of
+the application (``PROPAGATE_EXCEPTIONS``, testing and debug mode) or when an ``after_request`` function fails.  Changes
+made while a streamed body is produced are not saved (the cookie left with the headers).
 
 ``init_app`` adds a ``flask lockstore clean [--max-idle SECONDS]`` command.
 """
@@ -167,11 +159,9 @@ class LockstoreSessionInterface(SessionInterface):
 
     Notes
     -----
-    Thread-safe and fork-safe: one instance serves every thread and worker
-    process of the application.  Flask's settings are read on each request:
-    ``SESSION_PERMANENT`` (default True), ``SESSION_REFRESH_EACH_REQUEST`` and
-    ``SESSION_COOKIE_*``.  Without :func:`init_app`, ``app.cli.add_command(cli)``
-    adds ``flask lockstore clean``.
+    Thread-safe and fork-safe: one instance serves every thread and worker process of the application.  Flask's settings
+    are read on each request: ``SESSION_PERMANENT`` (default True), ``SESSION_REFRESH_EACH_REQUEST`` and
+    ``SESSION_COOKIE_*``.  Without :func:`init_app`, ``app.cli.add_command(cli)`` adds ``flask lockstore clean``.
     """
 
     session_class = LockstoreSession
@@ -215,9 +205,8 @@ class LockstoreSessionInterface(SessionInterface):
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         """Write the request's changes and set, refresh or delete the cookie (Flask's rules).
 
-        The lock is released when the request context is torn down, not here: Flask may call this
-        again (an ``after_request`` that fails), and a ``stream_with_context`` body still uses the
-        session after it.
+        The lock is released when the request context is torn down, not here: Flask may call this again (an
+        ``after_request`` that fails), and a ``stream_with_context`` body still uses the session after it.
         """
         if not isinstance(session, LockstoreSession) or not session.loaded:
             return
@@ -329,23 +318,20 @@ _INTERFACE_OPTIONS = {
 def init_app(app: Flask, path: str | os.PathLike[str] | None = None, **options: Any) -> lockstore.BaseStore:
     """Open the store and make it *app*'s session interface; return the store.
 
-    Settings come from *options* first, then ``LOCKSTORE_*`` config keys:
-    ``LOCKSTORE_PATH`` (default ``<instance folder>/sessions``), every option of
-    :func:`lockstore.open` in upper case (``LOCKSTORE_BACKEND``, ``_SHARDS``, ``_CODEC``,
-    ``_MAX_AGE`` (default ``PERMANENT_SESSION_LIFETIME``), ``_CLEAN_INTERVAL``, ``_CLEAN_LIMIT``,
-    ``_TOUCH_INTERVAL``, ``_TIMEOUT``, ``_MAX_VALUE_SIZE``, ``_SECRET``, ``_DURABILITY``, ``_DBM``,
-    ``_MAP_SIZE``, and for Redis or PostgreSQL ``_PREFIX``, ``_TABLE``, ``_LOCK_TTL``,
-    ``_CONNECT_TIMEOUT``, ``_POOL_SIZE``) and the interface's (``LOCKSTORE_REQUEST_LOCK``,
-    ``_LOCK_TIMEOUT``, ``_LOCK_DIR``, ``_STRIPES``).  An unknown ``LOCKSTORE_*`` key raises
-    :class:`lockstore.LockstoreError` naming it and the closest valid one.  The store is also
-    available as ``app.extensions["lockstore"]``, and ``flask lockstore clean [--max-idle SECONDS]``
-    sweeps it (Flask-Session's ``flask session_cleanup``).
+    Settings come from *options* first, then ``LOCKSTORE_*`` config keys: ``LOCKSTORE_PATH`` (default ``<instance
+    folder>/sessions``), every option of :func:`lockstore.open` in upper case (``LOCKSTORE_BACKEND``, ``_SHARDS``,
+    ``_CODEC``, ``_MAX_AGE`` (default ``PERMANENT_SESSION_LIFETIME``), ``_CLEAN_INTERVAL``, ``_CLEAN_LIMIT``,
+    ``_TOUCH_INTERVAL``, ``_TIMEOUT``, ``_MAX_VALUE_SIZE``, ``_SECRET``, ``_DURABILITY``, ``_DBM``, ``_MAP_SIZE``, and
+    for Redis or PostgreSQL ``_PREFIX``, ``_TABLE``, ``_LOCK_TTL``, ``_CONNECT_TIMEOUT``, ``_POOL_SIZE``) and the
+    interface's (``LOCKSTORE_REQUEST_LOCK``, ``_LOCK_TIMEOUT``, ``_LOCK_DIR``, ``_STRIPES``).  An unknown
+    ``LOCKSTORE_*`` key raises :class:`lockstore.LockstoreError` naming it and the closest valid one.  The store is also
+    available as ``app.extensions["lockstore"]``, and ``flask lockstore clean [--max-idle SECONDS]`` sweeps it
+    (Flask-Session's ``flask session_cleanup``).
 
     Raises
     ------
     ValueError
-        A Redis or PostgreSQL store with the request lock on and no ``LOCKSTORE_LOCK_DIR`` (the store
-        is closed again).
+        A Redis or PostgreSQL store with the request lock on and no ``LOCKSTORE_LOCK_DIR`` (the store is closed again).
     """
     config = app.config
     settings = {key[len("LOCKSTORE_") :]: value for key, value in config.items() if key.startswith("LOCKSTORE_")}

@@ -1,14 +1,11 @@
 """Sessions for WSGI applications: :class:`SessionMiddleware` and the :class:`Session` it hands out.
 
-The middleware puts a :class:`Session` at ``environ["lockstore.session"]``.  The
-session is *just in time*: nothing is read before the application touches it,
-no cookie is sent and nothing is written before it holds data.  On first access
-the session's lock is taken (see :mod:`lockstore.web.requestlock`) and held until
-the response iterable is closed, so two requests of one user run their session
-code one after the other.  At the end of the request the keys this request set
-or deleted are applied, through :meth:`lockstore.Store.edit`, onto the record
-as stored now: a request that only read writes nothing, and two requests that
-changed different keys keep both changes even without the request-long lock.
+The middleware puts a :class:`Session` at ``environ["lockstore.session"]``.  The session is *just in time*: nothing is
+read before the application touches it, no cookie is sent and nothing is written before it holds data.  On first access
+the session's lock is taken (see :mod:`lockstore.web.requestlock`) and held until the response iterable is closed, so
+two requests of one user run their session code one after the other.  At the end of the request the keys this request
+set or deleted are applied, through :meth:`lockstore.Store.edit`, onto the record as stored now: a request that only
+read writes nothing, and two requests that changed different keys keep both changes even without the request-long lock.
 
 Works the same under a pre-fork server (gunicorn, uWSGI, mod_wsgi), FastCGI
 (flup) and CGI (:class:`wsgiref.handlers.CGIHandler`, one process per request).
@@ -97,19 +94,16 @@ class SessionMiddleware:
     store
         A store from :func:`lockstore.open`.
     cookie_name, path, domain, secure, httponly, samesite
-        The session cookie's attributes.  HttpOnly and SameSite=Lax by default;
-        pass ``secure=True`` behind HTTPS.
+        The session cookie's attributes.  HttpOnly and SameSite=Lax by default; pass ``secure=True`` behind HTTPS.
     max_age
-        Cookie lifetime in seconds; ``None`` follows the store's ``max_age``
-        (the cookie is refreshed whenever a request uses the session, as the
-        store's idle expiry is); 0 sends a browser-session cookie.
+        Cookie lifetime in seconds; ``None`` follows the store's ``max_age`` (the cookie is refreshed whenever a request
+        uses the session, as the store's idle expiry is); 0 sends a browser-session cookie.
     environ_key
         Where the application finds the session.
     request_lock
-        ``True`` (default): hold the session's lock stripe from its first access
-        until the response is closed, so one user's requests never lose each
-        other's updates.  ``False``: no request-long lock; only the save is
-        atomic (changes to different keys merge, a counter may lose updates).
+        ``True`` (default): hold the session's lock stripe from its first access until the response is closed, so one
+        user's requests never lose each other's updates.  ``False``: no request-long lock; only the save is atomic
+        (changes to different keys merge, a counter may lose updates).
     lock_timeout
         Seconds to wait for the session lock (default: the store's ``timeout``);
         the request then gets a 503 response, never proceeds unlocked.

@@ -8,12 +8,11 @@ now and then::
     container.save(session)
     container.adjust_time(-3600)       # shift every last-access time (tests, clock fixes)
 
-What Aquarium promised and lockstore keeps: ``open`` creates or opens; a session that exists is
-by definition not expired (an expired one is never returned, even before it is swept); sids
-are generated (``lockstore.new_id()``, 192 random bits); and since CGI and FastCGI
-applications have no scheduler, cleanup runs at random on about one ``open`` in
-``cleanup_frequency`` (``SESSION_CLEANUP_FREQUENCY``; 0 disables it, then run
-``container.cleanup()`` or ``lockstore clean`` from cron).
+What Aquarium promised and lockstore keeps: ``open`` creates or opens; a session that exists is by definition not
+expired (an expired one is never returned, even before it is swept); sids are generated (``lockstore.new_id()``, 192
+random bits); and since CGI and FastCGI applications have no scheduler, cleanup runs at random on about one ``open`` in
+``cleanup_frequency`` (``SESSION_CLEANUP_FREQUENCY``; 0 disables it, then run ``container.cleanup()`` or ``lockstore
+clean`` from cron).
 
 What is new: Aquarium left locking to the database; here :meth:`SessionContainer.save` writes
 only the keys the request changed, in one atomic edit under the shard lock, so two concurrent
@@ -54,8 +53,7 @@ class SessionContainer:
     Parameters
     ----------
     store
-        An open store (:func:`lockstore.open`) whose sessions are dicts. Its ``max_age`` is the
-        session lifetime.
+        An open store (:func:`lockstore.open`) whose sessions are dicts. Its ``max_age`` is the session lifetime.
     cleanup_frequency
         On average one :meth:`open` in this many runs :meth:`cleanup` (chosen at random, as
         Aquarium's ``SESSION_CLEANUP_FREQUENCY``, default 100); 0 never does.
@@ -64,10 +62,9 @@ class SessionContainer:
 
     Notes
     -----
-    Holds no lock or handle of its own: thread, process and fork safety are the store's. The
-    random cleanup is a full sweep of every shard; the store already sweeps one shard on a
-    write every ``clean_interval``, so a cleanup frequency of 0 plus a cron job is the choice
-    with the steadiest latency.
+    Holds no lock or handle of its own: thread, process and fork safety are the store's. The random cleanup is a full
+    sweep of every shard; the store already sweeps one shard on a write every ``clean_interval``, so a cleanup frequency
+    of 0 plus a cron job is the choice with the steadiest latency.
     """
 
     SESSION_CLEANUP_FREQUENCY = 100
@@ -92,9 +89,8 @@ class SessionContainer:
     def open(self, sid: str | None = None) -> Session:
         """Open the session *sid*, or create a new one with a generated sid.
 
-        A new session is also created when *sid* is malformed, unknown or expired: read the
-        returned session's ``sid`` to set the cookie. A new session is stored at once (empty),
-        so that it exists for the next request.
+        A new session is also created when *sid* is malformed, unknown or expired: read the returned session's ``sid``
+        to set the cookie. A new session is stored at once (empty), so that it exists for the next request.
         """
         if self.cleanup_frequency and self._rng.randrange(self.cleanup_frequency) == 0:
             self.cleanup()
@@ -113,9 +109,8 @@ class SessionContainer:
     def save(self, session: Session) -> None:
         """Write the keys *session* changed since it was opened, atomically.
 
-        Keys another process changed meanwhile are kept; a key both changed is the last
-        writer's. If the session expired or was deleted meanwhile, it is created again with the
-        whole of *session*.
+        Keys another process changed meanwhile are kept; a key both changed is the last writer's. If the session expired
+        or was deleted meanwhile, it is created again with the whole of *session*.
         """
         changed, removed = changes(session._snapshot, session)
         if not changed and not removed:

@@ -1,11 +1,9 @@
-"""The request-long session lock behind one seam, and what one request holds of it.
+"""The request-long session lock behind one seam (:class:`RequestLocks`), and what one request holds of it.
 
-An implementation is a :class:`RequestLocks` (today :class:`~lockstore.web.stripes.StripeLocks`: ``flock`` on
-a bounded set of local lock files); a lock kept on a server plugs in by giving the same members.
-:class:`RequestHold` is one request's holds: taken blocking, by one try, or from async code without blocking
-the event loop; with :class:`Gates` two requests of one process never share a slot even on one thread
-(asyncio tasks, asgiref's shared sync thread).  :class:`RequestScope` carries a request's hold to session code
-the framework calls on its own (Django's ``SessionStore``).
+:class:`~lockstore.web.stripes.StripeLocks` implements the seam today; a lock kept on a server plugs in by giving
+the same members.  :class:`RequestHold` takes a request's locks blocking, by one try, or from async code
+without blocking the loop; :class:`Gates` keep two requests of one thread (asyncio) out of one slot;
+:class:`RequestScope` carries a request's hold to code the framework calls on its own (Django's SessionStore).
 """
 
 from __future__ import annotations
@@ -60,10 +58,7 @@ class RequestLocks(Protocol):
         """Where slot *index* is kept (a path, a key), for messages."""
 
     def acquire(self, sid: str, *, timeout: float | None = None, blocking: bool = True) -> Hold | None:
-        """A hold of *sid*'s slot; ``None`` if not *blocking* and busy; else ``LockTimeout`` after *timeout*.
-
-        The thread holding a slot may take it again (counted).
-        """
+        """A hold of *sid*'s slot (re-entrant per thread); ``None`` if busy and not *blocking*; or ``LockTimeout``."""
 
     def close(self) -> None:
         """Drop what is idle (descriptors, connections); held slots stay held."""
@@ -86,13 +81,9 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
 class Gates:
     """Which request of this process holds each slot: at most one, whatever thread or task runs it.
 
-    A slot's holding thread may re-enter it, which is wrong for asyncio: every task of a loop runs on its
-    thread.  A request takes the gate before the slot and gives it back after.  The holder's event loop is
-    kept (None for a thread): a blocking wait on that loop's own thread could never end.
-
-    Notes
-    -----
-    Thread-safe.  Fork-safe: a child starts with no gate taken (its inherited holds are inert).
+    A slot's holding thread may re-enter it, which is wrong for asyncio (every task runs on the loop's thread), so a
+    request takes the gate before the slot and gives it back after.  The holder's loop is kept (None for a thread): a
+    blocking wait on that loop's own thread could never end.  Thread-safe; a forked child starts with no gate taken.
     """
 
     def __init__(self) -> None:
@@ -130,15 +121,10 @@ class Gates:
 
 
 class RequestHold:
-    """What one request holds of *locks*: one hold per slot, until :meth:`release`.
+    """What one request holds of *locks*: one hold per slot, until :meth:`release` (idempotent, any thread).
 
-    *gates*: the site's :class:`Gates` when requests may share a thread (asyncio, asgiref); ``None`` when
-    each request has its own thread while it holds a lock (WSGI).  *timeout*: seconds a wait lasts
-    (``None``: the locks' default).
-
-    Notes
-    -----
-    Belongs to one request; :meth:`release` may run on another thread and is idempotent.
+    *gates*: the site's :class:`Gates` when requests may share a thread (asyncio, asgiref), ``None`` when each
+    has its own (WSGI); *timeout*: seconds a wait lasts (``None``: the locks' default).
     """
 
     __slots__ = ("_gates", "_holds", "_locks", "_timeout")
@@ -155,8 +141,7 @@ class RequestHold:
         Raises
         ------
         LockTimeout
-            Not obtained in time; or (gated) held by a request on this thread's running event loop, which a
-            blocking wait would stop.
+            Not obtained in time, or held by a request on this thread's running event loop (a wait would stop it).
         """
         index = self._locks.index(sid)
         if index not in self._holds and not self._take(sid, index, blocking=True):  # pragma: no cover
@@ -232,11 +217,10 @@ _current: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar("
 
 
 class RequestScope:
-    """One request's locks and whether a lock wait ran out, for code the framework calls on its own.
+    """One request's locks, and whether a lock wait ran out, for code the framework calls on its own.
 
-    A middleware runs the request inside :meth:`active`; session code finds the scope with
-    :func:`current_scope`; a :class:`~lockstore.LockTimeout` leaving a ``with watch:`` block sets :attr:`busy`,
-    so the middleware can answer 503 where the framework made a 500 of it.  :meth:`release` is idempotent.
+    A middleware runs the request in :meth:`active`; session code finds it with :func:`current_scope`; a
+    ``LockTimeout`` leaving ``with watch:`` sets :attr:`busy` (a 503 where the framework made a 500 of it).
     """
 
     __slots__ = ("_hold", "busy")

@@ -170,9 +170,8 @@ class Session(MutableMapping[str, Any]):
 
     Notes
     -----
-    A session belongs to one request: it is not meant to be shared between
-    threads.  The first access takes the session's lock (``LockTimeout`` when it
-    does not come within the timeout) and reads the record; :meth:`release`
+    A session belongs to one request: it is not meant to be shared between threads.  The first access takes the
+    session's lock (``LockTimeout`` when it does not come within the timeout) and reads the record; :meth:`release`
     frees the locks and must be called when the response is finished.
     """
 
@@ -204,9 +203,8 @@ class Session(MutableMapping[str, Any]):
     def _claim_id(self) -> str:
         """A fresh id whose lock this request holds.
 
-        Only a non-blocking try is made for a new id's lock: waiting for it
-        while holding another could deadlock two requests that each wait
-        for the other's, and any fresh id will do.
+        Only a non-blocking try is made for a new id's lock: waiting for it while holding another could deadlock two
+        requests that each wait for the other's, and any fresh id will do.
         """
         hold = self._hold
         if hold is None:
@@ -342,9 +340,8 @@ class Session(MutableMapping[str, Any]):
     def save(self) -> str | None:
         """Write this request's changes; return the cookie to send: ``"set"``, ``"delete"`` or ``None``.
 
-        ``"set"`` means the client must learn the id (new or changed);
-        refreshing the cookie of an existing session is the caller's choice.
-        Safe to call more than once: a second call writes only later changes.
+        ``"set"`` means the client must learn the id (new or changed); refreshing the cookie of an existing session is
+        the caller's choice. Safe to call more than once: a second call writes only later changes.
         """
         if not self.loaded:
             return None

@@ -1,20 +1,16 @@
 """Request-long session locks on a bounded set of lock stripes.
 
-A web request that uses a session holds that session's lock from its first
-access until the response is finished, as PHP's ``files`` handler does, so two
-requests of one user run their session code one after the other.  One lock file
-per session would leave a file behind for every session ever seen (Beaker issue
-#124, CherryPy issue #1855) and deleting lock files races (filelock issue #574),
-so ids are mapped by a stable hash onto a fixed number of *stripes*: lock files
-``<directory>/0000.lock`` ... created on first use and never deleted.  Two
-sessions that share a stripe wait for each other; with 1,024 stripes that is
-rare, and a stripe is never the shard lock that guards the data, so a slow
-request delays only the requests that hash to its stripe.
+A web request that uses a session holds that session's lock from its first access until the response is finished, as
+PHP's ``files`` handler does, so two requests of one user run their session code one after the other.  One lock file per
+session would leave a file behind for every session ever seen (Beaker issue #124, CherryPy issue #1855) and deleting
+lock files races (filelock issue #574), so ids are mapped by a stable hash onto a fixed number of *stripes*: lock files
+``<directory>/0000.lock`` ... created on first use and never deleted.  Two sessions that share a stripe wait for each
+other; with 1,024 stripes that is rare, and a stripe is never the shard lock that guards the data, so a slow request
+delays only the requests that hash to its stripe.
 
-Each process keeps a bounded number of lock files open and locks them with
-:func:`filelock.lock_descriptor` (``flock`` on POSIX).  A ``flock`` belongs to
-the open file description, which all threads of a process share, so threads are
-kept apart by one :class:`threading.Lock` per stripe in front of it.
+Each process keeps a bounded number of lock files open and locks them with :func:`filelock.lock_descriptor` (``flock``
+on POSIX).  A ``flock`` belongs to the open file description, which all threads of a process share, so threads are kept
+apart by one :class:`threading.Lock` per stripe in front of it.
 """
 
 from __future__ import annotations
@@ -69,10 +65,9 @@ class _Stripe:
 class StripeHold:
     """One acquisition of a stripe; :meth:`release` is idempotent.
 
-    Holds are handed out by :meth:`StripeLocks.acquire`.  A hold may be released
-    from another thread than the one that took it (some servers close the
-    response iterable elsewhere).  In a forked child a hold inherited from the
-    parent is inert: releasing it would free the parent's ``flock``.
+    Holds are handed out by :meth:`StripeLocks.acquire`.  A hold may be released from another thread than the one that
+    took it (some servers close the response iterable elsewhere).  In a forked child a hold inherited from the parent is
+    inert: releasing it would free the parent's ``flock``.
     """
 
     __slots__ = ("_gen", "_locks", "index", "released")
@@ -109,28 +104,24 @@ class StripeLocks:
     Parameters
     ----------
     directory
-        Where the lock files live, created private (0700) if missing.  Use a
-        local file system: ``flock`` is not reliable over NFS.  ``None`` keeps
-        the locks inside this process only, which is right for a ``memory``
-        store and nothing else.
+        Where the lock files live, created private (0700) if missing.  Use a local file system: ``flock`` is not
+        reliable over NFS.  ``None`` keeps the locks inside this process only, which is right for a ``memory`` store and
+        nothing else.
     stripes
         Number of stripes (lock files).  Fixed for a directory: every process
         using it must agree, or two processes lock different files for one id.
     timeout
         Default seconds to wait in :meth:`acquire`.
     max_open
-        Lock files kept open per process; the least recently used idle one is
-        closed beyond that (a held one never is), so a process never needs more
-        than ``max_open`` descriptors however many stripes it touches.
+        Lock files kept open per process; the least recently used idle one is closed beyond that (a held one never is),
+        so a process never needs more than ``max_open`` descriptors however many stripes it touches.
 
     Notes
     -----
-    Thread-safe: one instance is meant to be shared by all threads of a process.
-    A thread that already holds a stripe may acquire it again (it is counted).
-    Process-safe through ``flock`` on a descriptor opened by this process.
-    Fork-safe: every call compares the process id; a child drops the inherited
-    descriptors and thread locks without unlocking (the parent keeps its locks)
-    and opens its own descriptors on demand.
+    Thread-safe: one instance is meant to be shared by all threads of a process. A thread that already holds a stripe
+    may acquire it again (it is counted). Process-safe through ``flock`` on a descriptor opened by this process.
+    Fork-safe: every call compares the process id; a child drops the inherited descriptors and thread locks without
+    unlocking (the parent keeps its locks) and opens its own descriptors on demand.
     """
 
     def __init__(
