@@ -12,9 +12,8 @@ Settings::
         ...
     ]
 
-An unknown ``LOCKSTORE`` key, or a ``SESSION_SERIALIZER`` lockstore cannot follow, raises
-:class:`lockstore.LockstoreError` when the middleware is loaded (at start-up) or at the first session
-access, naming the setting.
+An unknown ``LOCKSTORE`` key, or a ``SESSION_SERIALIZER`` lockstore cannot follow, raises a ``LockstoreError`` naming
+the setting when the middleware is loaded (at start-up) or at the first session access.
 
 :class:`SessionStore` follows Django's ``SessionBase`` contract (``exists``, ``create``, ``save(must_create=...)``,
 ``delete``, ``load``, ``cycle_key``, ``clear_expired`` for ``manage.py clearsessions``) and its ``a``-prefixed async
@@ -32,14 +31,12 @@ serializer gives ``"pickle"``.  An existing store keeps the codec it records; ``
 Errors: the rule of Django's ``SessionMiddleware``, unchanged: a response of status 500 or more (a view
 that raised included) saves nothing; any other response (404, 403 included) saves the session.
 
-Async: in an async view use ``await request.session.aget(...)``, ``aset``, ``asave`` and the rest.  On
-an embedded store they run on the event loop (the store's operations take microseconds); on a
-Redis or PostgreSQL store each runs in a thread.  The request-long lock is waited for with
-non-blocking attempts and ``asyncio.sleep`` back-off, never by blocking the loop.
+Async: in an async view use ``await request.session.aget(...)``, ``aset``, ``asave`` and the rest.  On an embedded
+store they run on the event loop (its operations take microseconds); on a Redis or PostgreSQL store each runs in a
+thread.  The request-long lock is waited for with non-blocking attempts and ``asyncio.sleep``, never blocking the loop.
 
-Django's expiry (``SESSION_COOKIE_AGE``, ``set_expiry``) is stored with the data and enforced on load
-and by ``clear_expired``; the store's own idle expiry (``MAX_AGE``, by default ``SESSION_COOKIE_AGE``)
-removes sessions nobody uses.
+Django's expiry (``SESSION_COOKIE_AGE``, ``set_expiry``) is stored with the data and enforced on load and by
+``clear_expired``; the store's own idle expiry (``MAX_AGE``, default ``SESSION_COOKIE_AGE``) removes unused sessions.
 
 Django is imported only when this module is, never by ``import lockstore``.
 """
@@ -51,6 +48,7 @@ import logging
 import pickle
 import threading
 import time
+from functools import cached_property
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -142,11 +140,7 @@ def serializer_codec() -> str:
 
 
 def _options(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The :func:`lockstore.open` options and this module's own ones that *config* gives.
-
-    The codec: ``LOCKSTORE["CODEC"]`` if set; else the one an existing store records; else the one
-    ``SESSION_SERIALIZER`` asks for.
-    """
+    """The :func:`lockstore.open` options and this module's own ones that *config* gives (the codec as documented)."""
     options, own = options_from_settings(config, _OWN, 'LOCKSTORE["{}"]')
     options.setdefault("max_age", settings.SESSION_COOKIE_AGE)
     if "codec" not in options:
@@ -191,23 +185,18 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
     Notes
     -----
     One instance serves one request, as with every Django engine; the store under it is shared by the threads and
-    processes of the site.  The async methods (``aload``, ``asave``, ...) never block the event loop on the request-long
-    lock.
+    processes of the site.
     """
 
     _session_key: str | None  # a validating property of SessionBase
 
     def __init__(self, session_key: str | None = None) -> None:
         self._snapshot: dict[str, bytes | None] | None = None
-        self._site_cache: Site | None = None
         super().__init__(session_key)
 
-    @property
+    @cached_property
     def _site(self) -> Site:
-        site = self._site_cache
-        if site is None:
-            site = self._site_cache = _open()
-        return site
+        return _open()
 
     @property
     def store(self) -> lockstore.BaseStore:
@@ -265,13 +254,11 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
             return await call(self.store, self._read, key)
 
     def _read(self, key: str) -> dict[str, Any]:
-        store = self.store
-        record = read(store, key)
-        if not isinstance(record, dict) or not isinstance(record.get("data"), dict):
-            self._session_key = None
-            return {}
-        if record.get("expires", 0) <= time.time():
-            store.pop(key, None)
+        record = read(self.store, key)
+        whole = isinstance(record, dict) and isinstance(record.get("data"), dict)
+        if not whole or record.get("expires", 0) <= time.time():
+            if whole:
+                self.store.pop(key, None)  # past Django's expiry
             self._session_key = None
             return {}
         data: dict[str, Any] = record["data"]
@@ -366,13 +353,10 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
     def delete(self, session_key: str | None = None) -> None:
         """Delete the session under *session_key* (default: this one)."""
-        if session_key is None:
-            if self.session_key is None:
-                return
-            session_key = self.session_key
-        if lockstore.is_valid_id(session_key):
+        key = self.session_key if session_key is None else session_key
+        if lockstore.is_valid_id(key):
             with watch:
-                self.store.pop(session_key, None)
+                self.store.pop(key, None)
 
     async def adelete(self, session_key: str | None = None) -> None:
         """:meth:`delete` for async code."""
@@ -407,8 +391,7 @@ class SessionLockMiddleware:
     timeout (or ``LOCKSTORE["LOCK_TIMEOUT"]``) answers 503 with ``Retry-After: 1`` and a generic body, wherever below
     this middleware the wait ran out (the view, ``SessionMiddleware``, another middleware).
 
-    Works in both of Django's modes: under ASGI it runs as async middleware
-    and its lock waits never block the event loop.
+    Works in both of Django's modes: under ASGI it runs as async middleware, its lock waits never blocking the loop.
 
     Raises
     ------

@@ -1,29 +1,16 @@
 """Flask sessions kept in a lockstore store: :class:`LockstoreSessionInterface` and :func:`init_app`.
 
-``flask.session`` becomes a :class:`LockstoreSession`: the same lazily loaded, just-in-time session as
-:class:`lockstore.wsgi.Session` (no cookie and no write until data is put; only the keys a request changed are written,
-onto the record as stored at the end of the request), following Flask's conventions: ``session.permanent`` (the
-``_permanent`` key) gives the cookie an expiry of ``PERMANENT_SESSION_LIFETIME``, ``SESSION_REFRESH_EACH_REQUEST``
-re-sends the cookie of a permanent session on each request that uses it (a cookie refresh, never a write),
-``session.modified = True`` forces the cookie out, and the ``SESSION_COOKIE_*`` settings shape the cookie (SameSite
-defaults to Lax here).  ``session.regenerate()`` gives a new id at login; ``session.invalidate()`` forgets the session
-at logout; :func:`current_session` reaches them in a type-checked way.  ``SESSION_PERMANENT`` (default True, as in
-Flask-Session) makes sessions permanent unless the application sets ``session.permanent = False``.
+``flask.session`` becomes a :class:`LockstoreSession`: the web session of :mod:`lockstore.web.session` under Flask's
+conventions (``permanent`` and ``SESSION_PERMANENT``, default True as in Flask-Session; ``SESSION_REFRESH_EACH_REQUEST``
+refreshes the cookie, never writes; ``modified = True`` forces the cookie out; ``SESSION_COOKIE_*``, SameSite Lax when
+unset).  Its lock is taken on first access and released when the request context is torn down, whether or not anybody
+closes the response; Flask >= 3.1.1 tears a ``stream_with_context`` request down when the view returns, and the lock
+goes then.  A ``session_transaction()`` session takes no lock (no request runs).  A busy session is a 503 with
+``Retry-After: 1`` and a body that names nothing of the server.
 
-The session's lock stripe is taken on first access and released when the request's context is torn down, whether or not
-anybody closes the response (the test client's responses, ``session_transaction()``, a save that failed).  A
-``stream_with_context`` body reads the session as loaded; Flask >= 3.1.1 tears such a request down when the view returns
-and again after the last chunk (older Flask only after the last chunk), and the lock goes at the first teardown.  A
-session that ``session_transaction()`` hands to a test takes no lock (no request runs); its save is one atomic edit.  A
-lock not obtained in time answers 503 Service Unavailable with ``Retry-After: 1`` and a body that names nothing of the
-server.
-
-Errors follow Flask's own sessions: the session is saved whenever Flask builds the response, the 500 page of an
-unhandled exception and an error handler's response included, and nothing is saved when the exception propagates out of
-the application (``PROPAGATE_EXCEPTIONS``, testing and debug mode) or when an ``after_request`` function fails.  Changes
-made while a streamed body is produced are not saved (the cookie left with the headers).
-
-``init_app`` adds a ``flask lockstore clean [--max-idle SECONDS]`` command.
+Errors follow Flask's own sessions: the session is saved whenever Flask builds the response (an error handler's and
+the 500 page included); nothing is saved when the exception propagates (``PROPAGATE_EXCEPTIONS``), when an
+``after_request`` function fails, nor what a streamed body changes (the cookie left with the headers).
 """
 
 from __future__ import annotations
@@ -149,13 +136,8 @@ class LockstoreSessionInterface(SessionInterface):
     ----------
     store
         A store from :func:`lockstore.open`.
-    request_lock
-        Hold the session's lock stripe from first access until the request
-        context is torn down (default).  ``False`` opts out: only the save is atomic.
-    lock_timeout
-        Seconds to wait for the session lock (default: the store's ``timeout``).
-    lock_dir, stripes
-        See :func:`lockstore.web.session.request_locks_for`.
+    request_lock, lock_timeout, lock_dir, stripes
+        As for :class:`lockstore.wsgi.SessionMiddleware`; the lock is held until the request context is torn down.
 
     Notes
     -----
@@ -319,14 +301,10 @@ def init_app(app: Flask, path: str | os.PathLike[str] | None = None, **options: 
     """Open the store and make it *app*'s session interface; return the store.
 
     Settings come from *options* first, then ``LOCKSTORE_*`` config keys: ``LOCKSTORE_PATH`` (default ``<instance
-    folder>/sessions``), every option of :func:`lockstore.open` in upper case (``LOCKSTORE_BACKEND``, ``_SHARDS``,
-    ``_CODEC``, ``_MAX_AGE`` (default ``PERMANENT_SESSION_LIFETIME``), ``_CLEAN_INTERVAL``, ``_CLEAN_LIMIT``,
-    ``_TOUCH_INTERVAL``, ``_TIMEOUT``, ``_MAX_VALUE_SIZE``, ``_SECRET``, ``_DURABILITY``, ``_DBM``, ``_MAP_SIZE``, and
-    for Redis or PostgreSQL ``_PREFIX``, ``_TABLE``, ``_LOCK_TTL``, ``_CONNECT_TIMEOUT``, ``_POOL_SIZE``) and the
-    interface's (``LOCKSTORE_REQUEST_LOCK``, ``_LOCK_TIMEOUT``, ``_LOCK_DIR``, ``_STRIPES``).  An unknown
-    ``LOCKSTORE_*`` key raises :class:`lockstore.LockstoreError` naming it and the closest valid one.  The store is also
-    available as ``app.extensions["lockstore"]``, and ``flask lockstore clean [--max-idle SECONDS]`` sweeps it
-    (Flask-Session's ``flask session_cleanup``).
+    folder>/sessions``), every option of :func:`lockstore.open` in upper case (``_MAX_AGE`` defaults to
+    ``PERMANENT_SESSION_LIFETIME``) and the interface's (``_REQUEST_LOCK``, ``_LOCK_TIMEOUT``, ``_LOCK_DIR``,
+    ``_STRIPES``); an unknown key raises :class:`lockstore.LockstoreError` naming the closest valid one.  The store
+    is also ``app.extensions["lockstore"]``; ``flask lockstore clean [--max-idle SECONDS]`` sweeps it.
 
     Raises
     ------

@@ -1,14 +1,9 @@
 """Sessions for WSGI applications: :class:`SessionMiddleware` and the :class:`Session` it hands out.
 
-The middleware puts a :class:`Session` at ``environ["lockstore.session"]``.  The session is *just in time*: nothing is
-read before the application touches it, no cookie is sent and nothing is written before it holds data.  On first access
-the session's lock is taken (see :mod:`lockstore.web.requestlock`) and held until the response iterable is closed, so
-two requests of one user run their session code one after the other.  At the end of the request the keys this request
-set or deleted are applied, through :meth:`lockstore.Store.edit`, onto the record as stored now: a request that only
-read writes nothing, and two requests that changed different keys keep both changes even without the request-long lock.
-
-Works the same under a pre-fork server (gunicorn, uWSGI, mod_wsgi), FastCGI
-(flup) and CGI (:class:`wsgiref.handlers.CGIHandler`, one process per request).
+The middleware puts a :class:`Session` (:mod:`lockstore.web.session`: just in time, locked from its first access,
+only the changed keys written) at ``environ["lockstore.session"]``, holds its lock until the response iterable is
+closed and sets the cookie.  Works the same under a pre-fork server (gunicorn, uWSGI, mod_wsgi), FastCGI (flup) and
+CGI (:class:`wsgiref.handlers.CGIHandler`, one process per request).
 """
 
 from __future__ import annotations
@@ -105,15 +100,13 @@ class SessionMiddleware:
         user's requests never lose each other's updates.  ``False``: no request-long lock; only the save is atomic
         (changes to different keys merge, a counter may lose updates).
     lock_timeout
-        Seconds to wait for the session lock (default: the store's ``timeout``);
-        the request then gets a 503 response, never proceeds unlocked.
+        Seconds to wait for the session lock (default: the store's ``timeout``); then a 503, never unlocked.
     lock_dir, stripes
         Where the lock stripes live and how many (see :func:`lockstore.web.session.request_locks_for`).
 
     Notes
     -----
-    Thread-safe and fork-safe: one instance serves every thread of a process,
-    and may be created before a pre-fork server forks.
+    Thread-safe and fork-safe: one instance serves every thread of a process, and may be created before a fork.
     """
 
     def __init__(

@@ -21,7 +21,6 @@ from ..errors import LockTimeout
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from types import TracebackType
 
 BUSY_STATUS = "503 Service Unavailable"
 BUSY_BODY = b"503 Service Unavailable: the session is busy with another request; retry shortly.\n"
@@ -70,8 +69,7 @@ def lock_timeout(where: str, wait: float, why: str = "") -> LockTimeout:
     return LockTimeout(f"session lock not obtained within {wait:g} s ({where}): {why}")
 
 
-def running_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop running in this thread, if any."""
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -172,7 +170,7 @@ class RequestHold:
         else:
             wait = self._wait() if blocking else 0.0
             deadline = time.monotonic() + wait
-            loop = running_loop()
+            loop = _running_loop()
             if blocking and loop is not None and gates.held_on(index, loop):
                 raise lock_timeout(locks.where(index), 0, _SAME_LOOP)
             if not gates.take(index, loop, wait):
@@ -262,9 +260,7 @@ class _Watch:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is not None and issubclass(exc_type, LockTimeout):
             scope = _current.get()
             if scope is not None:
@@ -285,6 +281,5 @@ __all__ = [
     "RequestScope",
     "current_scope",
     "lock_timeout",
-    "running_loop",
     "watch",
 ]

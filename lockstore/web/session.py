@@ -55,10 +55,9 @@ def request_locks_for(
 ) -> StripeLocks | None:
     """The request-long locks to use with *store* (``None`` with *request_lock* off): the one place that chooses.
 
-    Lock stripes under ``<store path>/stripes/`` unless *lock_dir* says otherwise; in-process ones for a
-    ``memory`` store (one process).  A remote store has no local directory, so *lock_dir* is required (the
-    stripes then serialise the requests of one machine); a lock kept on the server plugs in here, and the
-    return type widens to :class:`~lockstore.web.requestlock.RequestLocks`.  *timeout* defaults to the store's.
+    Stripes under ``<store path>/stripes/`` or *lock_dir*; in-process ones for a ``memory`` store; a remote store needs
+    *lock_dir* (its stripes serialise one machine's requests).  A lock kept on the server plugs in here (the return
+    type then widens to :class:`~lockstore.web.requestlock.RequestLocks`).  *timeout* defaults to the store's.
 
     Raises
     ------
@@ -88,13 +87,7 @@ def open_site(
     stripes: int = DEFAULT_STRIPES,
     lock_timeout: float | None = None,
 ) -> Site:
-    """Open the store at *path* with *options* (:func:`lockstore.open`'s) and its request-long locks.
-
-    Raises
-    ------
-    ValueError
-        A remote store and no *lock_dir* with *request_lock* on (the store is closed again).
-    """
+    """Open the store at *path* with *options* and its request-long locks (``ValueError``: see above; store closed)."""
     store = open_store(path, **options)
     try:
         locks = request_locks_for(
@@ -111,9 +104,8 @@ def choose_codec(
 ) -> None:
     """Put in *options* (given no ``codec``) the one to open *path* with for a serializer that asks *wanted*.
 
-    An existing store keeps the codec it records (a different *wanted* is logged, as a warning when the
-    application set the serializer, named by *asked_by*, itself: *insist*; *option* names the setting that
-    silences it); a new one gets *wanted*.
+    An existing store keeps its recorded codec (a different *wanted* is logged: a warning if the application set the
+    serializer, *asked_by*, itself: *insist*; *option* silences it); a new one gets *wanted*.
     """
     if isinstance(path, str) and "://" in path:
         # A Redis or PostgreSQL store: without codec= a new one is json and an existing one keeps its

@@ -1,12 +1,9 @@
-"""Request-long session locks on a bounded set of lock stripes.
+"""Request-long session locks (:mod:`lockstore.web.requestlock`'s seam) on a bounded set of local lock stripes.
 
-A web request that uses a session holds that session's lock from its first access until the response is finished, as
-PHP's ``files`` handler does, so two requests of one user run their session code one after the other.  One lock file per
-session would leave a file behind for every session ever seen (Beaker issue #124, CherryPy issue #1855) and deleting
-lock files races (filelock issue #574), so ids are mapped by a stable hash onto a fixed number of *stripes*: lock files
-``<directory>/0000.lock`` ... created on first use and never deleted.  Two sessions that share a stripe wait for each
-other; with 1,024 stripes that is rare, and a stripe is never the shard lock that guards the data, so a slow request
-delays only the requests that hash to its stripe.
+One lock file per session would leave a file behind for every session ever seen (Beaker issue #124, CherryPy issue
+#1855) and deleting lock files races (filelock issue #574), so ids hash onto a fixed number of *stripes*: lock files
+``<directory>/0000.lock`` ... created on first use and never deleted.  Sessions sharing a stripe wait for each other
+(rare with 1,024), and a stripe is never the shard lock that guards the data.
 
 Each process keeps a bounded number of lock files open and locks them with :func:`filelock.lock_descriptor` (``flock``
 on POSIX).  A ``flock`` belongs to the open file description, which all threads of a process share, so threads are kept
@@ -31,10 +28,7 @@ from ..locks import try_flock, unflock, wait_flock
 from .requestlock import lock_timeout
 
 if TYPE_CHECKING:
-    from types import TracebackType
     from typing import Self
-
-    from ..errors import LockTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +83,7 @@ class StripeHold:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
@@ -108,8 +97,7 @@ class StripeLocks:
         reliable over NFS.  ``None`` keeps the locks inside this process only, which is right for a ``memory`` store and
         nothing else.
     stripes
-        Number of stripes (lock files).  Fixed for a directory: every process
-        using it must agree, or two processes lock different files for one id.
+        Number of stripes (lock files).  Fixed for a directory: every process using it must agree.
     timeout
         Default seconds to wait in :meth:`acquire`.
     max_open
@@ -209,7 +197,7 @@ class StripeLocks:
         if not got:
             if not blocking:
                 return None
-            raise self._timeout(index, wait)
+            raise lock_timeout(self.where(index), wait)
         try:
             locked = self._flock(index, deadline, blocking=blocking)
         except BaseException:
@@ -219,15 +207,12 @@ class StripeLocks:
             stripe.mutex.release()
             if not blocking:
                 return None
-            raise self._timeout(index, wait)
+            raise lock_timeout(self.where(index), wait)
         with self._guard:
             stripe.owner = me
             stripe.count = 1
         logger.debug("stripe %d acquired", index)
         return StripeHold(self, index)
-
-    def _timeout(self, index: int, wait: float) -> LockTimeout:
-        return lock_timeout(self.where(index), wait)
 
     def where(self, index: int) -> str:
         """Return where stripe *index* is kept: its lock file, or ``in-process stripe N``."""
@@ -296,12 +281,7 @@ class StripeLocks:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
