@@ -219,8 +219,6 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
             if not await self.aexists(key):
                 return key
 
-    # -- the request-long lock ------------------------------------------------------------------------
-
     def _hold(self) -> RequestHold | None:
         """This request's hold; None outside the middleware or with ``REQUEST_LOCK`` off."""
         scope = current_scope()
@@ -228,8 +226,6 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
             return None
         site = self._site
         return None if site.locks is None else scope.hold(site.locks, site.gates)
-
-    # -- reading ---------------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
         """Read the session; an absent, expired or unreadable one reads as empty with no key."""
@@ -273,8 +269,6 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
     async def aexists(self, session_key: str | None) -> bool:
         """:meth:`exists` for async code."""
         return await call(self.store, self.exists, session_key)
-
-    # -- writing ---------------------------------------------------------------------------------------
 
     def create(self) -> None:
         """Save an empty session under a new unique key."""

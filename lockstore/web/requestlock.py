@@ -134,13 +134,8 @@ class RequestHold:
         self._holds: dict[int, Hold] = {}
 
     def lock(self, sid: str) -> None:
-        """Hold *sid*'s slot, waiting up to the timeout.
-
-        Raises
-        ------
-        LockTimeout
-            Not obtained in time, or held by a request on this thread's running event loop (a wait would stop it).
-        """
+        """Hold *sid*'s slot, waiting up to the timeout (``LockTimeout``; at once if a request on this thread's
+        running loop holds it: a wait would stop that holder)."""
         index = self._locks.index(sid)
         if index not in self._holds and not self._take(sid, index, blocking=True):  # pragma: no cover
             raise lock_timeout(self._locks.where(index), self._wait())  # a blocking acquire gave no hold

@@ -190,8 +190,6 @@ class Session(MutableMapping[str, Any]):
         self._invalidated = False
         self._force = False
 
-    # -- loading and locking ---------------------------------------------------------------
-
     def _claim_id(self) -> str:
         """A fresh id whose lock this request holds.
 
@@ -243,8 +241,6 @@ class Session(MutableMapping[str, Any]):
         if self._hold is not None:
             self._hold.release()
 
-    # -- the mapping -----------------------------------------------------------------------
-
     def __getitem__(self, key: str) -> Any:
         return self.load()[key]
 
@@ -270,8 +266,6 @@ class Session(MutableMapping[str, Any]):
         if not self.loaded:
             return f"<{type(self).__name__} (not loaded)>"
         return f"<{type(self).__name__} {self._id and self._id[:8]!s}... {self._data!r}>"
-
-    # -- session operations ----------------------------------------------------------------
 
     @property
     def id(self) -> str | None:
