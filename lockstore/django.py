@@ -12,37 +12,31 @@ Settings::
         ...
     ]
 
-An unknown ``LOCKSTORE`` key, or a ``SESSION_SERIALIZER`` lockstore cannot follow, raises
-:class:`lockstore.LockstoreError` when the middleware is loaded (at start-up) or at the first session
-access, naming the setting.
+An unknown ``LOCKSTORE`` key, or a ``SESSION_SERIALIZER`` lockstore cannot follow, raises a ``LockstoreError`` naming
+the setting when the middleware is loaded (at start-up) or at the first session access.
 
-:class:`SessionStore` follows Django's ``SessionBase`` contract (``exists``, ``create``,
-``save(must_create=...)``, ``delete``, ``load``, ``cycle_key``, ``clear_expired`` for ``manage.py
-clearsessions``) and its ``a``-prefixed async twins.  Unlike Django's own engines, ``save()`` writes
-only the keys this request changed, onto the record as stored now (through
-:meth:`lockstore.Store.edit`), so concurrent requests of one user changing different keys keep each
-other's changes, and a session logged out elsewhere is never resurrected (``UpdateError``).  With
-:class:`SessionLockMiddleware` the session is also locked from its first access until the response is
-closed, so even a counter incremented by two concurrent requests ends exact; a lock not obtained in
-time answers 503 with ``Retry-After: 1`` and a generic body.
+:class:`SessionStore` follows Django's ``SessionBase`` contract (``exists``, ``create``, ``save(must_create=...)``,
+``delete``, ``load``, ``cycle_key``, ``clear_expired`` for ``manage.py clearsessions``) and its ``a``-prefixed async
+twins.  Unlike Django's own engines, ``save()`` writes only the keys this request changed, onto the record as stored now
+(through :meth:`lockstore.Store.edit`), so concurrent requests of one user changing different keys keep each other's
+changes, and a session logged out elsewhere is never resurrected (``UpdateError``).  With :class:`SessionLockMiddleware`
+the session is also locked from its first access until the response is closed, so even a counter incremented by two
+concurrent requests ends exact; a lock not obtained in time answers 503 with ``Retry-After: 1`` and a generic body.
 
-Codec: a new store follows ``SESSION_SERIALIZER``: Django's default ``JSONSerializer`` gives codec
-``"json"`` (so a session holds what Django's own JSON sessions hold: a ``datetime`` fails on save with
-a ``TypeError``), a pickle serializer gives ``"pickle"``.  An existing store keeps the codec it
-records; ``LOCKSTORE["CODEC"]`` overrides both (another codec than the recorded one raises
-:class:`lockstore.StoreMismatch`).
+Codec: a new store follows ``SESSION_SERIALIZER``: Django's default ``JSONSerializer`` gives codec ``"json"`` (so a
+session holds what Django's own JSON sessions hold: a ``datetime`` fails on save with a ``TypeError``), a pickle
+serializer gives ``"pickle"``.  An existing store keeps the codec it records; ``LOCKSTORE["CODEC"]`` overrides both
+(another codec than the recorded one raises :class:`lockstore.StoreMismatch`).
 
 Errors: the rule of Django's ``SessionMiddleware``, unchanged: a response of status 500 or more (a view
 that raised included) saves nothing; any other response (404, 403 included) saves the session.
 
-Async: in an async view use ``await request.session.aget(...)``, ``aset``, ``asave`` and the rest.  On
-an embedded store they run on the event loop (the store's operations take microseconds); on a
-Redis or PostgreSQL store each runs in a thread.  The request-long lock is waited for with
-non-blocking attempts and ``asyncio.sleep`` back-off, never by blocking the loop.
+Async: in an async view use ``await request.session.aget(...)``, ``aset``, ``asave`` and the rest.  On an embedded
+store they run on the event loop (its operations take microseconds); on a Redis or PostgreSQL store each runs in a
+thread.  The request-long lock is waited for with non-blocking attempts and ``asyncio.sleep``, never blocking the loop.
 
-Django's expiry (``SESSION_COOKIE_AGE``, ``set_expiry``) is stored with the data and enforced on load
-and by ``clear_expired``; the store's own idle expiry (``MAX_AGE``, by default ``SESSION_COOKIE_AGE``)
-removes sessions nobody uses.
+Django's expiry (``SESSION_COOKIE_AGE``, ``set_expiry``) is stored with the data and enforced on load and by
+``clear_expired``; the store's own idle expiry (``MAX_AGE``, default ``SESSION_COOKIE_AGE``) removes unused sessions.
 
 Django is imported only when this module is, never by ``import lockstore``.
 """
@@ -50,15 +44,13 @@ Django is imported only when this module is, never by ``import lockstore``.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
-import os
 import pickle
-import random
 import threading
 import time
+from functools import cached_property
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -69,146 +61,26 @@ from django.utils.module_loading import import_string
 
 import lockstore
 
-from ._process import GENERATION
-from .opener import read_meta
 from .options import options_from_settings
 from .web.changes import changes, merge, snapshot
-from .web.stripes import BUSY_BODY, stripe_locks_for
+from .web.requestlock import BUSY_BODY, BUSY_HEADERS, RequestScope, current_scope, watch
+from .web.session import Site, call, choose_codec, open_site, read
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-    from types import TracebackType
 
     from django.http import HttpRequest
 
-    from .web.stripes import StripeHold, StripeLocks
+    from .web.requestlock import RequestHold
 
 logger = logging.getLogger(__name__)
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
+_CODEC = "LOCKSTORE['CODEC']"
 _OWN = {"PATH": "path", "REQUEST_LOCK": "request_lock", "LOCK_DIR": "lock_dir", "LOCK_TIMEOUT": "lock_timeout"}
-# back-off of an async wait for a session lock: as the stripes' own wait (0.2 ms doubling to 5 ms, jittered)
-_FIRST_WAIT = 0.0002
-_MAX_WAIT = 0.005
 
 
-class _Gates:
-    """Which request of this process holds each stripe: at most one, whatever thread or task runs it.
-
-    :class:`~lockstore.web.stripes.StripeLocks` lets the thread holding a stripe take it again (re-entry),
-    which is right for threads and wrong for asyncio: every task of an event loop runs on the loop's
-    thread, so a second task would walk into the stripe the first one holds.  A request takes the gate
-    before the stripe and gives it back after, so two requests never meet inside the stripe's re-entry.
-    The holder's event loop is kept (None for a thread): a blocking wait on that loop's own thread
-    could never end, since the holder needs the loop to finish.
-
-    Notes
-    -----
-    Thread-safe.  Fork-safe: a child starts with no gate taken (its inherited holds are inert).
-    """
-
-    def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        self._gen = GENERATION[0]
-        self._cond = threading.Condition()
-        self._holders: dict[int, asyncio.AbstractEventLoop | None] = {}
-
-    def take(self, index: int, loop: asyncio.AbstractEventLoop | None, timeout: float) -> bool:
-        """Take gate *index* for a request running on *loop*, waiting up to *timeout* s (0: try once)."""
-        if self._gen != GENERATION[0]:
-            self._reset()
-        with self._cond:
-            if index in self._holders and (
-                timeout <= 0 or not self._cond.wait_for(lambda: index not in self._holders, timeout)
-            ):
-                return False
-            self._holders[index] = loop
-            return True
-
-    def held_on(self, index: int, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether a request running on *loop* holds gate *index*."""
-        with self._cond:
-            return index in self._holders and self._holders[index] is loop
-
-    def give(self, index: int) -> None:
-        """Give gate *index* back."""
-        if self._gen != GENERATION[0]:
-            return
-        with self._cond:
-            self._holders.pop(index, None)
-            self._cond.notify_all()
-
-
-class _Held:
-    """A request's hold of one stripe: the stripe, then its gate, released once."""
-
-    __slots__ = ("_gates", "_hold", "_index", "_released")
-
-    def __init__(self, hold: StripeHold, gates: _Gates, index: int) -> None:
-        self._hold = hold
-        self._gates = gates
-        self._index = index
-        self._released = False
-
-    def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        try:
-            self._hold.release()
-        finally:
-            self._gates.give(self._index)  # after the stripe: the next request never re-enters it
-
-
-class _Request:
-    """What one request holds (set by :class:`SessionLockMiddleware`), and whether a lock timed out."""
-
-    __slots__ = ("busy", "holds")
-
-    def __init__(self) -> None:
-        self.holds: dict[int, _Held] = {}
-        self.busy = False
-
-    def release(self) -> None:
-        for held in list(self.holds.values()):
-            held.release()
-        self.holds.clear()
-
-
-class _Site(NamedTuple):
-    """The store the settings describe, and its request-long locks (None with ``REQUEST_LOCK`` off)."""
-
-    store: lockstore.BaseStore
-    locks: StripeLocks | None
-    gates: _Gates
-
-
-_opened: dict[str, _Site] = {}
+_opened: dict[str, Site] = {}
 _opening = threading.Lock()
-_scope: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("lockstore_django_scope", default=None)
-
-
-class _Watch:
-    """Marks the current request busy when a :class:`lockstore.LockTimeout` leaves the block, so that
-    :class:`SessionLockMiddleware` answers 503 even when Django turned the error into a 500 below it
-    (``SessionMiddleware.process_response``, another middleware)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is not None and issubclass(exc_type, lockstore.LockTimeout):
-            request = _scope.get()
-            if request is not None:
-                request.busy = True
-
-
-_watch = _Watch()
 
 
 def _config() -> dict[str, Any]:
@@ -268,35 +140,12 @@ def serializer_codec() -> str:
 
 
 def _options(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The :func:`lockstore.open` options and this module's own ones that *config* gives.
-
-    The codec: ``LOCKSTORE["CODEC"]`` if set; else the one an existing store records; else the one
-    ``SESSION_SERIALIZER`` asks for.
-    """
+    """The :func:`lockstore.open` options and this module's own ones that *config* gives (the codec as documented)."""
     options, own = options_from_settings(config, _OWN, 'LOCKSTORE["{}"]')
     options.setdefault("max_age", settings.SESSION_COOKIE_AGE)
-    if "codec" in options:
-        return options, own
-    wanted = serializer_codec()
-    path = config["PATH"]
-    if isinstance(path, str) and "://" in path:
-        # A Redis or PostgreSQL store: without codec= a new one is json and an existing one keeps its
-        # codec; unsigned pickle opens only when the application asks for it, which a pickle serializer does.
-        if wanted == "pickle":
-            options["codec"] = "pickle"
-        return options, own
-    meta = None if options.get("backend") == "memory" else read_meta(os.fspath(path))
-    if meta is None:
-        options["codec"] = wanted
-    elif meta["codec"] != wanted:
-        log = logger.warning if settings.is_overridden("SESSION_SERIALIZER") else logger.info
-        log(
-            "session store %s keeps its recorded codec %r although SESSION_SERIALIZER asks for %r "
-            "(set LOCKSTORE['CODEC'] to silence this, or move the sessions with 'lockstore copy')",
-            path,
-            meta["codec"],
-            wanted,
-        )
+    if "codec" not in options:
+        wanted, insist = serializer_codec(), settings.is_overridden("SESSION_SERIALIZER")
+        choose_codec(config["PATH"], options, wanted, asked_by="SESSION_SERIALIZER", option=_CODEC, insist=insist)
     return options, own
 
 
@@ -316,46 +165,16 @@ def get_store() -> lockstore.BaseStore:
     return _open().store
 
 
-def _open() -> _Site:
+def _open() -> Site:
     config = _config()
     key = repr(sorted(config.items()))
     with _opening:
         site = _opened.get(key)
         if site is None:
             options, own = _options(config)
-            store = lockstore.open(config["PATH"], **options)
-            try:
-                locks = (
-                    stripe_locks_for(store, lock_dir=own.get("lock_dir"), timeout=own.get("lock_timeout"))
-                    if own.get("request_lock", True)
-                    else None
-                )
-            except BaseException:
-                store.close()
-                raise
-            site = _opened[key] = _Site(store, locks, _Gates())
+            own.pop("path", None)
+            site = _opened[key] = open_site(config["PATH"], options, **own)
     return site
-
-
-async def _call(store: lockstore.BaseStore, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Run a store operation for async code: inline on an embedded store (microseconds, and a shard
-    lock held for microseconds by others), in a thread on a remote one (network round trips)."""
-    if isinstance(store, lockstore.Store):
-        return fn(*args, **kwargs)
-    return await asyncio.to_thread(fn, *args, **kwargs)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _lock_timeout(locks: StripeLocks, index: int, wait: float, why: str = "") -> lockstore.LockTimeout:
-    where = locks.path(index) or f"in-process stripe {index}"
-    why = why or "another request of this session (or one sharing its stripe) is still running"
-    return lockstore.LockTimeout(f"session lock not obtained within {wait:g} s ({where}): {why}")
 
 
 class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: no type information (Any)
@@ -365,25 +184,19 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
     Notes
     -----
-    One instance serves one request, as with every Django engine; the store
-    under it is shared by the threads and processes of the site.  The async
-    methods (``aload``, ``asave``, ...) never block the event loop on the
-    request-long lock.
+    One instance serves one request, as with every Django engine; the store under it is shared by the threads and
+    processes of the site.
     """
 
     _session_key: str | None  # a validating property of SessionBase
 
     def __init__(self, session_key: str | None = None) -> None:
         self._snapshot: dict[str, bytes | None] | None = None
-        self._site_cache: _Site | None = None
         super().__init__(session_key)
 
-    @property
-    def _site(self) -> _Site:
-        site = self._site_cache
-        if site is None:
-            site = self._site_cache = _open()
-        return site
+    @cached_property
+    def _site(self) -> Site:
+        return _open()
 
     @property
     def store(self) -> lockstore.BaseStore:
@@ -406,81 +219,23 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
             if not await self.aexists(key):
                 return key
 
-    # -- the request-long lock ------------------------------------------------------------------------
-
-    def _stripe(self, key: str) -> tuple[_Request, StripeLocks, int] | None:
-        """(request, locks, stripe) when *key* must be locked now; None outside the middleware, with
-        ``REQUEST_LOCK`` off, or when this request holds the stripe already."""
-        request = _scope.get()
-        if request is None:
+    def _hold(self) -> RequestHold | None:
+        """This request's hold; None outside the middleware or with ``REQUEST_LOCK`` off."""
+        scope = current_scope()
+        if scope is None:
             return None
-        locks = self._site.locks
-        if locks is None:
-            return None
-        index = locks.index(key)
-        return None if index in request.holds else (request, locks, index)
-
-    def _lock(self, key: str) -> None:
-        todo = self._stripe(key)
-        if todo is None:
-            return
-        request, locks, index = todo
-        gates = self._site.gates
-        wait = locks.timeout
-        deadline = time.monotonic() + wait
-        loop = _running_loop()
-        if loop is not None and gates.held_on(index, loop):
-            # sync session access in async code: blocking here would stop the holder, which needs this loop
-            why = "another request on this event loop holds it (use the session's async methods in async code)"
-            raise _lock_timeout(locks, index, 0, why)
-        if not gates.take(index, loop, wait):
-            raise _lock_timeout(locks, index, wait)
-        try:
-            hold = locks.acquire(key, timeout=max(0.0, deadline - time.monotonic()))
-        except BaseException:
-            gates.give(index)
-            raise
-        if hold is None:  # pragma: no cover - a blocking acquire returns a hold or raises
-            gates.give(index)
-            raise _lock_timeout(locks, index, wait)
-        request.holds[index] = _Held(hold, gates, index)
-
-    async def _alock(self, key: str) -> None:
-        todo = self._stripe(key)
-        if todo is None:
-            return
-        request, locks, index = todo
-        gates = self._site.gates
-        loop = asyncio.get_running_loop()
-        wait = locks.timeout
-        deadline = time.monotonic() + wait
-        delay = _FIRST_WAIT
-        while True:
-            if gates.take(index, loop, 0):
-                try:
-                    hold = locks.acquire(key, blocking=False)
-                except BaseException:
-                    gates.give(index)
-                    raise
-                if hold is not None:
-                    request.holds[index] = _Held(hold, gates, index)
-                    return
-                gates.give(index)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _lock_timeout(locks, index, wait)
-            await asyncio.sleep(min(left, delay * (0.5 + random.random())))
-            delay = min(delay * 2, _MAX_WAIT)
-
-    # -- reading ---------------------------------------------------------------------------------------
+        site = self._site
+        return None if site.locks is None else scope.hold(site.locks, site.gates)
 
     def load(self) -> dict[str, Any]:
         """Read the session; an absent, expired or unreadable one reads as empty with no key."""
         key = self.session_key
         if key is None:
             return {}
-        with _watch:
-            self._lock(key)
+        with watch:
+            hold = self._hold()
+            if hold is not None:
+                hold.lock(key)
             return self._read(key)
 
     async def aload(self) -> dict[str, Any]:
@@ -488,21 +243,18 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
         key = self.session_key
         if key is None:
             return {}
-        with _watch:
-            await self._alock(key)
-            return await _call(self.store, self._read, key)
+        with watch:
+            hold = self._hold()
+            if hold is not None:
+                await hold.alock(key)
+            return await call(self.store, self._read, key)
 
     def _read(self, key: str) -> dict[str, Any]:
-        store = self.store
-        try:
-            record = store.get(key)
-        except lockstore.CorruptRecord:
-            record = None
-        if not isinstance(record, dict) or not isinstance(record.get("data"), dict):
-            self._session_key = None
-            return {}
-        if record.get("expires", 0) <= time.time():
-            store.pop(key, None)
+        record = read(self.store, key)
+        whole = isinstance(record, dict) and isinstance(record.get("data"), dict)
+        if not whole or record.get("expires", 0) <= time.time():
+            if whole:
+                self.store.pop(key, None)  # past Django's expiry
             self._session_key = None
             return {}
         data: dict[str, Any] = record["data"]
@@ -511,14 +263,12 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
     def exists(self, session_key: str | None) -> bool:
         """True if a live session has this key."""
-        with _watch:
+        with watch:
             return lockstore.is_valid_id(session_key) and session_key in self.store
 
     async def aexists(self, session_key: str | None) -> bool:
         """:meth:`exists` for async code."""
-        return await _call(self.store, self.exists, session_key)
-
-    # -- writing ---------------------------------------------------------------------------------------
+        return await call(self.store, self.exists, session_key)
 
     def create(self) -> None:
         """Save an empty session under a new unique key."""
@@ -550,18 +300,16 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
         CreateError
             *must_create* and the key exists.
         UpdateError
-            Not *must_create* and the session no longer exists (deleted or
-            expired meanwhile): it is not resurrected.
+            Not *must_create* and the session no longer exists (deleted or expired meanwhile): it is not resurrected.
         lockstore.EncodeError
-            A value the store's codec cannot encode (with ``"json"``, as with
-            Django's ``JSONSerializer``: a ``datetime``, a ``set``...); it is
-            a ``TypeError``, as Django's own engines raise.  Nothing is written.
+            A value the store's codec cannot encode (with ``"json"``, as with Django's ``JSONSerializer``: a
+            ``datetime``, a ``set``...); it is a ``TypeError``, as Django's own engines raise.  Nothing is written.
         """
         if self.session_key is None:
             self.create()
             return
         data = self._get_session(no_load=must_create)
-        with _watch:
+        with watch:
             self._write(self.session_key, data, must_create=must_create)
 
     async def asave(self, must_create: bool = False) -> None:
@@ -570,8 +318,8 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
             await self.acreate()
             return
         data = await self._aget_session(no_load=must_create)
-        with _watch:
-            await _call(self.store, self._write, self.session_key, data, must_create=must_create)
+        with watch:
+            await call(self.store, self._write, self.session_key, data, must_create=must_create)
 
     def _write(self, key: str, data: dict[str, Any], *, must_create: bool) -> None:
         expires = time.time() + self.get_expiry_age(expiry=data.get("_session_expiry"))
@@ -599,17 +347,14 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
     def delete(self, session_key: str | None = None) -> None:
         """Delete the session under *session_key* (default: this one)."""
-        if session_key is None:
-            if self.session_key is None:
-                return
-            session_key = self.session_key
-        if lockstore.is_valid_id(session_key):
-            with _watch:
-                self.store.pop(session_key, None)
+        key = self.session_key if session_key is None else session_key
+        if lockstore.is_valid_id(key):
+            with watch:
+                self.store.pop(key, None)
 
     async def adelete(self, session_key: str | None = None) -> None:
         """:meth:`delete` for async code."""
-        await _call(self.store, self.delete, session_key)
+        await call(self.store, self.delete, session_key)
 
     @classmethod
     def clear_expired(cls) -> None:
@@ -629,29 +374,23 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
 
 def _busy_response() -> HttpResponse:
-    response = HttpResponse(BUSY_BODY, status=503, content_type="text/plain; charset=utf-8")
-    response["Retry-After"] = "1"
-    return response
+    return HttpResponse(BUSY_BODY, status=503, headers=dict(BUSY_HEADERS))
 
 
 class SessionLockMiddleware:
     """Hold each session's lock stripe from its first access until the response is closed.
 
-    Put it before ``django.contrib.sessions.middleware.SessionMiddleware`` in
-    ``MIDDLEWARE``.  Without it (or with ``LOCKSTORE["REQUEST_LOCK"] = False``)
-    only the save is atomic.  A session lock not obtained within the store's
-    timeout (or ``LOCKSTORE["LOCK_TIMEOUT"]``) answers 503 with
-    ``Retry-After: 1`` and a generic body, wherever below this middleware the
-    wait ran out (the view, ``SessionMiddleware``, another middleware).
+    Put it before ``django.contrib.sessions.middleware.SessionMiddleware`` in ``MIDDLEWARE``.  Without it (or with
+    ``LOCKSTORE["REQUEST_LOCK"] = False``) only the save is atomic.  A session lock not obtained within the store's
+    timeout (or ``LOCKSTORE["LOCK_TIMEOUT"]``) answers 503 with ``Retry-After: 1`` and a generic body, wherever below
+    this middleware the wait ran out (the view, ``SessionMiddleware``, another middleware).
 
-    Works in both of Django's modes: under ASGI it runs as async middleware
-    and its lock waits never block the event loop.
+    Works in both of Django's modes: under ASGI it runs as async middleware, its lock waits never blocking the loop.
 
     Raises
     ------
     lockstore.LockstoreError
-        At start-up (when Django loads the middleware): the ``LOCKSTORE`` or
-        ``SESSION_SERIALIZER`` setting is wrong.
+        At start-up (when Django loads the middleware): the ``LOCKSTORE`` or ``SESSION_SERIALIZER`` setting is wrong.
     """
 
     sync_capable = True
@@ -667,31 +406,17 @@ class SessionLockMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self._async:
             return self.__acall__(request)
-        scope = _Request()
-        token = _scope.set(scope)
-        try:
+        with RequestScope().active() as scope:
             response = self.get_response(request)
-        except BaseException:
-            scope.release()
-            raise
-        finally:
-            _scope.reset(token)
         return self._finish(scope, response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        scope = _Request()
-        token = _scope.set(scope)
-        try:
+        with RequestScope().active() as scope:
             response = await self.get_response(request)
-        except BaseException:
-            scope.release()
-            raise
-        finally:
-            _scope.reset(token)
         return self._finish(scope, response)
 
     @staticmethod
-    def _finish(scope: _Request, response: HttpResponse) -> HttpResponse:
+    def _finish(scope: RequestScope, response: HttpResponse) -> HttpResponse:
         if scope.busy and response.status_code == 500:
             # a lock wait ran out below us and Django made a 500 of it (a debug page may show a path)
             response = _busy_response()

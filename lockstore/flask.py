@@ -1,37 +1,16 @@
 """Flask sessions kept in a lockstore store: :class:`LockstoreSessionInterface` and :func:`init_app`.
 
-``flask.session`` becomes a :class:`LockstoreSession`: the same lazily loaded,
-just-in-time session as :class:`lockstore.wsgi.Session` (no cookie and no write
-until data is put; only the keys a request changed are written, onto the record
-as stored at the end of the request), following Flask's conventions:
-``session.permanent`` (the ``_permanent`` key) gives the cookie an expiry of
-``PERMANENT_SESSION_LIFETIME``, ``SESSION_REFRESH_EACH_REQUEST`` re-sends the
-cookie of a permanent session on each request that uses it (a cookie refresh,
-never a write), ``session.modified = True`` forces the cookie out, and the
-``SESSION_COOKIE_*`` settings shape the cookie (SameSite defaults to Lax here).  ``session.regenerate()`` gives
-a new id at login; ``session.invalidate()`` forgets the session at logout; :func:`current_session` reaches them
-in a type-checked way.  ``SESSION_PERMANENT`` (default True, as in Flask-Session) makes sessions permanent
-unless the application sets ``session.permanent = False``.
+``flask.session`` becomes a :class:`LockstoreSession`: the web session of :mod:`lockstore.web.session` under Flask's
+conventions (``permanent`` and ``SESSION_PERMANENT``, default True as in Flask-Session; ``SESSION_REFRESH_EACH_REQUEST``
+refreshes the cookie, never writes; ``modified = True`` forces the cookie out; ``SESSION_COOKIE_*``, SameSite Lax when
+unset).  Its lock is taken on first access and released when the request context is torn down, whether or not anybody
+closes the response; Flask >= 3.1.1 tears a ``stream_with_context`` request down when the view returns, and the lock
+goes then.  A ``session_transaction()`` session takes no lock (no request runs).  A busy session is a 503 with
+``Retry-After: 1`` and a body that names nothing of the server.
 
-The session's lock stripe is taken on first access and released when the
-request's context is torn down, whether or not anybody closes the response (the
-test client's responses, ``session_transaction()``, a save that failed).  A
-``stream_with_context`` body reads the session as loaded; Flask >= 3.1.1 tears
-such a request down when the view returns and again after the last chunk (older
-Flask only after the last chunk), and the lock goes at the first teardown.  A
-session that ``session_transaction()`` hands to a test takes no lock (no request
-runs); its save is one atomic edit.  A lock not obtained in time answers 503
-Service Unavailable with ``Retry-After: 1`` and a body that names nothing of the
-server.
-
-Errors follow Flask's own sessions: the session is saved whenever Flask builds
-the response, the 500 page of an unhandled exception and an error handler's
-response included, and nothing is saved when the exception propagates out of
-the application (``PROPAGATE_EXCEPTIONS``, testing and debug mode) or when an
-``after_request`` function fails.  Changes made while a streamed body is
-produced are not saved (the cookie left with the headers).
-
-``init_app`` adds a ``flask lockstore clean [--max-idle SECONDS]`` command.
+Errors follow Flask's own sessions: the session is saved whenever Flask builds the response (an error handler's and
+the 500 page included); nothing is saved when the exception propagates (``PROPAGATE_EXCEPTIONS``), when an
+``after_request`` function fails, nor what a streamed body changes (the cookie left with the headers).
 """
 
 from __future__ import annotations
@@ -54,12 +33,14 @@ import lockstore
 
 from .errors import LockstoreError
 from .options import options_from_settings
-from .web.stripes import DEFAULT_STRIPES, StripeLocks, stripe_locks_for
-from .wsgi import Session
+from .web.session import Session, request_locks_for
+from .web.stripes import DEFAULT_STRIPES
 
 if TYPE_CHECKING:
     from flask import Flask
     from flask.wrappers import Request, Response
+
+    from .web.requestlock import RequestLocks
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +52,12 @@ _SESSIONS = "lockstore.flask.sessions"
 
 
 class LockstoreSession(Session, SessionMixin):  # type: ignore[override]
-    """``flask.session`` with lockstore: a :class:`lockstore.wsgi.Session` that is a Flask ``SessionMixin``.
+    """``flask.session`` with lockstore: a :class:`lockstore.web.session.Session` that is a Flask ``SessionMixin``.
 
     Parameters
     ----------
     store, cookie_id, locks, lock_timeout
-        See :class:`lockstore.wsgi.Session`.
+        See :class:`lockstore.web.session.Session`.
     permanent
         Whether a session is permanent when it does not say otherwise (``SESSION_PERMANENT``).
 
@@ -91,7 +72,7 @@ class LockstoreSession(Session, SessionMixin):  # type: ignore[override]
         store: lockstore.BaseStore,
         cookie_id: str | None,
         *,
-        locks: StripeLocks | None = None,
+        locks: RequestLocks | None = None,
         lock_timeout: float | None = None,
         permanent: bool = True,
     ) -> None:
@@ -100,9 +81,10 @@ class LockstoreSession(Session, SessionMixin):  # type: ignore[override]
         self._pending_permanent: bool | None = None  # set on a session that holds no data yet
         self._saved_changes = False
 
-    def _load(self) -> dict[str, Any]:
+    def load(self) -> dict[str, Any]:
+        """Read the session now if not yet done; a lock not obtained in time is a 503."""
         try:
-            return super()._load()
+            return super().load()
         except lockstore.LockTimeout as exc:
             # The details (the lock file's path) go to the log, never to the client (issue 10).
             logger.warning("503: %s", exc)
@@ -154,21 +136,14 @@ class LockstoreSessionInterface(SessionInterface):
     ----------
     store
         A store from :func:`lockstore.open`.
-    request_lock
-        Hold the session's lock stripe from first access until the request
-        context is torn down (default).  ``False`` opts out: only the save is atomic.
-    lock_timeout
-        Seconds to wait for the session lock (default: the store's ``timeout``).
-    lock_dir, stripes
-        See :func:`lockstore.web.stripes.stripe_locks_for`.
+    request_lock, lock_timeout, lock_dir, stripes
+        As for :class:`lockstore.wsgi.SessionMiddleware`; the lock is held until the request context is torn down.
 
     Notes
     -----
-    Thread-safe and fork-safe: one instance serves every thread and worker
-    process of the application.  Flask's settings are read on each request:
-    ``SESSION_PERMANENT`` (default True), ``SESSION_REFRESH_EACH_REQUEST`` and
-    ``SESSION_COOKIE_*``.  Without :func:`init_app`, ``app.cli.add_command(cli)``
-    adds ``flask lockstore clean``.
+    Thread-safe and fork-safe: one instance serves every thread and worker process of the application.  Flask's settings
+    are read on each request: ``SESSION_PERMANENT`` (default True), ``SESSION_REFRESH_EACH_REQUEST`` and
+    ``SESSION_COOKIE_*``.  Without :func:`init_app`, ``app.cli.add_command(cli)`` adds ``flask lockstore clean``.
     """
 
     session_class = LockstoreSession
@@ -184,8 +159,8 @@ class LockstoreSessionInterface(SessionInterface):
     ) -> None:
         self.store = store
         self.lock_timeout = lock_timeout
-        self.locks = (
-            stripe_locks_for(store, lock_dir=lock_dir, stripes=stripes, timeout=lock_timeout) if request_lock else None
+        self.locks = request_locks_for(
+            store, request_lock=request_lock, lock_dir=lock_dir, stripes=stripes, timeout=lock_timeout
         )
         self._apps: WeakSet[Flask] = WeakSet()
 
@@ -212,9 +187,8 @@ class LockstoreSessionInterface(SessionInterface):
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         """Write the request's changes and set, refresh or delete the cookie (Flask's rules).
 
-        The lock is released when the request context is torn down, not here: Flask may call this
-        again (an ``after_request`` that fails), and a ``stream_with_context`` body still uses the
-        session after it.
+        The lock is released when the request context is torn down, not here: Flask may call this again (an
+        ``after_request`` that fails), and a ``stream_with_context`` body still uses the session after it.
         """
         if not isinstance(session, LockstoreSession) or not session.loaded:
             return
@@ -233,8 +207,8 @@ class LockstoreSessionInterface(SessionInterface):
         if action == "delete":
             response.delete_cookie(name, **attrs)
             return
-        sid = session.id
-        if sid is None or not session.stored:
+        sid = session.stored_id
+        if sid is None:
             return
         if action == "set" or self.should_set_cookie(app, session):
             response.set_cookie(name, sid, expires=self.get_expiration_time(app, session), **attrs)
@@ -326,23 +300,16 @@ _INTERFACE_OPTIONS = {
 def init_app(app: Flask, path: str | os.PathLike[str] | None = None, **options: Any) -> lockstore.BaseStore:
     """Open the store and make it *app*'s session interface; return the store.
 
-    Settings come from *options* first, then ``LOCKSTORE_*`` config keys:
-    ``LOCKSTORE_PATH`` (default ``<instance folder>/sessions``), every option of
-    :func:`lockstore.open` in upper case (``LOCKSTORE_BACKEND``, ``_SHARDS``, ``_CODEC``,
-    ``_MAX_AGE`` (default ``PERMANENT_SESSION_LIFETIME``), ``_CLEAN_INTERVAL``, ``_CLEAN_LIMIT``,
-    ``_TOUCH_INTERVAL``, ``_TIMEOUT``, ``_MAX_VALUE_SIZE``, ``_SECRET``, ``_DURABILITY``, ``_DBM``,
-    ``_MAP_SIZE``, and for Redis or PostgreSQL ``_PREFIX``, ``_TABLE``, ``_LOCK_TTL``,
-    ``_CONNECT_TIMEOUT``, ``_POOL_SIZE``) and the interface's (``LOCKSTORE_REQUEST_LOCK``,
-    ``_LOCK_TIMEOUT``, ``_LOCK_DIR``, ``_STRIPES``).  An unknown ``LOCKSTORE_*`` key raises
-    :class:`lockstore.LockstoreError` naming it and the closest valid one.  The store is also
-    available as ``app.extensions["lockstore"]``, and ``flask lockstore clean [--max-idle SECONDS]``
-    sweeps it (Flask-Session's ``flask session_cleanup``).
+    Settings come from *options* first, then ``LOCKSTORE_*`` config keys: ``LOCKSTORE_PATH`` (default ``<instance
+    folder>/sessions``), every option of :func:`lockstore.open` in upper case (``_MAX_AGE`` defaults to
+    ``PERMANENT_SESSION_LIFETIME``) and the interface's (``_REQUEST_LOCK``, ``_LOCK_TIMEOUT``, ``_LOCK_DIR``,
+    ``_STRIPES``); an unknown key raises :class:`lockstore.LockstoreError` naming the closest valid one.  The store
+    is also ``app.extensions["lockstore"]``; ``flask lockstore clean [--max-idle SECONDS]`` sweeps it.
 
     Raises
     ------
     ValueError
-        A Redis or PostgreSQL store with the request lock on and no ``LOCKSTORE_LOCK_DIR`` (the store
-        is closed again).
+        A Redis or PostgreSQL store with the request lock on and no ``LOCKSTORE_LOCK_DIR`` (the store is closed again).
     """
     config = app.config
     settings = {key[len("LOCKSTORE_") :]: value for key, value in config.items() if key.startswith("LOCKSTORE_")}

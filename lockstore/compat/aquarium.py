@@ -8,12 +8,11 @@ now and then::
     container.save(session)
     container.adjust_time(-3600)       # shift every last-access time (tests, clock fixes)
 
-What Aquarium promised and lockstore keeps: ``open`` creates or opens; a session that exists is
-by definition not expired (an expired one is never returned, even before it is swept); sids
-are generated (``lockstore.new_id()``, 192 random bits); and since CGI and FastCGI
-applications have no scheduler, cleanup runs at random on about one ``open`` in
-``cleanup_frequency`` (``SESSION_CLEANUP_FREQUENCY``; 0 disables it, then run
-``container.cleanup()`` or ``lockstore clean`` from cron).
+What Aquarium promised and lockstore keeps: ``open`` creates or opens; a session that exists is by definition not
+expired (an expired one is never returned, even before it is swept); sids are generated (``lockstore.new_id()``, 192
+random bits); and since CGI and FastCGI applications have no scheduler, cleanup runs at random on about one ``open`` in
+``cleanup_frequency`` (``SESSION_CLEANUP_FREQUENCY``; 0 disables it, then run ``container.cleanup()`` or ``lockstore
+clean`` from cron).
 
 What is new: Aquarium left locking to the database; here :meth:`SessionContainer.save` writes
 only the keys the request changed, in one atomic edit under the shard lock, so two concurrent
@@ -22,14 +21,11 @@ requests of the same user that change different keys keep both changes.
 
 from __future__ import annotations
 
-import copy
 import random
 from typing import Any
 
 import lockstore
-from lockstore.web.changes import merge
-
-_MISSING = object()
+from lockstore.web.changes import changes, merge, snapshot
 
 
 class _Adjusted(Exception):
@@ -40,23 +36,15 @@ class Session(dict[str, Any]):
     """A session: a dict with its ``sid``, as Aquarium's containers handed out.
 
     It remembers what it held when opened, so :meth:`SessionContainer.save` can write only the
-    keys that changed (values are compared with ``==``; an object that does not define ``==``
-    counts as changed and is written).
+    keys that changed (:mod:`lockstore.web.changes`: values are compared by their pickle, so a
+    change made inside a value counts; a value that cannot be pickled counts as changed).
     """
 
     def __init__(self, sid: str, data: dict[str, Any], *, is_new: bool) -> None:
         super().__init__(data)
         self.sid = sid
         self.is_new = is_new
-        self._loaded: dict[str, Any] = copy.deepcopy(data)
-
-    def _changes(self) -> tuple[dict[str, Any], list[str]]:
-        changed = {k: v for k, v in self.items() if self._loaded.get(k, _MISSING) != v}
-        removed = [k for k in self._loaded if k not in self]
-        return changed, removed
-
-    def _saved(self) -> None:
-        self._loaded = copy.deepcopy(dict(self))
+        self._snapshot = snapshot(data)
 
 
 class SessionContainer:
@@ -65,8 +53,7 @@ class SessionContainer:
     Parameters
     ----------
     store
-        An open store (:func:`lockstore.open`) whose sessions are dicts. Its ``max_age`` is the
-        session lifetime.
+        An open store (:func:`lockstore.open`) whose sessions are dicts. Its ``max_age`` is the session lifetime.
     cleanup_frequency
         On average one :meth:`open` in this many runs :meth:`cleanup` (chosen at random, as
         Aquarium's ``SESSION_CLEANUP_FREQUENCY``, default 100); 0 never does.
@@ -75,10 +62,9 @@ class SessionContainer:
 
     Notes
     -----
-    Holds no lock or handle of its own: thread, process and fork safety are the store's. The
-    random cleanup is a full sweep of every shard; the store already sweeps one shard on a
-    write every ``clean_interval``, so a cleanup frequency of 0 plus a cron job is the choice
-    with the steadiest latency.
+    Holds no lock or handle of its own: thread, process and fork safety are the store's. The random cleanup is a full
+    sweep of every shard; the store already sweeps one shard on a write every ``clean_interval``, so a cleanup frequency
+    of 0 plus a cron job is the choice with the steadiest latency.
     """
 
     SESSION_CLEANUP_FREQUENCY = 100
@@ -103,9 +89,8 @@ class SessionContainer:
     def open(self, sid: str | None = None) -> Session:
         """Open the session *sid*, or create a new one with a generated sid.
 
-        A new session is also created when *sid* is malformed, unknown or expired: read the
-        returned session's ``sid`` to set the cookie. A new session is stored at once (empty),
-        so that it exists for the next request.
+        A new session is also created when *sid* is malformed, unknown or expired: read the returned session's ``sid``
+        to set the cookie. A new session is stored at once (empty), so that it exists for the next request.
         """
         if self.cleanup_frequency and self._rng.randrange(self.cleanup_frequency) == 0:
             self.cleanup()
@@ -124,11 +109,10 @@ class SessionContainer:
     def save(self, session: Session) -> None:
         """Write the keys *session* changed since it was opened, atomically.
 
-        Keys another process changed meanwhile are kept; a key both changed is the last
-        writer's. If the session expired or was deleted meanwhile, it is created again with the
-        whole of *session*.
+        Keys another process changed meanwhile are kept; a key both changed is the last writer's. If the session expired
+        or was deleted meanwhile, it is created again with the whole of *session*.
         """
-        changed, removed = session._changes()
+        changed, removed = changes(session._snapshot, session)
         if not changed and not removed:
             return
         try:
@@ -137,7 +121,7 @@ class SessionContainer:
         except KeyError:  # expired or deleted since it was opened: store it whole again
             with self.store.edit(session.sid, create=True) as data:
                 data.update(session)
-        session._saved()
+        session._snapshot = snapshot(session)
 
     def delete(self, sid: str) -> None:
         """Delete the session *sid* permanently (Aquarium's ``_unlink``); absent is not an error."""

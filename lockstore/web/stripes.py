@@ -1,20 +1,13 @@
-"""Request-long session locks on a bounded set of lock stripes.
+"""Request-long session locks (:mod:`lockstore.web.requestlock`'s seam) on a bounded set of local lock stripes.
 
-A web request that uses a session holds that session's lock from its first
-access until the response is finished, as PHP's ``files`` handler does, so two
-requests of one user run their session code one after the other.  One lock file
-per session would leave a file behind for every session ever seen (Beaker issue
-#124, CherryPy issue #1855) and deleting lock files races (filelock issue #574),
-so ids are mapped by a stable hash onto a fixed number of *stripes*: lock files
-``<directory>/0000.lock`` ... created on first use and never deleted.  Two
-sessions that share a stripe wait for each other; with 1,024 stripes that is
-rare, and a stripe is never the shard lock that guards the data, so a slow
-request delays only the requests that hash to its stripe.
+One lock file per session would leave a file behind for every session ever seen (Beaker issue #124, CherryPy issue
+#1855) and deleting lock files races (filelock issue #574), so ids hash onto a fixed number of *stripes*: lock files
+``<directory>/0000.lock`` ... created on first use and never deleted.  Sessions sharing a stripe wait for each other
+(rare with 1,024), and a stripe is never the shard lock that guards the data.
 
-Each process keeps a bounded number of lock files open and locks them with
-:func:`filelock.lock_descriptor` (``flock`` on POSIX).  A ``flock`` belongs to
-the open file description, which all threads of a process share, so threads are
-kept apart by one :class:`threading.Lock` per stripe in front of it.
+Each process keeps a bounded number of lock files open and locks them with :func:`filelock.lock_descriptor` (``flock``
+on POSIX).  A ``flock`` belongs to the open file description, which all threads of a process share, so threads are kept
+apart by one :class:`threading.Lock` per stripe in front of it.
 """
 
 from __future__ import annotations
@@ -31,13 +24,10 @@ from typing import TYPE_CHECKING
 
 from .._files import make_dirs
 from .._process import GENERATION
-from ..base import BaseStore
-from ..errors import LockTimeout
 from ..locks import try_flock, unflock, wait_flock
-from ..store import Store
+from .requestlock import lock_timeout
 
 if TYPE_CHECKING:
-    from types import TracebackType
     from typing import Self
 
 logger = logging.getLogger(__name__)
@@ -69,10 +59,9 @@ class _Stripe:
 class StripeHold:
     """One acquisition of a stripe; :meth:`release` is idempotent.
 
-    Holds are handed out by :meth:`StripeLocks.acquire`.  A hold may be released
-    from another thread than the one that took it (some servers close the
-    response iterable elsewhere).  In a forked child a hold inherited from the
-    parent is inert: releasing it would free the parent's ``flock``.
+    Holds are handed out by :meth:`StripeLocks.acquire`.  A hold may be released from another thread than the one that
+    took it (some servers close the response iterable elsewhere).  In a forked child a hold inherited from the parent is
+    inert: releasing it would free the parent's ``flock``.
     """
 
     __slots__ = ("_gen", "_locks", "index", "released")
@@ -94,12 +83,7 @@ class StripeHold:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
@@ -109,28 +93,23 @@ class StripeLocks:
     Parameters
     ----------
     directory
-        Where the lock files live, created private (0700) if missing.  Use a
-        local file system: ``flock`` is not reliable over NFS.  ``None`` keeps
-        the locks inside this process only, which is right for a ``memory``
-        store and nothing else.
+        Where the lock files live, created private (0700) if missing.  Use a local file system: ``flock`` is not
+        reliable over NFS.  ``None`` keeps the locks inside this process only, which is right for a ``memory`` store and
+        nothing else.
     stripes
-        Number of stripes (lock files).  Fixed for a directory: every process
-        using it must agree, or two processes lock different files for one id.
+        Number of stripes (lock files).  Fixed for a directory: every process using it must agree.
     timeout
         Default seconds to wait in :meth:`acquire`.
     max_open
-        Lock files kept open per process; the least recently used idle one is
-        closed beyond that (a held one never is), so a process never needs more
-        than ``max_open`` descriptors however many stripes it touches.
+        Lock files kept open per process; the least recently used idle one is closed beyond that (a held one never is),
+        so a process never needs more than ``max_open`` descriptors however many stripes it touches.
 
     Notes
     -----
-    Thread-safe: one instance is meant to be shared by all threads of a process.
-    A thread that already holds a stripe may acquire it again (it is counted).
-    Process-safe through ``flock`` on a descriptor opened by this process.
-    Fork-safe: every call compares the process id; a child drops the inherited
-    descriptors and thread locks without unlocking (the parent keeps its locks)
-    and opens its own descriptors on demand.
+    Thread-safe: one instance is meant to be shared by all threads of a process. A thread that already holds a stripe
+    may acquire it again (it is counted). Process-safe through ``flock`` on a descriptor opened by this process.
+    Fork-safe: every call compares the process id; a child drops the inherited descriptors and thread locks without
+    unlocking (the parent keeps its locks) and opens its own descriptors on demand.
     """
 
     def __init__(
@@ -218,7 +197,7 @@ class StripeLocks:
         if not got:
             if not blocking:
                 return None
-            raise self._timeout(index, wait)
+            raise lock_timeout(self.where(index), wait)
         try:
             locked = self._flock(index, deadline, blocking=blocking)
         except BaseException:
@@ -228,20 +207,16 @@ class StripeLocks:
             stripe.mutex.release()
             if not blocking:
                 return None
-            raise self._timeout(index, wait)
+            raise lock_timeout(self.where(index), wait)
         with self._guard:
             stripe.owner = me
             stripe.count = 1
         logger.debug("stripe %d acquired", index)
         return StripeHold(self, index)
 
-    def _timeout(self, index: int, wait: float) -> LockTimeout:
-        where = self.path(index) or f"in-process stripe {index}"
-        msg = (
-            f"session lock not obtained within {wait:g} s ({where}): another request of this "
-            "session (or one sharing its stripe) is still running"
-        )
-        return LockTimeout(msg)
+    def where(self, index: int) -> str:
+        """Return where stripe *index* is kept: its lock file, or ``in-process stripe N``."""
+        return str(self.path(index) or f"in-process stripe {index}")
 
     def _open(self, index: int) -> int:
         """Return the kept-open descriptor of stripe *index* (caller holds its thread lock)."""
@@ -294,13 +269,6 @@ class StripeLocks:
         stripe.mutex.release()
         logger.debug("stripe %d released", index)
 
-    def held(self, index: int) -> bool:
-        """Return whether this process holds stripe *index* (any thread)."""
-        with self._guard:
-            self._check_fork()
-            stripe = self._state.get(index)
-            return stripe is not None and stripe.count > 0
-
     def close(self) -> None:
         """Close idle lock files; held stripes stay locked until released."""
         with self._guard:
@@ -313,63 +281,16 @@ class StripeLocks:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
         return f"StripeLocks({str(self.directory)!r}, stripes={self.stripes})"
 
 
-
-BUSY_STATUS = "503 Service Unavailable"
-BUSY_BODY = b"503 Service Unavailable: the session is busy with another request; retry shortly.\n"
-"""What every integration answers when a session's lock is not obtained in time (with ``Retry-After: 1``)."""
-
-
-def stripe_locks_for(
-    store: BaseStore,
-    *,
-    lock_dir: str | Path | None = None,
-    stripes: int = DEFAULT_STRIPES,
-    timeout: float | None = None,
-) -> StripeLocks:
-    """Return the request-long lock stripes to use with *store*.
-
-    The lock files go to ``<store path>/stripes/`` unless *lock_dir* says
-    otherwise; a ``memory`` store (one process) gets in-process locks.  A remote
-    store (Redis, PostgreSQL) has no local directory, so *lock_dir* is required:
-    the stripes then serialise the requests of one machine only.
-
-    Raises
-    ------
-    ValueError
-        A remote store and no *lock_dir*.
-    """
-    wait = store.timeout if timeout is None else timeout
-    if lock_dir is not None:
-        return StripeLocks(lock_dir, stripes=stripes, timeout=wait)
-    if isinstance(store, Store):
-        if store.backend == "memory":
-            return StripeLocks(None, stripes=stripes, timeout=wait)
-        return StripeLocks(Path(store.path) / "stripes", stripes=stripes, timeout=wait)
-    msg = (
-        f"a {store.backend} store has no local directory for the request-long session locks: "
-        "pass lock_dir= (a local directory), or request_lock=False"
-    )
-    raise ValueError(msg)
-
-
 __all__ = [
-    "BUSY_BODY",
-    "BUSY_STATUS",
     "DEFAULT_STRIPES",
     "StripeHold",
     "StripeLocks",
     "stripe_index",
-    "stripe_locks_for",
 ]

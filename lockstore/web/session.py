@@ -1,0 +1,381 @@
+"""The web session every integration shares, and the site it lives in.
+
+:class:`Session` is one request's view of one session (WSGI and Flask wrap it with their cookie and response;
+Django keeps its ``SessionBase`` contract and shares :func:`read`, the diff-and-merge and the lock).  A
+:class:`Site` is what an integration serves: the store, its request-long locks (:func:`request_locks_for`, the
+one place that chooses them) and their gates; :func:`call` runs a store operation for async code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
+
+from ..base import BaseStore
+from ..errors import CorruptRecord
+from ..ids import is_valid_id, new_id
+from ..opener import open as open_store
+from ..opener import read_meta
+from ..store import Store
+from .changes import changes, merge, snapshot
+from .requestlock import Gates, RequestHold
+from .stripes import DEFAULT_STRIPES, StripeLocks
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .requestlock import RequestLocks
+
+logger = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_NEW_ID_TRIES = 64
+
+
+class Site(NamedTuple):
+    """A store and its request-long locks (``None`` with the request lock off), with their gates."""
+
+    store: BaseStore
+    locks: StripeLocks | None
+    gates: Gates
+
+
+def request_locks_for(
+    store: BaseStore,
+    *,
+    request_lock: bool = True,
+    lock_dir: str | Path | None = None,
+    stripes: int = DEFAULT_STRIPES,
+    timeout: float | None = None,
+) -> StripeLocks | None:
+    """The request-long locks to use with *store* (``None`` with *request_lock* off): the one place that chooses.
+
+    Stripes under ``<store path>/stripes/`` or *lock_dir*; in-process ones for a ``memory`` store; a remote store needs
+    *lock_dir* (its stripes serialise one machine's requests).  A lock kept on the server plugs in here (the return
+    type then widens to :class:`~lockstore.web.requestlock.RequestLocks`).  *timeout* defaults to the store's.
+
+    Raises
+    ------
+    ValueError
+        A remote store and no *lock_dir*.
+    """
+    if not request_lock:
+        return None
+    wait = store.timeout if timeout is None else timeout
+    if lock_dir is None and isinstance(store, Store):
+        lock_dir = None if store.backend == "memory" else Path(store.path) / "stripes"
+    elif lock_dir is None:
+        msg = (
+            f"a {store.backend} store has no local directory for the request-long session locks: "
+            "pass lock_dir= (a local directory), or request_lock=False"
+        )
+        raise ValueError(msg)
+    return StripeLocks(lock_dir, stripes=stripes, timeout=wait)
+
+
+def open_site(
+    path: str | os.PathLike[str],
+    options: dict[str, Any],
+    *,
+    request_lock: bool = True,
+    lock_dir: str | Path | None = None,
+    stripes: int = DEFAULT_STRIPES,
+    lock_timeout: float | None = None,
+) -> Site:
+    """Open the store at *path* with *options* and its request-long locks (``ValueError``: see above; store closed)."""
+    store = open_store(path, **options)
+    try:
+        locks = request_locks_for(
+            store, request_lock=request_lock, lock_dir=lock_dir, stripes=stripes, timeout=lock_timeout
+        )
+    except BaseException:
+        store.close()  # no connection pool left behind
+        raise
+    return Site(store, locks, Gates())
+
+
+def choose_codec(
+    path: str | os.PathLike[str], options: dict[str, Any], wanted: str, *, asked_by: str, option: str, insist: bool
+) -> None:
+    """Put in *options* (given no ``codec``) the one to open *path* with for a serializer that asks *wanted*.
+
+    An existing store keeps its recorded codec (a different *wanted* is logged: a warning if the application set the
+    serializer, *asked_by*, itself: *insist*; *option* silences it); a new one gets *wanted*.
+    """
+    if isinstance(path, str) and "://" in path:
+        # A Redis or PostgreSQL store: without codec= a new one is json and an existing one keeps its
+        # codec; unsigned pickle opens only when the application asks for it, which a pickle serializer does.
+        if wanted == "pickle":
+            options["codec"] = "pickle"
+        return
+    meta = None if options.get("backend") == "memory" else read_meta(os.fspath(path))
+    if meta is None:
+        options["codec"] = wanted
+    elif meta["codec"] != wanted:
+        (logger.warning if insist else logger.info)(
+            "session store %s keeps its recorded codec %r although %s asks for %r "
+            "(set %s to silence this, or move the sessions with 'lockstore copy')",
+            path,
+            meta["codec"],
+            asked_by,
+            wanted,
+            option,
+        )
+
+
+async def call(store: BaseStore, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """Run a store operation for async code: inline on an embedded store (microseconds, and a shard
+    lock held for microseconds by others), in a thread on a remote one (network round trips)."""
+    if isinstance(store, Store):
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def read(store: BaseStore, sid: str) -> Any:
+    """The value stored under *sid*, or ``None``: absent, expired, or a record that does not decode."""
+    try:
+        return store.get(sid)
+    except CorruptRecord:
+        logger.warning("session %.8s... does not decode; starting a fresh one", sid)
+        return None
+
+
+class Session(MutableMapping[str, Any]):
+    """One request's view of one session: a lazily loaded mapping.
+
+    Parameters
+    ----------
+    store
+        The store holding the sessions.
+    cookie_id
+        The id the client sent, or ``None``.  An id that is not valid
+        (:func:`lockstore.is_valid_id`) is ignored before anything is opened.
+    locks
+        The request-long locks (:func:`request_locks_for`), or ``None`` for no request-long lock.
+    lock_timeout
+        Seconds to wait for the lock (``None``: the locks' default).
+
+    Notes
+    -----
+    A session belongs to one request: it is not meant to be shared between threads.  The first access takes the
+    session's lock (``LockTimeout`` when it does not come within the timeout) and reads the record; :meth:`release`
+    frees the locks and must be called when the response is finished.
+    """
+
+    def __init__(
+        self,
+        store: BaseStore,
+        cookie_id: str | None,
+        *,
+        locks: RequestLocks | None = None,
+        lock_timeout: float | None = None,
+    ) -> None:
+        self.store = store
+        self.cookie_id = cookie_id if is_valid_id(cookie_id) else None
+        self._hold = None if locks is None else RequestHold(locks, timeout=lock_timeout)
+        self.loaded = False
+        self.accessed = False
+        self._data: dict[str, Any] = {}
+        self._snapshot: dict[str, bytes | None] = {}
+        self._id: str | None = None
+        self._stored = False  # a record exists under self._id (as far as this request knows)
+        self._was_stored = False
+        self._rewrite = False  # write every key (a new id after regenerate)
+        self._old_ids: list[str] = []
+        self._invalidated = False
+        self._force = False
+
+    def _claim_id(self) -> str:
+        """A fresh id whose lock this request holds.
+
+        Only a non-blocking try is made for a new id's lock: waiting for it while holding another could deadlock two
+        requests that each wait for the other's, and any fresh id will do.
+        """
+        hold = self._hold
+        if hold is None:
+            return new_id()
+        for _ in range(_NEW_ID_TRIES):
+            sid = new_id()
+            if hold.try_lock(sid):
+                return sid
+        sid = new_id()  # pragma: no cover - 64 busy slots in a row
+        hold.lock(sid)  # pragma: no cover
+        return sid  # pragma: no cover
+
+    def load(self) -> dict[str, Any]:
+        """Read the session now if not yet done (taking its lock first) and return its data.
+
+        Raises
+        ------
+        LockTimeout
+            The request-long lock was not obtained in time.
+        """
+        self.accessed = True
+        if self.loaded:
+            return self._data
+        sid = self.cookie_id
+        if sid is not None:
+            if self._hold is not None:
+                self._hold.lock(sid)
+            value = read(self.store, sid)
+            if isinstance(value, dict):
+                self._data = value
+                self._id = sid
+                self._stored = self._was_stored = True
+                self._snapshot = snapshot(value)
+            else:
+                # Unknown, expired or forged: a fresh session under a new id (never
+                # the client's id, against session fixation).
+                if self._hold is not None:
+                    self._hold.unlock(sid)
+        self.loaded = True
+        return self._data
+
+    def release(self) -> None:
+        """Release the request-long locks (idempotent)."""
+        if self._hold is not None:
+            self._hold.release()
+
+    def __getitem__(self, key: str) -> Any:
+        return self.load()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        data = self.load()
+        if self._id is None:
+            self._id = self._claim_id()
+        data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.load())
+
+    def __len__(self) -> int:
+        return len(self.load())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.load()
+
+    def __repr__(self) -> str:
+        if not self.loaded:
+            return f"<{type(self).__name__} (not loaded)>"
+        return f"<{type(self).__name__} {self._id and self._id[:8]!s}... {self._data!r}>"
+
+    @property
+    def id(self) -> str | None:
+        """The session id; ``None`` while a new session holds no data."""
+        self.load()
+        return self._id
+
+    @property
+    def new(self) -> bool:
+        """True when the session did not exist in the store when the request began."""
+        self.load()
+        return not self._was_stored
+
+    @property
+    def modified(self) -> bool:
+        """True when the end of the request will write the session (or forget it)."""
+        if not self.loaded:
+            return False
+        return self._force or self._invalidated or bool(self._old_ids) or self._changes() != ({}, [])
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        # Changes inside values are found by comparison anyway; an explicit flag
+        # only makes sure the cookie is sent.
+        if value:
+            self.load()
+        self._force = bool(value)
+
+    def regenerate(self) -> None:
+        """Move the data to a new id and delete the old one (call it at login, against session fixation)."""
+        self.load()
+        if self._id is None:
+            return
+        if self._stored:
+            self._old_ids.append(self._id)
+        self._id = self._claim_id()
+        self._stored = False
+        self._rewrite = True
+
+    def invalidate(self) -> None:
+        """Delete the session from the store now and start an empty one (logout)."""
+        self.load()
+        for sid in [*self._old_ids, *([self._id] if self._stored and self._id else [])]:
+            self.store.pop(sid, None)
+        self._old_ids = []
+        self._data = {}
+        self._snapshot = {}
+        self._id = None
+        self._stored = False
+        self._rewrite = False
+        self._invalidated = True
+
+    def _changes(self) -> tuple[dict[str, Any], list[str]]:
+        if self._rewrite or not self._stored:
+            return dict(self._data), []
+        return changes(self._snapshot, self._data)
+
+    def save(self) -> str | None:
+        """Write this request's changes; return the cookie to send: ``"set"``, ``"delete"`` or ``None``.
+
+        ``"set"`` means the client must learn the id (new or changed); refreshing the cookie of an existing session is
+        the caller's choice. Safe to call more than once: a second call writes only later changes.
+        """
+        if not self.loaded:
+            return None
+        action: str | None = "set" if self._force and self._id else None
+        changed, deleted = self._changes()
+        sid = self._id
+        if sid is not None and not self._stored:
+            if changed:
+                with self.store.edit(sid, create=True) as record:
+                    record.clear()
+                    record.update(changed)
+                self._stored = True
+                action = "set"
+            elif self._was_stored or self.cookie_id is not None:
+                action = "delete"
+        elif sid is not None and (changed or deleted):
+            try:
+                with self.store.edit(sid, create=False) as record:
+                    merge(record, changed, deleted)
+                    empty = not record
+            except KeyError:
+                # Deleted meanwhile (logout in another request, or expired): never resurrect it.
+                logger.info("session %.8s... vanished during the request; changes dropped", sid)
+                empty = True
+            if empty:
+                self.store.pop(sid, None)
+                self._id = None
+                self._stored = False
+                self._data = {}
+                action = "delete"
+        for old in self._old_ids:
+            self.store.pop(old, None)
+        self._old_ids = []
+        self._rewrite = False
+        if self._invalidated and self._id is None and action is None and self.cookie_id is not None:
+            action = "delete"
+        self._snapshot = snapshot(self._data)
+        return action
+
+    @property
+    def stored(self) -> bool:
+        """True when the session exists in the store under :attr:`id` (after :meth:`save`)."""
+        return self._stored
+
+    @property
+    def stored_id(self) -> str | None:
+        """The id the session is stored under (after :meth:`save`), without loading it: the cookie's value."""
+        return self._id if self._stored else None
+
+
+__all__ = ["Session", "Site", "call", "choose_codec", "open_site", "read", "request_locks_for"]
