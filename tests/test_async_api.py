@@ -266,6 +266,7 @@ def test_loop_keeps_running_while_another_process_holds_the_lock(make: Callable[
                 last = now
 
         async def others_meanwhile() -> float:
+            await asyncio.sleep(0.1)  # while the aedit below waits
             slowest = 0.0
             for sid in others:
                 started = time.monotonic()
@@ -275,6 +276,7 @@ def test_loop_keeps_running_while_another_process_holds_the_lock(make: Callable[
             return slowest
 
         tick = asyncio.create_task(ticker())
+        await asyncio.sleep(0.02)  # ticking, before the wait starts
         started = time.monotonic()
         side = asyncio.create_task(others_meanwhile())
         async with store.aedit("held") as session:
@@ -316,12 +318,15 @@ def test_lock_timeout_does_not_block_the_loop(make: Callable[..., Any], backend:
                 last = now
 
         tick = asyncio.create_task(ticker())
+        await asyncio.sleep(0.02)  # ticking, before the wait starts
         started = time.monotonic()
         try:
             with pytest.raises(lockstore.LockTimeout):
                 async with store.aedit("held") as session:
                     session["n"] = 99
-            return time.monotonic() - started
+            waited = time.monotonic() - started
+            await asyncio.sleep(0.02)  # the ticker's next beat records the gap, if any
+            return waited
         finally:
             tick.cancel()
 
