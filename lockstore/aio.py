@@ -95,6 +95,9 @@ class _Gates:
         if entry is None:
             entry = self._locks[key] = [asyncio.Lock(), 0]
         entry[1] += 1
+        if entry[1] == 1:  # nobody holds or awaits it: taken without a wait, or a timer
+            await entry[0].acquire()
+            return
         try:
             async with asyncio.timeout(deadline - time.monotonic()):
                 await entry[0].acquire()
@@ -260,8 +263,8 @@ class AsyncEdit:
     async def __aenter__(self) -> dict[str, Any]:
         store, sid = self._store, self._sid
         state = self._state = _state(store)
-        self._key = key = _gate_key(state, store, sid)
-        edit = self._edit = store.edit(sid, create=self._create)
+        edit = self._edit = store.edit(sid, create=self._create)  # checks the id
+        self._key = key = shard_of(sid, cast("Store", store).shards) if state.mode is INLINE else sid
         gates = self._gates = state.gates()
         deadline = time.monotonic() + store.timeout
         what = _busy(store, sid)
