@@ -65,6 +65,21 @@ def unsupported(url: str) -> str | None:
     return f"lockstore cannot open {scheme}:// URLs yet (issue 12: Redis Cluster); known: {', '.join(REMOTE_SCHEMES)}"
 
 
+def server_lock_missing(url: str, options: Mapping[str, Any] | None = None) -> str | None:
+    """Why the integrations cannot take a request lock on the server of *url* (today: they need ``lock_dir=``),
+    or None once they can (issue 12). Asks the public API: a ``SessionMiddleware`` on the store, no ``lock_dir``.
+    """
+    import lockstore
+    from lockstore.wsgi import SessionMiddleware
+
+    with lockstore.open(url, **dict(options or {})) as store:
+        try:
+            SessionMiddleware(lambda environ, start_response: [], store)
+        except (ValueError, lockstore.LockstoreError) as exc:
+            return str(exc)
+    return None
+
+
 @contextlib.contextmanager
 def two_hosts(
     app: str,
@@ -241,6 +256,7 @@ __all__ = [
     "KINDS",
     "LOCKS",
     "SharedCookie",
+    "server_lock_missing",
     "shared_cookie",
     "store_options",
     "two_hosts",
