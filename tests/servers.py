@@ -610,3 +610,28 @@ __all__ = [
     "running_redis",
     "unavailable",
 ]
+
+
+@contextlib.contextmanager
+def running_redis_cluster_retried(directory: Path, *, attempts: int = 3) -> Iterator[RedisCluster]:
+    """:func:`running_redis_cluster`, built again on other ports (up to *attempts* times) if a node cannot bind.
+
+    Why: :func:`cluster_port` draws from 20000-45000, which overlaps Linux's ephemeral range (32768-60999), and
+    checks a port by connecting to it. On a busy machine the local end of some client connection can hold a
+    node's port or its bus port (+10000) at bind time ("bind: Address already in use", seen with the other
+    test runs of this machine). Used by the two-host tests and ``stress/remote_bench.py``.
+    """
+    for attempt in range(1, attempts + 1):
+        cluster = RedisCluster(Path(directory) / f"attempt-{attempt}")
+        try:
+            cluster.start()
+        except (RuntimeError, subprocess.CalledProcessError):
+            cluster.kill()
+            if attempt == attempts:
+                raise
+            continue
+        try:
+            yield cluster
+        finally:
+            cluster.kill()
+        return

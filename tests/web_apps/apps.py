@@ -145,3 +145,69 @@ def make_flask_app() -> Any:
         return str(os.getpid())
 
     return app
+
+
+# -- two hosts sharing one server store (tests/web_apps/hosts.py) -----------------------------------
+#
+# ``LOCKSTORE_TEST_URL``           the store's URL (``redis://``, ``postgresql://``, ``redis+cluster://``)
+# ``LOCKSTORE_TEST_OPTIONS``       a JSON object of ``lockstore.open`` keywords (``prefix``, ``table``)
+# ``LOCKSTORE_TEST_REQUEST_LOCK``  ``dir``: the host's own ``LOCKSTORE_TEST_LOCK_DIR`` (today's only request lock
+#                                  for a server store); ``server``: no ``lock_dir``, so the integration takes the
+#                                  server-side request lock (issue 12); ``off``: ``request_lock=False``
+# ``LOCKSTORE_TEST_SESSION``       Flask only: ``lockstore`` (default) or ``flask-session``: Flask-Session's Redis
+#                                  backend as shipped, on the same URL, keys under ``<prefix>:``
+
+
+def _host_options() -> dict[str, Any]:
+    import json  # here, not at the top: this section is appended to a module others edit
+
+    options: dict[str, Any] = json.loads(os.environ.get("LOCKSTORE_TEST_OPTIONS", "{}"))
+    return options
+
+
+def _host_store() -> lockstore.BaseStore:
+    timeout = float(os.environ.get("LOCKSTORE_TEST_TIMEOUT", 10))
+    return lockstore.open(os.environ["LOCKSTORE_TEST_URL"], timeout=timeout, **_host_options())
+
+
+def _host_lock() -> dict[str, Any]:
+    """The request-lock keywords of the integrations for ``LOCKSTORE_TEST_REQUEST_LOCK``."""
+    mode = os.environ.get("LOCKSTORE_TEST_REQUEST_LOCK", "dir")
+    if mode == "dir":
+        return {"request_lock": True, "lock_dir": os.environ["LOCKSTORE_TEST_LOCK_DIR"]}
+    if mode == "server":
+        return {"request_lock": True}
+    if mode == "off":
+        return {"request_lock": False}
+    raise ValueError(f"unknown LOCKSTORE_TEST_REQUEST_LOCK {mode!r}: use dir, server or off")
+
+
+def make_wsgi_host_app() -> Any:
+    """The bare WSGI counter on a server store (gunicorn: ``apps:make_wsgi_host_app()``)."""
+    return SessionMiddleware(counter_app, _host_store(), **_host_lock())
+
+
+def make_flask_host_app() -> Any:
+    """The Flask counter on a server store (gunicorn: ``apps:make_flask_host_app()``): the routes of
+    :func:`make_flask_app`, built with Flask's cookie sessions (``LOCKSTORE_TEST_MODE=cookie``), whose session
+    interface is then replaced by lockstore's or by Flask-Session's Redis one."""
+    if os.environ.get("LOCKSTORE_TEST_MODE") != "cookie":
+        raise ValueError("make_flask_host_app needs LOCKSTORE_TEST_MODE=cookie (it replaces that session interface)")
+    app = make_flask_app()
+    kind = os.environ.get("LOCKSTORE_TEST_SESSION", "lockstore")
+    if kind == "lockstore":
+        from lockstore.flask import LockstoreSessionInterface
+
+        app.session_interface = LockstoreSessionInterface(_host_store(), **_host_lock())
+    elif kind == "flask-session":
+        import redis
+        from flask_session import Session
+
+        prefix = _host_options().get("prefix", "session")
+        app.config["SESSION_TYPE"] = "redis"
+        app.config["SESSION_REDIS"] = redis.Redis.from_url(os.environ["LOCKSTORE_TEST_URL"])
+        app.config["SESSION_KEY_PREFIX"] = f"{prefix}:"
+        Session(app)
+    else:
+        raise ValueError(f"unknown LOCKSTORE_TEST_SESSION {kind!r}: use lockstore or flask-session")
+    return app
