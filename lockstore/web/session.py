@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar, cast
 
 from ..base import BaseStore
 from ..errors import CorruptRecord
@@ -22,7 +22,7 @@ from ..opener import open as open_store
 from ..opener import read_meta
 from ..store import Store
 from .changes import changes, merge, snapshot
-from .requestlock import Gates, RequestHold
+from .requestlock import Gates, RequestHold, RequestLocks
 from .stripes import DEFAULT_STRIPES, StripeLocks
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class Site(NamedTuple):
     """A store and its request-long locks (``None`` with the request lock off), with their gates."""
 
     store: BaseStore
-    locks: StripeLocks | None
+    locks: RequestLocks | None
     gates: Gates
 
 
@@ -52,23 +52,26 @@ def request_locks_for(
     lock_dir: str | Path | None = None,
     stripes: int = DEFAULT_STRIPES,
     timeout: float | None = None,
-) -> StripeLocks | None:
+) -> RequestLocks | None:
     """The request-long locks to use with *store* (``None`` with *request_lock* off): the one place that chooses.
 
-    Stripes under ``<store path>/stripes/`` or *lock_dir*; in-process ones for a ``memory`` store; a remote store needs
-    *lock_dir* (its stripes serialise one machine's requests).  A lock kept on the server plugs in here (the return
-    type then widens to :class:`~lockstore.web.requestlock.RequestLocks`).  *timeout* defaults to the store's.
+    Stripes under ``<store path>/stripes/`` or *lock_dir*; in-process ones for a ``memory`` store.  A store on a
+    server, with no *lock_dir*, gives the locks it keeps on that server: its ``request_locks(stripes=, timeout=)``
+    returns a :class:`~lockstore.web.requestlock.RequestLocks` that serialises one session's requests across every
+    host.  With *lock_dir*, stripes there serialise one machine's requests only.  *timeout* defaults to the store's.
 
     Raises
     ------
     ValueError
-        A remote store and no *lock_dir*.
+        A store on a server that keeps no request locks there, and no *lock_dir*.
     """
     if not request_lock:
         return None
     wait = store.timeout if timeout is None else timeout
     if lock_dir is None and isinstance(store, Store):
         lock_dir = None if store.backend == "memory" else Path(store.path) / "stripes"
+    elif lock_dir is None and callable(server_locks := getattr(store, "request_locks", None)):
+        return cast("RequestLocks", server_locks(stripes=stripes, timeout=wait))
     elif lock_dir is None:
         msg = (
             f"a {store.backend} store has no local directory for the request-long session locks: "
