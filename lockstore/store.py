@@ -276,13 +276,7 @@ class Store(BaseStore):
         return fmt.is_live(self._read(shard, key), self.clock(), self.max_age)
 
     def __setitem__(self, sid: str, value: Any) -> None:
-        # a hot path: _locate and _update inlined
-        if type(sid) is not str or not _valid(sid) or sid == "." or sid == "..":
-            validate_id(sid)
-        if self._closed:
-            raise StoreClosed(f"store at {self.path} is closed")
-        key = sid.encode()
-        shard = _crc32(key) % self.shards
+        shard, key = self._locate(sid)  # a hot path: _update inlined
         codec = self._codec
         payload = codec.encode(value)  # before the lock: an unencodable value touches nothing
         record, max_age = codec.record, self.max_age
