@@ -72,7 +72,8 @@ def live_created(rec: bytes | memoryview, now: float, max_age: float) -> float |
         return None
     if version != VERSION or not math.isfinite(created):
         times(rec)  # raises, saying what is wrong
-    return created
+    when: float = created
+    return when
 
 
 def bucket(t: float) -> int:
