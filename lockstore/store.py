@@ -212,22 +212,23 @@ class Store(BaseStore):
         finally:
             locks.release(shard)
 
-    def _retime(self, shard: int, key: bytes) -> bool:
-        """Rewrite only the last access of *key*, if it is live and older than touch_interval; False if not live."""
+    def _live(self, rec: bytes | None, now: float) -> bool:
+        return fmt.is_live(rec, now, self.max_age)
+
+    def _touch_shard(self, shard: int, key: bytes, now: float) -> bool:
+        """Rewrite only the last access of *key* to *now*, if it is live and older than touch_interval; False if
+        it is not live."""
         codec, max_age, touch_interval = self._codec, self.max_age, self.touch_interval
         found = False
 
-        def retime(now: float) -> Updater:
-            def rec(old: bytes | None) -> Any:
-                nonlocal found
-                if old is None or not now - _last_access(old) <= max_age:
-                    return KEEP
-                found = True
-                return KEEP if now - _last_access(old) < touch_interval else codec.retime(key, old, now)
+        def retime(old: bytes | None) -> Any:
+            nonlocal found
+            if old is None or not now - _last_access(old) <= max_age:
+                return KEEP
+            found = True
+            return KEEP if now - _last_access(old) < touch_interval else codec.retime(key, old, now)
 
-            return rec
-
-        self._update(shard, key, retime)
+        self._update(shard, key, lambda _: retime)
         return found
 
     def _live_keys(self, shard: int, now: float) -> list[bytes]:
@@ -256,7 +257,8 @@ class Store(BaseStore):
             version, flags, atime, _ = _header(rec)
         except struct.error:
             _times(rec)  # raises CorruptRecord
-        age = self.clock() - atime
+        now = self.clock()
+        age = now - atime
         if not age <= self.max_age:  # NaN (a forged time) counts as expired
             raise KeyError(sid)
         codec = self._codec
@@ -268,12 +270,12 @@ class Store(BaseStore):
         except Exception:
             value = codec.decode(key, rec)
         if age >= self.touch_interval:
-            self._retime(shard, key)
+            self._touch_shard(shard, key, now)
         return value
 
     def __contains__(self, sid: object) -> bool:
         shard, key = self._locate(sid)  # type: ignore[arg-type]
-        return fmt.is_live(self._read(shard, key), self.clock(), self.max_age)
+        return self._live(self._read(shard, key), self.clock())
 
     def __setitem__(self, sid: str, value: Any) -> None:
         shard, key = self._locate(sid)  # a hot path: _update inlined
@@ -340,7 +342,8 @@ class Store(BaseStore):
 
     def touch(self, sid: str) -> bool:
         shard, key = self._locate(sid)
-        return fmt.is_live(self._read(shard, key), self.clock(), self.max_age) and self._retime(shard, key)
+        now = self.clock()
+        return self._live(self._read(shard, key), now) and self._touch_shard(shard, key, now)
 
     def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
         """Sweep every shard of its expired sessions; *progress(shards_done, shards)* after each.
