@@ -62,6 +62,71 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+class Edit:
+    """``edit()`` written once: the session is read under its lock (one parse of the header, one decode) and
+    yielded as a dict; on a clean exit it is written if it changed or its touch is due, else the lock is only
+    given back. A store gives two primitives: :meth:`_begin` (take the lock, return the stored record, live or
+    not, or None) and :meth:`_end` (write *rec* and let go; with None only let go). A damaged record raises
+    :class:`CorruptRecord` and is left as it is."""
+
+    __slots__ = ("_atime", "_create", "_created", "_key", "_old", "_sid", "_store", "_value")
+
+    def __init__(self, store: BaseStore, sid: str, key: bytes, create: bool) -> None:
+        self._store = store
+        self._sid = sid
+        self._key = key
+        self._create = create
+
+    def _begin(self) -> bytes | None:
+        raise NotImplementedError
+
+    def _end(self, rec: bytes | None, now: float) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> dict[str, Any]:
+        rec = self._begin()
+        try:
+            store = self._store
+            now = store.clock()
+            self._atime = None  # last access of the stored record, live or not (LMDB: its index entry)
+            if rec is not None:
+                self._atime, self._created = fmt.times(rec)
+                if now - self._atime > store.max_age:
+                    rec = None
+            if rec is None:
+                if not self._create:
+                    raise KeyError(self._sid)
+                self._old = None
+                self._created = now
+                value: dict[str, Any] = {}
+                self._value = value
+                return value
+            self._old, value = store._codec.open(self._key, rec)
+            if type(value) is not dict and not isinstance(value, dict):
+                raise TypeError(f"edit() needs a dict session; {describe_id(self._sid)} holds a {type(value).__name__}")
+            self._value = value
+            return value
+        except BaseException:
+            self._end(None, 0.0)
+            raise
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        rec = None
+        now = 0.0
+        if exc_type is None and (self._old is not None or self._value):  # an absent session left empty: not created
+            try:
+                store = self._store
+                payload = store._codec.encode(self._value)
+                now = store.clock()
+                atime = self._atime
+                if payload != self._old or atime is None or now - atime >= store.touch_interval:
+                    rec = store._codec.record(self._key, payload, now, self._created)
+            except BaseException:
+                self._end(None, 0.0)
+                raise
+        self._end(rec, now)
+
+
 class BaseStore(MutableMapping[str, Any], ABC):
     """The interface of every lockstore store: a mutable mapping of session ids to values.
 
@@ -255,4 +320,4 @@ class BaseStore(MutableMapping[str, Any], ABC):
         return f"<{type(self).__name__} {self.backend} {self.path!r}>"
 
 
-__all__ = ["KEEP", "BaseStore", "Clock", "Engine", "Updater"]
+__all__ = ["KEEP", "BaseStore", "Clock", "Edit", "Engine", "Updater"]

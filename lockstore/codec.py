@@ -9,6 +9,7 @@ scopes existed have an empty scope, and their MAC input is the one they always h
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -35,10 +36,6 @@ class Record(NamedTuple):
     last_access: float
 
 
-def _pickle_dumps(value: object) -> bytes:
-    return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-
-
 def _json_dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
@@ -54,7 +51,7 @@ def _msgpack() -> Any:
 def codec_functions(name: str) -> tuple[Callable[[Any], bytes], Callable[[Any], Any]]:
     """The (encode, decode) pair of a codec by name."""
     if name == "pickle":
-        return _pickle_dumps, pickle.loads
+        return functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL), pickle.loads  # no Python frame
     if name == "json":
         return _json_dumps, lambda b: json.loads(bytes(b))
     if name == "msgpack":
@@ -92,6 +89,8 @@ class Codec:
         if self._mac_base is not None and scope:
             self._mac_base.update(b"\0" + len(scope).to_bytes(2, "big") + scope)
         self.max_value_size = max_value_size
+        self.plain_loads = self._loads if secret is None else None
+        """The decoder of an unsigned store, for the readers that inline the common case of :meth:`decode`."""
 
     def encode(self, value: object) -> bytes:
         """The payload of *value*; :class:`EncodeError` or :class:`ValueTooLarge` if it cannot be stored."""
@@ -152,6 +151,15 @@ class Codec:
         except Exception as exc:
             sid = key.decode(errors="replace")[:24]
             raise CorruptRecord(f"record of {sid!r} does not decode with codec {self.name!r}: {exc}") from None
+
+    def open(self, key: bytes, rec: bytes) -> tuple[bytes | memoryview, Any]:
+        """(payload, value) of a record whose header :func:`lockstore.record.times` accepted: one slice, one
+        decode (``edit()`` keeps the payload to tell whether the value changed)."""
+        if self._secret is None and rec[1] == 0:
+            body: bytes | memoryview = rec[_HEADER_SIZE:]
+        else:
+            body = self.body(key, rec)
+        return body, self.loads(body, key)
 
     def decode(self, key: bytes, rec: bytes | memoryview) -> Any:
         """The value of a record, never decoding a payload whose signature fails."""

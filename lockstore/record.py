@@ -60,6 +60,22 @@ def is_live(rec: bytes | memoryview | None, now: float, max_age: float) -> bool:
     return rec is not None and now - last_access(rec) <= max_age
 
 
+def live_created(rec: bytes | memoryview, now: float, max_age: float) -> float | None:
+    """The creation time of a live record, None for one expired or damaged (``is_live`` false); a live record
+    whose header is otherwise bad raises :class:`CorruptRecord`, as :func:`times` does. One unpack: a write
+    that replaces a session keeps its creation time."""
+    try:
+        version, _, atime, created = _unpack_header(rec)
+    except struct.error:
+        return None
+    if not math.isfinite(atime) or not now - atime <= max_age:  # a damaged time is never live
+        return None
+    if version != VERSION or not math.isfinite(created):
+        times(rec)  # raises, saying what is wrong
+    when: float = created
+    return when
+
+
 def bucket(t: float) -> int:
     """The index bucket of a last-access time."""
     return max(0, int(t // BUCKET_SECONDS))
@@ -84,6 +100,7 @@ __all__ = [
     "bucket",
     "is_live",
     "last_access",
+    "live_created",
     "pack_header",
     "read_time",
     "times",

@@ -25,7 +25,6 @@ then saves only reads).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import threading
 import weakref
@@ -34,7 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._process import GENERATION
-from .base import BaseStore
+from .base import BaseStore, Edit
 from .codec import Codec, Record
 from .errors import CorruptRecord, LockstoreError, StoreClosed
 from .ids import validate_id
@@ -56,6 +55,31 @@ class _Entry:
         self.saved_access: float | None = last_access if saved else None
         self.dirty = not saved
         self.one_shot = not saved  # created here and not read since
+
+
+class _TierEdit(Edit):
+    """:meth:`TieredStore.edit`: the template of :class:`~lockstore.base.Edit` over the tier's lock and memory."""
+
+    __slots__ = ()
+    _store: TieredStore
+
+    def _begin(self) -> bytes | None:
+        tier = self._store
+        tier._lock.acquire()
+        try:
+            e = tier._read(self._sid, tier._enter())
+            return None if e is None else tier._codec.record(self._key, e.payload, e.last_access, e.created)
+        except BaseException:
+            tier._lock.release()
+            raise
+
+    def _end(self, rec: bytes | None, now: float) -> None:
+        tier = self._store
+        try:
+            if rec is not None:
+                tier._write(self._sid, bytes(tier._codec.payload(self._key, rec)), now)
+        finally:
+            tier._lock.release()
 
 
 class TieredStore(BaseStore):
@@ -106,14 +130,12 @@ class TieredStore(BaseStore):
     def _enter(self, *, sweep: bool = True) -> float:
         """Checks every operation makes first (lock held), and the sweep if due; returns its time."""
         if self._closed:
-            msg = f"tiered store over {self.path} is closed"
-            raise StoreClosed(msg)
+            raise StoreClosed(f"tiered store over {self.path} is closed")
         if GENERATION[0] != self._gen:
-            msg = (
+            raise LockstoreError(
                 "a tiered store cannot be used in a forked child: its memory tier belongs to the "
                 "parent; open the tiered store after the fork, in the process that serves sessions"
             )
-            raise LockstoreError(msg)
         now = self.clock()
         if sweep and now >= self._next_sweep:
             self._next_sweep = now + self.sweep_interval
@@ -140,8 +162,7 @@ class TieredStore(BaseStore):
     def _read(self, sid: str, now: float) -> _Entry | None:
         entry = self._entry(validate_id(sid), now)
         if entry is not None:
-            entry.last_access = now
-            entry.one_shot = False
+            entry.last_access, entry.one_shot = now, False
         return entry
 
     def _write(self, sid: str, payload: bytes, now: float) -> None:
@@ -222,22 +243,17 @@ class TieredStore(BaseStore):
         with self._lock:
             now = self._enter()
             entry = self._entries.get(sid)
-            if entry is not None:
-                return now - entry.last_access <= self.max_age
-            return sid in self.persistent
+            return sid in self.persistent if entry is None else now - entry.last_access <= self.max_age
 
-    def _keys(self) -> list[str]:
+    def __iter__(self) -> Iterator[str]:
         with self._lock:
             now = self._enter()
             memory = [sid for sid, e in self._entries.items() if now - e.last_access <= self.max_age]
             seen = set(memory)
-            return memory + [sid for sid in self.persistent if sid not in seen]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys())
+            return iter(memory + [sid for sid in self.persistent if sid not in seen])
 
     def __len__(self) -> int:
-        return len(self._keys())
+        return sum(1 for _ in self)
 
     def pop(self, sid: str, *default: Any) -> Any:
         """Remove *sid* and return its value (or *default* if given and there is none)."""
@@ -269,33 +285,13 @@ class TieredStore(BaseStore):
 
     # -- beyond the mapping ------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def edit(self, sid: str, *, create: bool = True) -> Iterator[dict[str, Any]]:
-        """Read-modify-write of one session, atomic among this process's threads.
+    def edit(self, sid: str, *, create: bool = True) -> _TierEdit:
+        """Read-modify-write of one session, atomic among this process's threads (the tier's lock is held).
 
-        Saved (to memory) on a clean exit if changed, discarded on an exception. A new empty
-        dict if the session is absent (:class:`KeyError` with ``create=False``); an absent
-        session left empty is not created.
+        Saved (to memory) on a clean exit if changed, discarded on an exception. A new empty dict if the
+        session is absent (:class:`KeyError` with ``create=False``); an absent session left empty is not created.
         """
-        with self._lock:
-            entry = self._read(sid, self._enter())
-            if entry is None:
-                if not create:
-                    raise KeyError(sid)
-                old = None
-                value: Any = {}
-            else:
-                old = entry.payload
-                value = self._codec.loads(old, sid.encode())
-                if not isinstance(value, dict):
-                    msg = f"edit() needs a dict session; {sid!r} holds a {type(value).__name__}"
-                    raise TypeError(msg)
-            yield value
-            if old is None and not value:
-                return
-            payload = self._codec.encode(value)
-            if payload != old:
-                self._write(sid, payload, self.clock())
+        return _TierEdit(self, validate_id(sid), sid.encode(), create)
 
     def touch(self, sid: str) -> bool:
         """Refresh the last access of a live session; ``False`` if there is none."""
@@ -322,8 +318,7 @@ class TieredStore(BaseStore):
         that cannot be read goes to *on_error* if given (see :meth:`lockstore.BaseStore.records`).
         """
         with self._lock:
-            self._enter()
-            self._store_all()
+            self.store_all(expired=True)
             return iter(list(self.persistent.records(expired=expired, on_error=on_error)))
 
     def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
@@ -364,17 +359,16 @@ class TieredStore(BaseStore):
             self._next_sweep = now + self.sweep_interval
             return {"moved": moved, "dropped": dropped, "memory": len(self._entries)}
 
-    def _store_all(self) -> None:
-        for sid, entry in self._entries.items():
-            self._save(sid, entry)
-
-    def store_all(self) -> None:
-        """Write every session held in memory to the persistent store, keeping it in memory."""
+    def store_all(self, *, expired: bool = False) -> None:
+        """Write every session held in memory to the persistent store, keeping it in memory (with *expired*,
+        the expired ones too, else they are dropped)."""
         with self._lock:
             now = self._enter()
-            for sid in [s for s, e in self._entries.items() if now - e.last_access > self.max_age]:
-                del self._entries[sid]
-            self._store_all()
+            for sid, entry in list(self._entries.items()):
+                if not expired and now - entry.last_access > self.max_age:
+                    del self._entries[sid]
+                else:
+                    self._save(sid, entry)
 
     def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
         """Drop expired (or idle over *max_idle*) sessions from memory and sweep the persistent store;
@@ -476,27 +470,22 @@ def tiered(
         range.
     """
     if single_process is not True:
-        msg = (
-            "a memory tier serves stale sessions when another process uses the same store: "
-            "pass single_process=True to declare that only this process uses it "
-            "(for several processes, use the store without a tier)"
+        raise ValueError(
+            "a memory tier serves stale sessions when another process uses the same store: pass "
+            "single_process=True to declare that only this process uses it (for several processes, use the store)"
         )
-        raise ValueError(msg)
     if isinstance(max_memory_sessions, bool) or not isinstance(max_memory_sessions, int) or (max_memory_sessions < 1):
-        msg = f"max_memory_sessions must be a positive int, not {max_memory_sessions!r}"
-        raise ValueError(msg)
+        raise ValueError(f"max_memory_sessions must be a positive int, not {max_memory_sessions!r}")
     for name, value in (("memory_timeout", memory_timeout), ("sweep_interval", sweep_interval)):
         if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
-            msg = f"{name} must be a number of seconds >= 0, not {value!r}"
-            raise ValueError(msg)
+            raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
     if store.backend not in TIERED_BACKENDS:
         # Measured with stress/tier_bench.py (figures in the README): on LMDB a read from memory saves
         # about 1.5 microseconds of a 3-microsecond read; the tier's cost in safety is not worth it.
-        msg = (
+        raise ValueError(
             f"a memory tier buys nothing measurable over the {store.backend!r} backend: "
             f"use the store itself (the tier is for {', '.join(TIERED_BACKENDS)} stores)"
         )
-        raise ValueError(msg)
     codec_name = getattr(store, "settings", {}).get("codec") or store.stats()["codec"]
     if max_value_size is None:
         max_value_size = int(getattr(store, "max_value_size", 1 << 20))

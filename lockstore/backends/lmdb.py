@@ -51,9 +51,8 @@ def _bucket_of(rec: bytes) -> int:
     atime: float = _time_at(rec, 2)[0]
     return max(0, int(atime // _BUCKET_SECONDS)) if _isfinite(atime) else -1
 
+
 DEFAULT_MAP_SIZE = 64 << 30  # reserved address space, not disk: the file grows as it fills
-
-
 
 
 class _Env:
@@ -232,20 +231,25 @@ class LmdbEngine:
         new = fn(old)
         if new is KEEP:
             return swept
-        old_bucket = -1 if old is None else _bucket_of(old)
         if new is None:
             if old is not None:
                 txn.delete(k)
+                old_bucket = _bucket_of(old)
                 if old_bucket >= 0:  # a damaged record has no index entry
                     txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
             return swept
         txn.put(k, new)
-        new_bucket = _bucket_of(new)
+        self._index(txn, h, prefix, key, -1 if old is None else _bucket_of(old), _bucket_of(new))
+        return swept
+
+    @staticmethod
+    def _index(txn: Any, h: _Env, prefix: bytes, key: bytes, old_bucket: int, new_bucket: int) -> None:
+        """Move the index entry of a record rewritten from *old_bucket* to *new_bucket* (-1: none)."""
         if new_bucket != old_bucket:
             if old_bucket >= 0:
                 txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=h.atime)
-            txn.put(prefix + _BUCKET.pack(new_bucket) + key, b"", db=h.atime)
-        return swept
+            if new_bucket >= 0:
+                txn.put(prefix + _BUCKET.pack(new_bucket) + key, b"", db=h.atime)
 
     def put(
         self, shard: int, key: bytes, rec: bytes, old_atime: float | None, sweep: tuple[float, float, int] | None
@@ -253,18 +257,14 @@ class LmdbEngine:
         """Store *rec*, replacing a record the caller read under the same lock (last access *old_atime*)."""
         handle = self._handle
         if sweep is None and handle is not None and self._gen == GENERATION[0]:
+            # the hot path of edit(): the record is not read again; rec is a record just made, its time valid
             prefix = self._prefix[shard]
-            # inline: the hot path of edit(); rec is a record just made, its time valid
             old_bucket = -1 if old_atime is None else max(0, int(old_atime // _BUCKET_SECONDS))
-            new_bucket = max(0, int(_time_at(rec, 2)[0] // _BUCKET_SECONDS))
             with handle.mutex:
                 try:
                     with handle.env.begin(write=True) as txn:
                         txn.put(prefix + key, rec)
-                        if new_bucket != old_bucket:
-                            if old_bucket >= 0:
-                                txn.delete(prefix + _BUCKET.pack(old_bucket) + key, db=handle.atime)
-                            txn.put(prefix + _BUCKET.pack(new_bucket) + key, b"", db=handle.atime)
+                        self._index(txn, handle, prefix, key, old_bucket, _bucket_of(rec))
                         return 0
                 except (lmdb.MapResizedError, lmdb.MapFullError, lmdb.ReadersFullError):
                     pass  # the general path below deals with these
