@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from . import record as fmt
+from .aio import AsyncStoreMixin
 from .codec import Codec, Record
 from .errors import CorruptRecord, LockTimeout
 from .ids import describe_id
@@ -127,7 +128,7 @@ class Edit:
         self._end(rec, now)
 
 
-class BaseStore(MutableMapping[str, Any], ABC):
+class BaseStore(AsyncStoreMixin, MutableMapping[str, Any], ABC):
     """The interface of every lockstore store: a mutable mapping of session ids to values.
 
     Reads return fresh copies; sessions idle longer than ``max_age`` seconds are absent everywhere.

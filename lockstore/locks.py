@@ -1,8 +1,7 @@
 """Shard locks: one lock file per shard, locked with filelock on a descriptor kept open per process.
 
 A shard lock excludes the threads of one process (a reentrant thread lock) and other processes (an
-``flock`` on the shard's lock file, the primitive :func:`filelock.lock_descriptor` uses, called directly:
-its argument checks cost half a microsecond of every hand-off). The descriptor stays
+``flock`` on the shard's lock file, taken through :func:`filelock.lock_descriptor`). The descriptor stays
 open, so a hand-off costs two system calls rather than an open and a close; the kernel drops the lock
 the moment a holder dies, SIGKILL included. Lock files are never deleted. After ``fork`` the child closes
 the inherited descriptors (which share the parent's lock) and opens its own on first use.
@@ -14,8 +13,6 @@ hand-off neither sleeps for tens of milliseconds nor spins on a core.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import random
 import threading
@@ -23,16 +20,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from filelock import lock_descriptor, unlock_descriptor
+
 from ._process import at_fork
 from .errors import LockTimeout, StoreClosed
 
 _FIRST_DELAY = 0.00002
 _MAX_DELAY = 0.001
 _YIELDS = 20
-_flock = fcntl.flock
-_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
-_UN = fcntl.LOCK_UN
-_CONTENDED = frozenset({errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK})  # EACCES: some file systems (filelock)
 
 
 class ShardLocks:
@@ -90,11 +85,7 @@ class ShardLocks:
             fd = self._fds[shard]
             if fd is None:
                 fd = self._fd(shard)
-            try:
-                _flock(fd, _EX_NB)
-            except OSError as exc:
-                if exc.errno not in _CONTENDED:
-                    raise
+            if not lock_descriptor(fd, blocking=False):
                 self._wait(shard, fd, timeout)
         except BaseException:
             tlock.release()
@@ -108,12 +99,11 @@ class ShardLocks:
 
     def release(self, shard: int) -> None:
         """Give *shard* back; the file lock goes when the outermost holder releases."""
-        depth = self._depth[shard] - 1
-        self._depth[shard] = depth
-        if not depth:
-            fd = self._fds[shard]  # None without files, or after close
+        self._depth[shard] -= 1
+        if not self._depth[shard]:
+            fd = self._fds[shard] if self._files else None
             if fd is not None:
-                _flock(fd, _UN)
+                unlock_descriptor(fd)
         self._threads[shard].release()
 
     @contextmanager
@@ -136,19 +126,13 @@ class ShardLocks:
 
 
 def try_flock(fd: int) -> bool:
-    """Take the ``flock`` of *fd* if it is free, without waiting."""
-    try:
-        _flock(fd, _EX_NB)
-    except OSError as exc:
-        if exc.errno not in _CONTENDED:
-            raise
-        return False
-    return True
+    """Take the ``flock`` of *fd* if it is free, without waiting (:func:`filelock.lock_descriptor`)."""
+    return lock_descriptor(fd, blocking=False)
 
 
 def unflock(fd: int) -> None:
-    """Release the ``flock`` of *fd*."""
-    _flock(fd, _UN)
+    """Release the ``flock`` of *fd* (:func:`filelock.unlock_descriptor`)."""
+    unlock_descriptor(fd)
 
 
 def wait_flock(fd: int, deadline: float, *, first: float, cap: float, yields: int = 0, jitter: bool = False) -> bool:
@@ -160,7 +144,7 @@ def wait_flock(fd: int, deadline: float, *, first: float, cap: float, yields: in
     """
     for _ in range(yields):  # a holder usually lets go within microseconds: give it the core first
         os.sched_yield()
-        if try_flock(fd):
+        if lock_descriptor(fd, blocking=False):
             return True
     delay = first
     while True:
@@ -168,7 +152,7 @@ def wait_flock(fd: int, deadline: float, *, first: float, cap: float, yields: in
         if now >= deadline:
             return False
         time.sleep(min(delay * (0.5 + random.random()) if jitter else delay, deadline - now))
-        if try_flock(fd):
+        if lock_descriptor(fd, blocking=False):
             return True
         delay = min(delay * 2, cap)
 

@@ -31,18 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import lockstore
-from lockstore.aio import AsyncStoreMixin
 
 from .remote_bench import servers
 
 BACKENDS = ("lmdb", "redis", "postgres")
-
-
-def asyncify(store: Any) -> Any:
-    """*store* with the async API (until ``BaseStore`` inherits :class:`AsyncStoreMixin`)."""
-    if not hasattr(store, "aget"):
-        store.__class__ = type(type(store).__name__, (type(store), AsyncStoreMixin), {})
-    return store
 
 
 def sids(scenario: str, workers: int) -> list[str]:
@@ -161,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                         opened = lockstore.open(urls["redis"], prefix=name, timeout=timeout)
                     else:
                         opened = lockstore.open(urls["postgres"], table=name, pool_size=args.workers + 10)
-                    with contextlib.closing(asyncify(opened)) as store:
+                    with contextlib.closing(opened) as store:
                         if mode == "tasks":
                             n = asyncio.run(run_tasks(store, scenario, args.workers, args.seconds))
                         elif mode == "threads":

@@ -20,7 +20,6 @@ from conftest import Clock
 from procs import Occupancy
 
 import lockstore
-from lockstore.aio import AsyncStoreMixin
 
 # shelve twice: its default dbm and dbm.dumb (a whole-file index, the slowest writes)
 ALL = ["lmdb", "shelve", "dumb", "memory", "redis", "postgres"]
@@ -30,14 +29,6 @@ TASKS = 50
 PROCESSES = 4
 ROUNDS = 5
 BLOCKED = 0.2  # a gap of the event loop's 5 ms beat this long means it was blocked
-
-
-def asyncify(store: lockstore.BaseStore) -> Any:
-    """*store* with the async API. Until ``BaseStore`` inherits :class:`AsyncStoreMixin` (the merge), the
-    mixin is put under the store's own class here; afterwards this returns *store* unchanged."""
-    if not hasattr(store, "aget"):
-        store.__class__ = type(type(store).__name__, (type(store), AsyncStoreMixin), {})
-    return store
 
 
 def target(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> tuple[str, dict[str, Any]]:
@@ -62,10 +53,10 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..
             request.applymarker(pytest.mark.servers)
         if backend == "tiered":  # a store whose edit holds a thread's lock: its start and end run on one thread
             url, extra = target(request, tmp_path, "shelve")
-            store = asyncify(lockstore.tiered(lockstore.open(url, **extra, **options), single_process=True))
+            store = lockstore.tiered(lockstore.open(url, **extra, **options), single_process=True)
         else:
             url, extra = target(request, tmp_path, backend)
-            store = asyncify(lockstore.open(url, **extra, **options))
+            store = lockstore.open(url, **extra, **options)
         opened.append(store)
         return store, (url, extra)
 
@@ -162,7 +153,7 @@ def test_closed_store(make: Callable[..., Any]) -> None:
 
 def edit_worker(url: str, options: dict[str, Any], sid: str, barrier: Any, occupancy: Occupancy, results: Any) -> None:
     """TASKS tasks x ROUNDS ``aedit`` increments of *sid*; reports the longest wait for the lock."""
-    store = asyncify(lockstore.open(url, **options))
+    store = lockstore.open(url, **options)
 
     async def one() -> float:
         worst = 0.0
@@ -349,7 +340,7 @@ def test_cancelled_while_waiting_for_another_process(make: Callable[..., Any], b
     """A task cancelled while another process holds the lock: nothing written, and once the holder is done
     the lock is free at once (a thread still waiting on the server gives it back when it gets it)."""
     store, (url, options) = make(backend, timeout=10)
-    other = asyncify(lockstore.open(url, **options, timeout=1.0))  # its own locks, as another process
+    other = lockstore.open(url, **options, timeout=1.0)  # its own locks, as another process
     holder = holding(url, options, "held", 0.8)
 
     async def main() -> None:
