@@ -9,9 +9,11 @@ one place that chooses them) and their gates; :func:`call` runs a store operatio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Generator, Iterator, MutableMapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
@@ -130,10 +132,21 @@ def choose_codec(
 
 async def call(store: BaseStore, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
     """Run a store operation for async code: inline on an embedded store (microseconds, and a shard
-    lock held for microseconds by others), in a thread on a remote one (network round trips)."""
+    lock held for microseconds by others), in a thread on a remote one (network round trips).
+
+    A task cancelled meanwhile waits for the thread before it sees the cancellation: a write is then done (whole)
+    before the caller gives its session lock back, never landing after another request has read the session.
+    """
     if isinstance(store, Store):
         return fn(*args, **kwargs)
-    return await asyncio.to_thread(fn, *args, **kwargs)
+    job = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        while not job.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((job,))
+        raise
 
 
 def read(store: BaseStore, sid: str) -> Any:
@@ -159,12 +172,15 @@ class Session(MutableMapping[str, Any]):
         The request-long locks (:func:`request_locks_for`), or ``None`` for no request-long lock.
     lock_timeout
         Seconds to wait for the lock (``None``: the locks' default).
+    gates
+        The site's :class:`~lockstore.web.requestlock.Gates` when requests share a thread (asyncio), else ``None``.
 
     Notes
     -----
     A session belongs to one request: it is not meant to be shared between threads.  The first access takes the
     session's lock (``LockTimeout`` when it does not come within the timeout) and reads the record; :meth:`release`
-    frees the locks and must be called when the response is finished.
+    frees the locks and must be called when the response is finished.  Async code calls :meth:`aload` first and
+    :meth:`asave` at the end: the lock wait and the store's I/O then never block the event loop.
     """
 
     def __init__(
@@ -174,10 +190,11 @@ class Session(MutableMapping[str, Any]):
         *,
         locks: RequestLocks | None = None,
         lock_timeout: float | None = None,
+        gates: Gates | None = None,
     ) -> None:
         self.store = store
         self.cookie_id = cookie_id if is_valid_id(cookie_id) else None
-        self._hold = None if locks is None else RequestHold(locks, timeout=lock_timeout)
+        self._hold = None if locks is None else RequestHold(locks, gates=gates, timeout=lock_timeout)
         self.loaded = False
         self.accessed = False
         self._data: dict[str, Any] = {}
@@ -216,25 +233,35 @@ class Session(MutableMapping[str, Any]):
             The request-long lock was not obtained in time.
         """
         self.accessed = True
-        if self.loaded:
-            return self._data
-        sid = self.cookie_id
-        if sid is not None:
-            if self._hold is not None:
+        if not self.loaded:
+            sid = self.cookie_id
+            if sid is not None and self._hold is not None:
                 self._hold.lock(sid)
-            value = read(self.store, sid)
-            if isinstance(value, dict):
-                self._data = value
-                self._id = sid
-                self._stored = self._was_stored = True
-                self._snapshot = snapshot(value)
-            else:
-                # Unknown, expired or forged: a fresh session under a new id (never
-                # the client's id, against session fixation).
-                if self._hold is not None:
-                    self._hold.unlock(sid)
-        self.loaded = True
+            self._loaded(None if sid is None else read(self.store, sid))
         return self._data
+
+    async def aload(self) -> None:
+        """:meth:`load` for async code, without counting as an access: the lock is awaited (asyncio back-off), the
+        record read by :func:`call`.  Afterwards every access is served from memory."""
+        if self.loaded:
+            return
+        sid = self.cookie_id
+        if sid is not None and self._hold is not None:
+            await self._hold.alock(sid)
+        self._loaded(None if sid is None else await call(self.store, read, self.store, sid))
+
+    def _loaded(self, value: Any) -> None:
+        sid = self.cookie_id
+        if isinstance(value, dict):
+            self._data = value
+            self._id = sid
+            self._stored = self._was_stored = True
+            self._snapshot = snapshot(value)
+        elif sid is not None and self._hold is not None:
+            # Unknown, expired or forged: a fresh session under a new id (never
+            # the client's id, against session fixation).
+            self._hold.unlock(sid)
+        self.loaded = True
 
     def release(self) -> None:
         """Release the request-long locks (idempotent)."""
@@ -308,15 +335,20 @@ class Session(MutableMapping[str, Any]):
     def invalidate(self) -> None:
         """Delete the session from the store now and start an empty one (logout)."""
         self.load()
-        for sid in [*self._old_ids, *([self._id] if self._stored and self._id else [])]:
-            self.store.pop(sid, None)
+        doomed = [*self._old_ids, *([self._id] if self._stored and self._id else [])]
         self._old_ids = []
+        self._forget(doomed)
         self._data = {}
         self._snapshot = {}
         self._id = None
         self._stored = False
         self._rewrite = False
         self._invalidated = True
+
+    def _forget(self, ids: list[str]) -> None:
+        """Delete the sessions *ids* (:meth:`invalidate`); a subclass may leave them to :meth:`save` instead."""
+        for sid in ids:
+            self.store.pop(sid, None)
 
     def _changes(self) -> tuple[dict[str, Any], list[str]]:
         if self._rewrite or not self._stored:
@@ -329,6 +361,29 @@ class Session(MutableMapping[str, Any]):
         ``"set"`` means the client must learn the id (new or changed); refreshing the cookie of an existing session is
         the caller's choice. Safe to call more than once: a second call writes only later changes.
         """
+        steps = self._saving()
+        try:
+            step = next(steps)
+            while True:
+                step = steps.send(step())
+        except StopIteration as done:
+            action: str | None = done.value
+            return action
+
+    async def asave(self) -> str | None:
+        """:meth:`save` for async code: each store operation runs by :func:`call`."""
+        steps = self._saving()
+        try:
+            step = next(steps)
+            while True:
+                step = steps.send(await call(self.store, step))
+        except StopIteration as done:
+            action: str | None = done.value
+            return action
+
+    def _saving(self) -> Generator[Callable[[], Any], Any, str | None]:
+        """The steps of :meth:`save`, written once for both callers: each store operation is yielded, and its
+        result sent back, by the caller that runs it (blocking, or from async code)."""
         if not self.loaded:
             return None
         action: str | None = "set" if self._force and self._id else None
@@ -336,36 +391,49 @@ class Session(MutableMapping[str, Any]):
         sid = self._id
         if sid is not None and not self._stored:
             if changed:
-                with self.store.edit(sid, create=True) as record:
-                    record.clear()
-                    record.update(changed)
+                yield partial(self._create, sid, changed)
                 self._stored = True
                 action = "set"
             elif self._was_stored or self.cookie_id is not None:
                 action = "delete"
-        elif sid is not None and (changed or deleted):
-            try:
-                with self.store.edit(sid, create=False) as record:
-                    merge(record, changed, deleted)
-                    empty = not record
-            except KeyError:
-                # Deleted meanwhile (logout in another request, or expired): never resurrect it.
-                logger.info("session %.8s... vanished during the request; changes dropped", sid)
-                empty = True
-            if empty:
-                self.store.pop(sid, None)
-                self._id = None
-                self._stored = False
-                self._data = {}
-                action = "delete"
+        elif sid is not None and (changed or deleted) and (yield partial(self._update, sid, changed, deleted)):
+            yield partial(self.store.pop, sid, None)
+            self._id = None
+            self._stored = False
+            self._data = {}
+            action = "delete"
         for old in self._old_ids:
-            self.store.pop(old, None)
+            yield partial(self.store.pop, old, None)
         self._old_ids = []
         self._rewrite = False
         if self._invalidated and self._id is None and action is None and self.cookie_id is not None:
             action = "delete"
         self._snapshot = snapshot(self._data)
         return action
+
+    def _create(self, sid: str, data: dict[str, Any]) -> None:
+        with self.store.edit(sid, create=True) as record:
+            record.clear()
+            record.update(data)
+
+    def _update(self, sid: str, changed: dict[str, Any], deleted: list[str]) -> bool:
+        """Merge this request's changes onto *sid*; whether it is left empty (then to be deleted)."""
+        try:
+            with self.store.edit(sid, create=False) as record:
+                merge(record, changed, deleted)
+                return not record
+        except KeyError:
+            # Deleted meanwhile (logout in another request, or expired): never resurrect it.
+            logger.info("session %.8s... vanished during the request; changes dropped", sid)
+            return True
+
+    def cookie_value(self, action: str | None, *, refresh: bool) -> str | None:
+        """The value the session cookie must be set to after :meth:`save` returned *action*: ``""`` deletes it,
+        ``None`` leaves it alone; an existing session's cookie is sent again when *refresh*."""
+        if action == "delete":
+            return ""
+        sid = self.stored_id
+        return sid if sid is not None and (action == "set" or refresh) else None
 
     @property
     def stored(self) -> bool:
