@@ -10,7 +10,7 @@ uvicorn workers, Starlette and FastAPI apps of ``web_apps/asgi_apps.py``): the w
 from __future__ import annotations
 
 import asyncio
-import http.client
+import socket
 import statistics
 import threading
 import time
@@ -295,3 +295,100 @@ def test_a_client_disconnect_frees_the_lock_at_once_and_drops_the_changes_made_w
         assert streaming.sent[-1].get("more_body", False)  # the body never completed
 
     asyncio.run(main())
+
+
+# -- real servers -----------------------------------------------------------------------------------------------
+
+SERVERS = {"uvicorn": uvicorn, "gunicorn-uvicorn": gunicorn_uvicorn}
+REQUESTS = 200  # per client of the shared cookie: 8 x 200 = 1,600 increments of one session
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("app", ["starlette", "fastapi"])
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_no_update_is_lost_under_four_workers(server: str, app: str, tmp_path: Path) -> None:
+    env = {"LOCKSTORE_TEST_PATH": str(tmp_path / "store")}
+    with SERVERS[server](f"make_{app}_app", workers=4, env=env) as port:
+        result = shared(port, clients=8, requests=REQUESTS)
+        assert result["errors"] == 0 and result["lost"] == 0 and result["final"] == 8 * REQUESTS + 1, result
+        own = users(port, clients=8, requests=25)
+        assert own["lost"] == 0 and own["finals"] == [25] * 8, own
+        kept = readers(port)
+        assert kept["reads"] > 0 and kept["lost"] == 0 and kept["final"] == 41, kept
+
+
+def latencies(port: int, count: int) -> list[float]:
+    """Seconds each of *count* requests of fresh users takes, one after another."""
+    times = []
+    for _ in range(count):
+        started = time.monotonic()
+        assert get(port, "/incr").status == 200
+        times.append(time.monotonic() - started)
+    return times
+
+
+def test_a_slow_request_blocks_neither_the_loop_nor_the_same_users_updates(tmp_path: Path) -> None:
+    env = {"LOCKSTORE_TEST_PATH": str(tmp_path / "store")}
+    with uvicorn("make_starlette_app", workers=1, env=env) as port:  # one worker: one event loop serves all
+        latencies(port, 10)  # warm up
+        normal = statistics.median(latencies(port, 40))
+        slow_user = Client(port)
+        slow_user.get("/incr")
+        slow = threading.Thread(target=slow_user.get, args=("/slow?s=2",))
+        slow.start()
+        time.sleep(0.2)
+        meanwhile = latencies(port, 40)  # other users, while the slow request holds its session on the loop
+        slow.join()
+        assert len(meanwhile) == 40 and max(meanwhile) < 1.0
+        assert statistics.median(meanwhile) < max(3 * normal, normal + 0.02), (normal, meanwhile)
+        # the same user's requests made meanwhile wait for the slow one's lock, then each is kept
+        result = during(port, seconds=2.0)
+        assert result["updates"] >= 2 and result["lost"] == 0, result
+
+
+def stream_then_hang_up(port: int, cookie: str) -> str:
+    """GET ``/stream`` (40 chunks, 0.1 s apart), read up to the first chunk, then close the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        request = f"GET /stream?chunks=40&s=0.1 HTTP/1.1\r\nHost: x\r\nCookie: {COOKIE}={cookie}\r\n\r\n"
+        sock.sendall(request.encode())
+        received = b""
+        while b"\r\n\r\n" not in received or not received.split(b"\r\n\r\n", 1)[1].count(b"\r\n") >= 2:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+    head, body = received.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body.split(b"\r\n")[1].decode().strip()  # chunked encoding: size line, then the data "3\n"
+
+
+@pytest.mark.parametrize("app", ["starlette", "fastapi"])
+def test_a_client_hanging_up_mid_stream_frees_the_lock_and_writes_nothing_half(app: str, tmp_path: Path) -> None:
+    env = {"LOCKSTORE_TEST_PATH": str(tmp_path / "store")}
+    with uvicorn(f"make_{app}_app", workers=2, env=env) as port:
+        user = Client(port)
+        assert user.get("/incr").body == "1"
+        assert user.cookie is not None
+        assert stream_then_hang_up(port, user.cookie) == "3"  # +1 before the headers, +1 for the first chunk
+        started = time.monotonic()
+        reply = user.get("/incr")  # the stream would hold the lock for 4 s: its hang-up released it
+        assert reply.status == 200 and time.monotonic() - started < 2.0
+        # saved with the headers: 2; the chunks' increments (made after the headers) never written
+        assert reply.body == "3", reply.body
+        time.sleep(0.5)
+        assert user.get("/read").body == "3"
+
+
+def test_a_lock_not_obtained_in_time_answers_503_with_retry_after(tmp_path: Path) -> None:
+    env = {"LOCKSTORE_TEST_PATH": str(tmp_path / "store"), "LOCKSTORE_TEST_TIMEOUT": "0.5"}
+    with gunicorn_uvicorn("make_fastapi_app", workers=2, env=env) as port:
+        user = Client(port)
+        user.get("/incr")
+        slow = threading.Thread(target=user.get, args=("/slow?s=2",))
+        slow.start()
+        time.sleep(0.3)
+        assert user.cookie is not None
+        reply = get(port, "/incr", user.cookie)
+        slow.join()
+        assert reply.status == 503 and reply.header("Retry-After") == "1", reply
+        assert user.get("/read").body == "2"  # the slow request's update; nothing of the 503
