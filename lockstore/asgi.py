@@ -23,7 +23,7 @@ against session fixation) and ``invalidate()`` (logout) on ``request.session``. 
 **The lock.** A request carrying a session cookie holds that session's request-long lock from before the application
 runs until the response is complete, so one user's concurrent requests never lose each other's updates.  It is
 awaited without blocking the event loop (non-blocking tries with ``asyncio.sleep`` back-off, 0.2 ms doubling to
-5 ms): the worker serves other users meanwhile.  Not obtained within ``lock_timeout`` (default: the store's
+1 ms): the worker serves other users meanwhile.  Not obtained within ``lock_timeout`` (default: the store's
 ``timeout``), the answer is 503 with ``Retry-After: 1``.  Released when the last body message is sent, when the
 client disconnects (an ``http.disconnect`` the application receives, as Starlette's streaming responses do: later
 changes are discarded) and when the request ends otherwise (an exception, a cancellation).
