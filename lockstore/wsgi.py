@@ -151,12 +151,10 @@ class SessionMiddleware:
             "httponly": self.httponly,
             "samesite": self.samesite,
         }
-        if action == "delete":
-            return cookie_header(self.cookie_name, "", max_age=0, **attrs)
-        sid = session.stored_id
-        if sid is not None and (action == "set" or session.accessed):
-            return cookie_header(self.cookie_name, sid, max_age=max_age or None, **attrs)
-        return None
+        value = session.cookie_value(action, refresh=session.accessed)
+        if value is None:
+            return None
+        return cookie_header(self.cookie_name, value, max_age=(max_age or None) if value else 0, **attrs)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         session = Session(

@@ -1,151 +1,32 @@
-"""The web session every integration shares, and the site it lives in.
+"""The web session every integration shares.
 
-:class:`Session` is one request's view of one session (WSGI and Flask wrap it with their cookie and response;
-Django keeps its ``SessionBase`` contract and shares :func:`read`, the diff-and-merge and the lock).  A
-:class:`Site` is what an integration serves: the store, its request-long locks (:func:`request_locks_for`, the
-one place that chooses them) and their gates; :func:`call` runs a store operation for async code.
+:class:`Session` is one request's view of one session (WSGI, Flask and ASGI wrap it with their cookie and response;
+Django keeps its ``SessionBase`` contract and shares :func:`read`, the diff-and-merge and the lock).  The site it
+lives in (:class:`Site`, :func:`request_locks_for`, :func:`call`, ...) is :mod:`lockstore.web.site`'s, re-exported
+here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-from collections.abc import Iterator, MutableMapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar, cast
+from collections.abc import Generator, Iterator, MutableMapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-from ..base import BaseStore
-from ..errors import CorruptRecord
 from ..ids import is_valid_id, new_id
-from ..opener import open as open_store
-from ..opener import read_meta
-from ..store import Store
 from .changes import changes, merge, snapshot
-from .requestlock import Gates, RequestHold, RequestLocks
-from .stripes import DEFAULT_STRIPES, StripeLocks
+from .requestlock import RequestHold
+from .site import Site, call, choose_codec, open_site, read, request_locks_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .requestlock import RequestLocks
+    from ..base import BaseStore
+    from .requestlock import Gates, RequestLocks
 
 logger = logging.getLogger(__name__)
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 _NEW_ID_TRIES = 64
-
-
-class Site(NamedTuple):
-    """A store and its request-long locks (``None`` with the request lock off), with their gates."""
-
-    store: BaseStore
-    locks: RequestLocks | None
-    gates: Gates
-
-
-def request_locks_for(
-    store: BaseStore,
-    *,
-    request_lock: bool = True,
-    lock_dir: str | Path | None = None,
-    stripes: int = DEFAULT_STRIPES,
-    timeout: float | None = None,
-) -> RequestLocks | None:
-    """The request-long locks to use with *store* (``None`` with *request_lock* off): the one place that chooses.
-
-    Stripes under ``<store path>/stripes/`` or *lock_dir*; in-process ones for a ``memory`` store.  A store on a
-    server, with no *lock_dir*, gives the locks it keeps on that server: its ``request_locks(stripes=, timeout=)``
-    returns a :class:`~lockstore.web.requestlock.RequestLocks` that serialises one session's requests across every
-    host.  With *lock_dir*, stripes there serialise one machine's requests only.  *timeout* defaults to the store's.
-
-    Raises
-    ------
-    ValueError
-        A store on a server that keeps no request locks there, and no *lock_dir*.
-    """
-    if not request_lock:
-        return None
-    wait = store.timeout if timeout is None else timeout
-    if lock_dir is None and isinstance(store, Store):
-        lock_dir = None if store.backend == "memory" else Path(store.path) / "stripes"
-    elif lock_dir is None and callable(server_locks := getattr(store, "request_locks", None)):
-        return cast("RequestLocks", server_locks(stripes=stripes, timeout=wait))
-    elif lock_dir is None:
-        msg = (
-            f"a {store.backend} store has no local directory for the request-long session locks: "
-            "pass lock_dir= (a local directory), or request_lock=False"
-        )
-        raise ValueError(msg)
-    return StripeLocks(lock_dir, stripes=stripes, timeout=wait)
-
-
-def open_site(
-    path: str | os.PathLike[str],
-    options: dict[str, Any],
-    *,
-    request_lock: bool = True,
-    lock_dir: str | Path | None = None,
-    stripes: int = DEFAULT_STRIPES,
-    lock_timeout: float | None = None,
-) -> Site:
-    """Open the store at *path* with *options* and its request-long locks (``ValueError``: see above; store closed)."""
-    store = open_store(path, **options)
-    try:
-        locks = request_locks_for(
-            store, request_lock=request_lock, lock_dir=lock_dir, stripes=stripes, timeout=lock_timeout
-        )
-    except BaseException:
-        store.close()  # no connection pool left behind
-        raise
-    return Site(store, locks, Gates())
-
-
-def choose_codec(
-    path: str | os.PathLike[str], options: dict[str, Any], wanted: str, *, asked_by: str, option: str, insist: bool
-) -> None:
-    """Put in *options* (given no ``codec``) the one to open *path* with for a serializer that asks *wanted*.
-
-    An existing store keeps its recorded codec (a different *wanted* is logged: a warning if the application set the
-    serializer, *asked_by*, itself: *insist*; *option* silences it); a new one gets *wanted*.
-    """
-    if isinstance(path, str) and "://" in path:
-        # A Redis or PostgreSQL store: without codec= a new one is json and an existing one keeps its
-        # codec; unsigned pickle opens only when the application asks for it, which a pickle serializer does.
-        if wanted == "pickle":
-            options["codec"] = "pickle"
-        return
-    meta = None if options.get("backend") == "memory" else read_meta(os.fspath(path))
-    if meta is None:
-        options["codec"] = wanted
-    elif meta["codec"] != wanted:
-        (logger.warning if insist else logger.info)(
-            "session store %s keeps its recorded codec %r although %s asks for %r "
-            "(set %s to silence this, or move the sessions with 'lockstore copy')",
-            path,
-            meta["codec"],
-            asked_by,
-            wanted,
-            option,
-        )
-
-
-async def call(store: BaseStore, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Run a store operation for async code: inline on an embedded store (microseconds, and a shard
-    lock held for microseconds by others), in a thread on a remote one (network round trips)."""
-    if isinstance(store, Store):
-        return fn(*args, **kwargs)
-    return await asyncio.to_thread(fn, *args, **kwargs)
-
-
-def read(store: BaseStore, sid: str) -> Any:
-    """The value stored under *sid*, or ``None``: absent, expired, or a record that does not decode."""
-    try:
-        return store.get(sid)
-    except CorruptRecord:
-        logger.warning("session %.8s... does not decode; starting a fresh one", sid)
-        return None
 
 
 class Session(MutableMapping[str, Any]):
@@ -162,12 +43,15 @@ class Session(MutableMapping[str, Any]):
         The request-long locks (:func:`request_locks_for`), or ``None`` for no request-long lock.
     lock_timeout
         Seconds to wait for the lock (``None``: the locks' default).
+    gates
+        The site's :class:`~lockstore.web.requestlock.Gates` when requests share a thread (asyncio), else ``None``.
 
     Notes
     -----
     A session belongs to one request: it is not meant to be shared between threads.  The first access takes the
     session's lock (``LockTimeout`` when it does not come within the timeout) and reads the record; :meth:`release`
-    frees the locks and must be called when the response is finished.
+    frees the locks and must be called when the response is finished.  Async code calls :meth:`aload` first and
+    :meth:`asave` at the end: the lock wait and the store's I/O then never block the event loop.
     """
 
     def __init__(
@@ -177,10 +61,11 @@ class Session(MutableMapping[str, Any]):
         *,
         locks: RequestLocks | None = None,
         lock_timeout: float | None = None,
+        gates: Gates | None = None,
     ) -> None:
         self.store = store
         self.cookie_id = cookie_id if is_valid_id(cookie_id) else None
-        self._hold = None if locks is None else RequestHold(locks, timeout=lock_timeout)
+        self._hold = None if locks is None else RequestHold(locks, gates=gates, timeout=lock_timeout)
         self.loaded = False
         self.accessed = False
         self._data: dict[str, Any] = {}
@@ -219,25 +104,35 @@ class Session(MutableMapping[str, Any]):
             The request-long lock was not obtained in time.
         """
         self.accessed = True
-        if self.loaded:
-            return self._data
-        sid = self.cookie_id
-        if sid is not None:
-            if self._hold is not None:
+        if not self.loaded:
+            sid = self.cookie_id
+            if sid is not None and self._hold is not None:
                 self._hold.lock(sid)
-            value = read(self.store, sid)
-            if isinstance(value, dict):
-                self._data = value
-                self._id = sid
-                self._stored = self._was_stored = True
-                self._snapshot = snapshot(value)
-            else:
-                # Unknown, expired or forged: a fresh session under a new id (never
-                # the client's id, against session fixation).
-                if self._hold is not None:
-                    self._hold.unlock(sid)
-        self.loaded = True
+            self._loaded(None if sid is None else read(self.store, sid))
         return self._data
+
+    async def aload(self) -> None:
+        """:meth:`load` for async code, without counting as an access: the lock is awaited (asyncio back-off), the
+        record read by :func:`call`.  Afterwards every access is served from memory."""
+        if self.loaded:
+            return
+        sid = self.cookie_id
+        if sid is not None and self._hold is not None:
+            await self._hold.alock(sid)
+        self._loaded(None if sid is None else await call(self.store, read, self.store, sid))
+
+    def _loaded(self, value: Any) -> None:
+        sid = self.cookie_id
+        if isinstance(value, dict):
+            self._data = value
+            self._id = sid
+            self._stored = self._was_stored = True
+            self._snapshot = snapshot(value)
+        elif sid is not None and self._hold is not None:
+            # Unknown, expired or forged: a fresh session under a new id (never
+            # the client's id, against session fixation).
+            self._hold.unlock(sid)
+        self.loaded = True
 
     def release(self) -> None:
         """Release the request-long locks (idempotent)."""
@@ -311,15 +206,20 @@ class Session(MutableMapping[str, Any]):
     def invalidate(self) -> None:
         """Delete the session from the store now and start an empty one (logout)."""
         self.load()
-        for sid in [*self._old_ids, *([self._id] if self._stored and self._id else [])]:
-            self.store.pop(sid, None)
+        doomed = [*self._old_ids, *([self._id] if self._stored and self._id else [])]
         self._old_ids = []
+        self._forget(doomed)
         self._data = {}
         self._snapshot = {}
         self._id = None
         self._stored = False
         self._rewrite = False
         self._invalidated = True
+
+    def _forget(self, ids: list[str]) -> None:
+        """Delete the sessions *ids* (:meth:`invalidate`); a subclass may leave them to :meth:`save` instead."""
+        for sid in ids:
+            self.store.pop(sid, None)
 
     def _changes(self) -> tuple[dict[str, Any], list[str]]:
         if self._rewrite or not self._stored:
@@ -332,6 +232,29 @@ class Session(MutableMapping[str, Any]):
         ``"set"`` means the client must learn the id (new or changed); refreshing the cookie of an existing session is
         the caller's choice. Safe to call more than once: a second call writes only later changes.
         """
+        steps = self._saving()
+        try:
+            step = next(steps)
+            while True:
+                step = steps.send(step())
+        except StopIteration as done:
+            action: str | None = done.value
+            return action
+
+    async def asave(self) -> str | None:
+        """:meth:`save` for async code: each store operation runs by :func:`call`."""
+        steps = self._saving()
+        try:
+            step = next(steps)
+            while True:
+                step = steps.send(await call(self.store, step))
+        except StopIteration as done:
+            action: str | None = done.value
+            return action
+
+    def _saving(self) -> Generator[Callable[[], Any], Any, str | None]:
+        """The steps of :meth:`save`, written once for both callers: each store operation is yielded, and its
+        result sent back, by the caller that runs it (blocking, or from async code)."""
         if not self.loaded:
             return None
         action: str | None = "set" if self._force and self._id else None
@@ -339,36 +262,49 @@ class Session(MutableMapping[str, Any]):
         sid = self._id
         if sid is not None and not self._stored:
             if changed:
-                with self.store.edit(sid, create=True) as record:
-                    record.clear()
-                    record.update(changed)
+                yield partial(self._create, sid, changed)
                 self._stored = True
                 action = "set"
             elif self._was_stored or self.cookie_id is not None:
                 action = "delete"
-        elif sid is not None and (changed or deleted):
-            try:
-                with self.store.edit(sid, create=False) as record:
-                    merge(record, changed, deleted)
-                    empty = not record
-            except KeyError:
-                # Deleted meanwhile (logout in another request, or expired): never resurrect it.
-                logger.info("session %.8s... vanished during the request; changes dropped", sid)
-                empty = True
-            if empty:
-                self.store.pop(sid, None)
-                self._id = None
-                self._stored = False
-                self._data = {}
-                action = "delete"
+        elif sid is not None and (changed or deleted) and (yield partial(self._update, sid, changed, deleted)):
+            yield partial(self.store.pop, sid, None)
+            self._id = None
+            self._stored = False
+            self._data = {}
+            action = "delete"
         for old in self._old_ids:
-            self.store.pop(old, None)
+            yield partial(self.store.pop, old, None)
         self._old_ids = []
         self._rewrite = False
         if self._invalidated and self._id is None and action is None and self.cookie_id is not None:
             action = "delete"
         self._snapshot = snapshot(self._data)
         return action
+
+    def _create(self, sid: str, data: dict[str, Any]) -> None:
+        with self.store.edit(sid, create=True) as record:
+            record.clear()
+            record.update(data)
+
+    def _update(self, sid: str, changed: dict[str, Any], deleted: list[str]) -> bool:
+        """Merge this request's changes onto *sid*; whether it is left empty (then to be deleted)."""
+        try:
+            with self.store.edit(sid, create=False) as record:
+                merge(record, changed, deleted)
+                return not record
+        except KeyError:
+            # Deleted meanwhile (logout in another request, or expired): never resurrect it.
+            logger.info("session %.8s... vanished during the request; changes dropped", sid)
+            return True
+
+    def cookie_value(self, action: str | None, *, refresh: bool) -> str | None:
+        """The value the session cookie must be set to after :meth:`save` returned *action*: ``""`` deletes it,
+        ``None`` leaves it alone; an existing session's cookie is sent again when *refresh*."""
+        if action == "delete":
+            return ""
+        sid = self.stored_id
+        return sid if sid is not None and (action == "set" or refresh) else None
 
     @property
     def stored(self) -> bool:

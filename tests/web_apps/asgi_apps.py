@@ -8,14 +8,16 @@ variables so that a server process started by a test or the harness finds it:
                             ``starlette``: Starlette's ``SessionMiddleware`` (signed cookies);
                             ``starsessions``: starsessions with its Redis store (``LOCKSTORE_TEST_URL``)
 ``LOCKSTORE_TEST_URL``      a store URL (``redis://...``): starsessions' server; for ``lockstore``, a remote store
-``LOCKSTORE_TEST_PATH``     the store directory of ``lockstore`` when no URL is given
+``LOCKSTORE_TEST_PATH``     the store directory of ``lockstore`` when no URL is given (with a URL: where the
+                            request-long lock stripes live, shared by the workers of this machine)
 ``LOCKSTORE_TEST_TIMEOUT``  lockstore's lock timeout in seconds (default 10)
 
 Every kind uses the cookie name ``lockstore_sid`` (``web_apps.servers.COOKIE``), so one client drives them all.
 
 Routes: ``/incr`` adds one to ``n``; ``/read`` only reads it; ``/slow?s=2`` adds one, then awaits
 ``asyncio.sleep(s)`` with the session open; ``/logout`` clears the session; ``/plain`` never touches the
-session; ``/pid`` is the worker's pid.
+session; ``/pid`` is the worker's pid; ``/stream?chunks=k&s=t`` adds one, then streams k chunks t s apart,
+adding one more before each (changes made while the body streams).
 
 uvicorn: ``--factory tests.web_apps.asgi_apps:make_starlette_app`` (or ``make_fastapi_app``); gunicorn:
 ``tests.web_apps.asgi_apps:make_starlette_app()``. ``lockstore.asgi`` is imported only when a ``lockstore`` app
@@ -98,10 +100,25 @@ def session_middleware() -> list[Any]:
         # imported here, by name: lockstore.asgi is written after this harness (issue 13)
         asgi = importlib.import_module("lockstore.asgi")
         timeout = float(os.environ.get("LOCKSTORE_TEST_TIMEOUT", 10))
-        location = os.environ.get("LOCKSTORE_TEST_URL") or os.environ["LOCKSTORE_TEST_PATH"]
-        store = lockstore.open(location, timeout=timeout)
-        return [Middleware(asgi.SessionMiddleware, store=store, session_cookie=COOKIE)]
+        url, path = os.environ.get("LOCKSTORE_TEST_URL"), os.environ["LOCKSTORE_TEST_PATH"]
+        store = lockstore.open(url or path, timeout=timeout)
+        # a remote store's request-long locks: stripes in a local directory every worker of this machine shares
+        lock_dir = os.path.join(path, "stripes") if url else None
+        return [Middleware(asgi.SessionMiddleware, store=store, session_cookie=COOKIE, lock_dir=lock_dir)]
     raise ValueError(f"unknown LOCKSTORE_TEST_MODE {kind!r}: lockstore, starlette or starsessions")
+
+
+def stream(session: Session, query: dict[str, str]) -> Any:
+    """``/stream``: the body iterator of a streaming response (changes made while it streams)."""
+    session["n"] = session.get("n", 0) + 1
+
+    async def chunks() -> Any:
+        for _ in range(int(query.get("chunks", "3"))):
+            await asyncio.sleep(float(query.get("s", "0.2")))
+            session["n"] += 1
+            yield f"{session['n']}\n".encode()
+
+    return chunks()
 
 
 # -- the two frameworks -------------------------------------------------------------------------------------
@@ -111,7 +128,7 @@ def make_starlette_app() -> Any:
     """The counter as a plain Starlette application."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import PlainTextResponse
+    from starlette.responses import PlainTextResponse, StreamingResponse
     from starlette.routing import Route
 
     def endpoint(handler: Handler) -> Callable[[Request], Awaitable[PlainTextResponse]]:
@@ -126,15 +143,18 @@ def make_starlette_app() -> Any:
     async def pid(request: Request) -> PlainTextResponse:
         return PlainTextResponse(str(os.getpid()))
 
+    async def streaming(request: Request) -> StreamingResponse:
+        return StreamingResponse(stream(request.session, dict(request.query_params)), media_type="text/plain")
+
     routes = [Route(path, endpoint(handler)) for path, handler in SESSION_ROUTES.items()]
-    routes += [Route("/plain", plain), Route("/pid", pid)]
+    routes += [Route("/plain", plain), Route("/pid", pid), Route("/stream", streaming)]
     return Starlette(routes=routes, middleware=session_middleware())
 
 
 def make_fastapi_app() -> Any:
     """The counter as a FastAPI application (``request.session`` in path operations)."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import PlainTextResponse
+    from fastapi.responses import PlainTextResponse, StreamingResponse
 
     app = FastAPI(middleware=session_middleware(), openapi_url=None, docs_url=None, redoc_url=None)
 
@@ -156,5 +176,11 @@ def make_fastapi_app() -> Any:
     @app.get("/pid", response_class=PlainTextResponse)
     async def pid() -> str:
         return str(os.getpid())
+
+    async def streaming(request: Request) -> StreamingResponse:
+        return StreamingResponse(stream(request.session, dict(request.query_params)), media_type="text/plain")
+
+    streaming.__annotations__ = {"request": Request}
+    app.get("/stream", response_class=StreamingResponse)(streaming)
 
     return app
