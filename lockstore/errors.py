@@ -11,6 +11,14 @@ class LockTimeout(LockstoreError, TimeoutError):
     """A shard or session lock was not obtained within the store's timeout; nothing was written."""
 
 
+class LockLost(LockTimeout):
+    """A lock held on a server lapsed before its holder was done (its lease ran out: the holder was paused,
+    or cut off from the server, longer than the lease); the holder's write was refused and nothing was written.
+
+    A :class:`LockTimeout`, so code that handles a busy session handles this one too.
+    """
+
+
 class InvalidSessionId(LockstoreError, ValueError):
     """A session id is not a str of 1 to 256 characters from ``[A-Za-z0-9_.~-]``."""
 
