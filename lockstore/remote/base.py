@@ -373,6 +373,19 @@ class RemoteStore(BaseStore):
         for batch in self._batches():
             yield from self._decode_batch(batch, self.clock(), expired, on_error)
 
+    def verify(self) -> list[tuple[str, str]]:
+        bad: list[tuple[str, str]] = []
+        for batch in self._batches():
+            for sid, shown, rec in batch:
+                try:
+                    if rec is not None and sid is None:
+                        raise CorruptRecord(f"the stored id {shown[:60]} is not a valid session id (not lockstore's)")
+                    if rec is not None and sid is not None:
+                        self._codec.decode(sid.encode(), rec)
+                except Exception as exc:
+                    bad.append((shown, str(exc)))
+        return bad
+
     def stats(self) -> dict[str, Any]:
         live, expired, size, server = self._counts()
         return {

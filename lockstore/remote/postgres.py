@@ -33,28 +33,24 @@ and the codecs behave the same; ``last_access`` repeats the record's time for th
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, Unpack
+from typing import Any, Unpack
 
 import psycopg
-import psycopg_pool
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .. import record as fmt
-from .._process import GENERATION
-from ..errors import BackendUnavailable, LockTimeout, StoreClosed, StoreMismatch
+from ..errors import BackendUnavailable, LockTimeout, StoreMismatch
 from ..ids import describe_id, is_valid_id, validate_id
 from ..options import Options, PostgresOptions
 from ..record import HEADER_SIZE
-from .base import Make, RemoteEdit, RemoteStore, is_secret_name, redact_url
+from .base import Make, RemoteEdit, RemoteStore
 from .meta import Pairs, Settings, creation_fields
+from .postgres_pool import Connections, display
 
 logger = logging.getLogger(__name__)
 
@@ -62,25 +58,6 @@ PAGE = 500
 CLEAN_BATCH = 5000
 # The ids validate_id accepts, for the queries that list and count sessions.
 _VALID_ID_SQL = "sid ~ '^[A-Za-z0-9_.~-]+$' AND length(sid) <= 256 AND sid <> '.' AND sid <> '..'"
-_CONNINFO_PAIR = re.compile(r"([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'?|[^\s&]+)")
-T = TypeVar("T")
-
-
-def _display(url: str) -> tuple[str, list[str]]:
-    """How the store shows *url* (user, host, port and database only) and every secret value it holds
-    (passwords, and keywords named like one: see :func:`~lockstore.remote.base.is_secret_name`)."""
-    found = redact_url(url)[1] if "://" in url else []
-    # Also from the raw text: a conninfo string that does not parse can still be echoed by an error.
-    found += [v.strip("'") for name, v in _CONNINFO_PAIR.findall(url) if is_secret_name(name)]
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.Error:
-        return "postgresql://?", found
-    found += [str(v) for name, v in params.items() if is_secret_name(name) and v]
-    host = params.get("host", "")
-    port = params.get("port", "")
-    shown = f"postgresql://{params.get('user', '')}@{host}{':' + str(port) if port else ''}/{params.get('dbname', '')}"
-    return shown, found
 
 
 class _Edit(RemoteEdit):
@@ -146,7 +123,7 @@ class _Edit(RemoteEdit):
             store._clean_on_write(now)
 
 
-class PostgresStore(RemoteStore):
+class PostgresStore(Connections, RemoteStore):
     """A store in a PostgreSQL table: see :func:`open_postgres` and :func:`lockstore.open`.
 
     Notes
@@ -161,7 +138,7 @@ class PostgresStore(RemoteStore):
     name_option = "table"
     defaults = {"table": "lockstore_sessions", "pool_size": 20}
     edit_class = _Edit
-    _display = staticmethod(_display)
+    _display = staticmethod(display)
 
     @property
     def table(self) -> str:
@@ -170,27 +147,8 @@ class PostgresStore(RemoteStore):
 
     def _connect(self, url: str) -> None:
         self._next_clean = -math.inf
-        self._orphans: list[psycopg_pool.ConnectionPool[Any]] = []
-        options = (
-            f"-c lock_timeout={math.ceil(self.timeout * 1000)} "
-            f"-c idle_in_transaction_session_timeout={math.ceil(self.lock_ttl * 1000)}"
-        )
-        try:
-            self._conninfo = make_conninfo(
-                url,
-                connect_timeout=max(2, math.ceil(self.connect_timeout)),
-                options=options,
-                application_name="lockstore",
-            )
-        except psycopg.Error as exc:
-            raise ValueError(f"not a usable PostgreSQL URL or conninfo string: {self._scrub(exc)}") from None
         self._build_queries()
-        self._gen = GENERATION[0]
-        self._pool = self._new_pool()
-
-    def _disconnect(self) -> None:
-        if GENERATION[0] == self._gen:
-            self._pool.close(timeout=self.connect_timeout)
+        self._open_pool(url)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -224,118 +182,6 @@ class PostgresStore(RemoteStore):
             "SELECT count(*) FILTER (WHERE last_access >= %s AND {v}), "
             "count(*) FILTER (WHERE last_access < %s AND {v}), pg_total_relation_size({name}) FROM {t}"
         ).format(name=sql.Literal(self.table), t=t, v=valid)
-
-    def _new_pool(self) -> psycopg_pool.ConnectionPool[Any]:
-        return psycopg_pool.ConnectionPool(
-            self._conninfo,
-            min_size=1,
-            max_size=self._pool_size,
-            kwargs={"autocommit": True},
-            open=False,
-            timeout=self.connect_timeout,
-            reconnect_timeout=max(60.0, self.connect_timeout),
-            num_workers=1,
-            name=f"lockstore-{self.table}",
-        )
-
-    def _current_pool(self) -> psycopg_pool.ConnectionPool[Any]:
-        if self._closed:
-            raise StoreClosed(f"store {self.table!r} at {self.path} is closed")
-        if GENERATION[0] != self._gen:
-            with self._close_lock:
-                if GENERATION[0] != self._gen:
-                    # In a forked child: keep the inherited pool referenced forever, never closed, so that
-                    # no goodbye message goes out on the parent's connections; use a new pool.
-                    self._orphans.append(self._pool)
-                    self._pool = self._new_pool()
-                    self._gen = GENERATION[0]
-        pool = self._pool
-        if pool.closed:
-            with self._close_lock:
-                if pool.closed:
-                    try:
-                        pool.open(wait=True, timeout=self.connect_timeout)
-                    except psycopg.OperationalError as exc:
-                        pool.close()
-                        raise self._error(self._why(exc), "connecting") from None
-        return pool
-
-    def _why(self, exc: psycopg.OperationalError) -> psycopg.OperationalError:
-        """Why the pool got no connection: the pool only says it timed out (and logs the reason), so on
-        that failure path alone, one direct attempt tells (a wrong password, an unknown database...)."""
-        if not isinstance(exc, psycopg_pool.PoolTimeout):
-            return exc
-        try:
-            psycopg.connect(self._conninfo, autocommit=True).close()
-        except psycopg.OperationalError as direct:
-            return direct
-        return exc
-
-    def _error(self, exc: psycopg.Error, doing: str) -> Exception:
-        """The lockstore error for a client error, its text scrubbed of credentials. Raise it ``from None``:
-        a traceback would print the client error's own text as it is."""
-        if isinstance(exc, psycopg.errors.LockNotAvailable):
-            return LockTimeout(f"{doing}: a session's row stayed locked in {self.table!r} for {self.timeout} s")
-        if isinstance(exc, psycopg_pool.PoolTimeout):
-            return BackendUnavailable(
-                f"postgres at {self.path}: no connection within {self.connect_timeout} s "
-                f"while {doing} (server down, or all {self._pool_size} pooled connections busy)"
-            )
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | psycopg.errors.AdminShutdown):
-            return BackendUnavailable(
-                f"postgres at {self.path} is unavailable while {doing}: {type(exc).__name__}: {self._scrub(exc)}"
-            )
-        if isinstance(exc, psycopg.errors.IdleInTransactionSessionTimeout):
-            return LockTimeout(f"{doing}: the edit took longer than lock_ttl={self.lock_ttl} s; nothing was written")
-        return BackendUnavailable(
-            f"postgres at {self.path} failed while {doing}: {type(exc).__name__}: {self._scrub(exc)}"
-        )
-
-    def _putconn(self, conn: psycopg.Connection[Any]) -> None:
-        try:
-            self._pool.putconn(conn)
-        except (psycopg.Error, ValueError) as exc:  # pool closed meanwhile, or another pool after fork
-            logger.debug("could not return a connection to the pool: %s", self._scrub(exc))
-            conn.close()
-
-    def _run(self, fn: Callable[[psycopg.Connection[Any]], T], *, retry: bool = True, keep: bool = False) -> Any:
-        """``fn(conn)`` on a pooled connection, errors mapped; returns its result, or (conn, result)
-        with *keep* (the caller then gives the connection back with :meth:`_putconn`).
-
-        A broken connection is retried once after :meth:`ConnectionPool.check` has dropped the dead
-        ones: after a server restart every pooled connection is dead. Only for *retry* calls, which are
-        safe to repeat.
-        """
-        for attempt in (0, 1):
-            pool = self._current_pool()
-            try:
-                conn = pool.getconn()
-            except psycopg.Error as exc:
-                raise self._error(exc, "getting a connection") from None
-            try:
-                result = fn(conn)
-            except psycopg.Error as exc:
-                broken = conn.broken or conn.closed
-                if not broken and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    with contextlib.suppress(psycopg.Error):
-                        conn.rollback()
-                self._putconn(conn)
-                if broken and retry and attempt == 0:
-                    with contextlib.suppress(psycopg.Error):
-                        pool.check()
-                    continue
-                raise self._error(exc, "running a query") from None
-            except BaseException:
-                if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    with contextlib.suppress(psycopg.Error):
-                        conn.rollback()
-                self._putconn(conn)
-                raise
-            if keep:
-                return conn, result
-            self._putconn(conn)
-            return result
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def setup(self, codec: str | None = None, signed: bool | None = None) -> Settings:
         """Create the table, its index and its settings if missing, and check the recorded settings against
@@ -393,12 +239,12 @@ class PostgresStore(RemoteStore):
         result: Settings = self._run(run)
         return result
 
-    def _fetch_one(self, query: sql.Composed, params: tuple[Any, ...]) -> Any:
+    def _fetch_one(self, query: sql.Composed, params: tuple[Any, ...], *, retry: bool = True) -> Any:
         def run(conn: psycopg.Connection[Any]) -> Any:
             row = conn.execute(query, params).fetchone()
             return None if row is None else row[0]
 
-        return self._run(run)
+        return self._run(run, retry=retry)
 
     def _get(self, sid: str) -> bytes | None:
         rec = self._fetch_one(self._q_get, (validate_id(sid),))
@@ -459,15 +305,8 @@ class PostgresStore(RemoteStore):
         return True
 
     def _take(self, sid: str) -> tuple[bytes | None, float]:
-        rec = self._fetch_one_once(self._q_delete, (validate_id(sid),))  # DELETE ... RETURNING: one step
+        rec = self._fetch_one(self._q_delete, (validate_id(sid),), retry=False)  # DELETE ... RETURNING: one step
         return (None if rec is None else bytes(rec)), self.clock()
-
-    def _fetch_one_once(self, query: sql.Composed, params: tuple[Any, ...]) -> Any:
-        def run(conn: psycopg.Connection[Any]) -> Any:
-            row = conn.execute(query, params).fetchone()
-            return None if row is None else row[0]
-
-        return self._run(run, retry=False)
 
     def __iter__(self) -> Iterator[str]:
         # Rows whose id is not valid are left out here and in len(); verify() reports them.
@@ -522,17 +361,6 @@ class PostgresStore(RemoteStore):
         live, expired, size, version = self._run(run)
         return live, expired, size, f"postgresql {version // 10000}.{version % 10000}"
 
-    def verify(self) -> list[tuple[str, str]]:
-        bad: list[tuple[str, str]] = []
-        for rows in self._pages(self._q_page):
-            for sid, rec in rows:
-                try:
-                    validate_id(sid)
-                    self._codec.decode(sid.encode(), bytes(rec))
-                except Exception as exc:
-                    bad.append((sid, str(exc)))
-        return bad
-
     def _batches(self) -> Iterator[list[tuple[str | None, str, bytes | None]]]:
         for rows in self._pages(self._q_page):
             yield [(sid if is_valid_id(sid) else None, sid, bytes(raw)) for sid, raw in rows]
@@ -541,40 +369,18 @@ class PostgresStore(RemoteStore):
 def open_postgres(url: str, *, create: bool = True, **options: Unpack[PostgresOptions]) -> PostgresStore:
     """Open the store in *table* of the PostgreSQL database at *url*, creating the table if needed.
 
-    Parameters
-    ----------
-    url
-        A libpq URL or conninfo string: ``postgresql://user:password@host:port/dbname``. Only the user,
-        host, port and database are ever shown (``repr()``, ``stats()``, messages); passwords and every
-        keyword or query parameter whose name contains ``pass``, ``secret``, ``token`` or ``key`` are
-        scrubbed from the client's error texts.
-    create
-        False: the store must exist (:class:`StoreMismatch` otherwise), and nothing is created.
-    table
-        The table holding the sessions (``[a-z_][a-z0-9_]*``, at most 48 characters; default
-        ``"lockstore_sessions"``). Its settings are recorded in ``lockstore_meta``.
-    codec
-        ``"json"`` (the default for a new table), ``"msgpack"`` or ``"pickle"``; as for
-        :func:`~lockstore.remote.redis.open_redis`.
-    max_age, clean_interval, clean_limit
-        The sweep rule, recorded when the table is created, as for :func:`lockstore.open`: a write sweeps
-        at most *clean_limit* expired rows once *clean_interval* seconds have passed in this process (0
-        turns it off; ``clean()`` sweeps everything).
-    touch_interval, max_value_size, secret, clock
-        As for :func:`lockstore.open`. Signatures bind the store's identity (table and a random store id).
-    timeout
-        Seconds to wait for a session's row lock (``lock_timeout``), then :class:`LockTimeout`.
-    connect_timeout
-        Seconds to wait for a connection (the server, or a free pooled connection), then
-        :class:`BackendUnavailable` (default 5).
-    lock_ttl
-        Seconds an ``edit()`` may hold its transaction idle (default 30); a stalled holder's transaction
-        is then ended by the server (its write fails with :class:`LockTimeout`) and the row freed.
-    pool_size
-        Connections this store keeps at most (one per thread in use at once; default 20).
+    *url* is a libpq URL or conninfo string (``postgresql://user:password@host:port/dbname``): only its user,
+    host, port and database are ever shown; passwords, and every keyword or query parameter named like one
+    (see :mod:`lockstore.remote.base`), are scrubbed from the client's error texts. *table* holds the
+    sessions (``[a-z_][a-z0-9_]*``, at most 48 characters; default ``"lockstore_sessions"``); its settings
+    are rows of ``lockstore_meta``. *create* False: the table's store must exist (:class:`StoreMismatch`
+    otherwise), and nothing is created.
 
-    Every option is checked (:class:`~lockstore.options.Options`) before anything is written to the
-    server; the errors are those of :func:`lockstore.open`.
+    The options, their checks and errors are those of :func:`lockstore.open`. Here ``timeout`` bounds the
+    wait for a session's row lock (``lock_timeout``), ``connect_timeout`` (default 5) the wait for a
+    connection, ``lock_ttl`` (default 30) how long an ``edit()`` may hold its transaction idle before the
+    server ends it (the write then fails with :class:`LockTimeout`), ``pool_size`` defaults to 20; a write
+    sweeps at most ``clean_limit`` expired rows once ``clean_interval`` has passed in this process.
     """
     return PostgresStore(url, Options(**options), create=create)
 

@@ -45,94 +45,12 @@ from ..options import Options, RedisOptions
 from ..record import HEADER_SIZE
 from .base import Make, RemoteEdit, RemoteStore, redact_url
 from .meta import Pairs, Settings
+from .redis_lua import ACQUIRE, COMMIT, META, RETIME, SWEEP
 
 logger = logging.getLogger(__name__)
 
 SCAN_BATCH = 500
 DONE_TTL_MS = 5000
-
-# KEYS: data, lock. ARGV: token, lock ttl (ms). Takes the lock unless another token holds it; returns
-# {1, record} or {0, lock pttl}. Idempotent for one token, so a retry after a lost reply is safe.
-ACQUIRE = """
-local cur = redis.call('GET', KEYS[2])
-if cur and cur ~= ARGV[1] and string.sub(cur, 1, 5) ~= 'done:' then
-  return {0, redis.call('PTTL', KEYS[2])}
-end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return {1, redis.call('GET', KEYS[1])}
-"""
-
-# KEYS: data, lock, wake. ARGV: token, op (w = write, d = delete, r = release only), record, ttl (ms,
-# or '' for none), ttl of the done marker (ms), and optionally the header the record must still have
-# ('' for none): a touch does not take the lock, and put_record_if must not write over one.
-# Returns 1 (done), 2 (an earlier attempt of this commit was done), 3 (the record's header changed:
-# released, nothing written) or 0 (the lock was lost: nothing written). A done commit leaves
-# 'done:TOKEN' for a few seconds so that a retry learns it went through.
-# Every release pushes one wake-up on the wake list, where a waiter blocks (BLPOP) instead of polling.
-COMMIT = f"""
-local cur = redis.call('GET', KEYS[2])
-if cur == 'done:' .. ARGV[1] then return 2 end
-if cur ~= ARGV[1] then return 0 end
-redis.call('LPUSH', KEYS[3], '1')
-redis.call('LTRIM', KEYS[3], 0, 0)
-redis.call('PEXPIRE', KEYS[3], 2000)
-if ARGV[6] and redis.call('GETRANGE', KEYS[1], 0, {HEADER_SIZE - 1}) ~= ARGV[6] then
-  redis.call('DEL', KEYS[2])
-  return 3
-end
-if ARGV[2] == 'r' then
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-if ARGV[2] == 'w' and ARGV[4] == '' then
-  redis.call('SET', KEYS[1], ARGV[3])
-elseif ARGV[2] == 'w' then
-  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-else
-  redis.call('DEL', KEYS[1])
-end
-redis.call('SET', KEYS[2], 'done:' .. ARGV[1], 'PX', ARGV[5])
-return 1
-"""
-
-# KEYS: data. ARGV: old record, new record, ttl (ms, or '' for none). Compare-and-set for a touch.
-RETIME = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  if ARGV[3] == '' then
-    redis.call('SET', KEYS[1], ARGV[2])
-  else
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  end
-  return 1
-end
-return 0
-"""
-
-# KEYS: data. ARGV: header. Deletes the record if it still has that header (same times): for clean().
-SWEEP = f"""
-if redis.call('GETRANGE', KEYS[1], 0, {HEADER_SIZE - 1}) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"""
-
-# KEYS: meta. ARGV: n, n field/value pairs that record a new store (n = 0: create none), then field/value
-# pairs to record where absent in an existing one (the sweep rule of a store created before it was recorded). Returns
-# the recorded fields, or the key's type if it is not a hash.
-META = """
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'none' and kind ~= 'hash' then return kind end
-local n = tonumber(ARGV[1])
-if kind == 'none' then
-  if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n)) end
-else
-  for i = 2 + 2 * n, #ARGV, 2 do
-    redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
-  end
-end
-return redis.call('HGETALL', KEYS[1])
-"""
 
 
 class _Edit(RemoteEdit):
@@ -473,77 +391,27 @@ class RedisStore(RemoteStore):
         info = self._do(self._client.info, "server")
         return live, expired, size, f"redis {info.get('redis_version', '?')}"
 
-    def verify(self) -> list[tuple[str, str]]:
-        bad: list[tuple[str, str]] = []
-        for keys in self._scan():
-            for key, rec in zip(keys, self._fetch(keys), strict=True):
-                if rec is None:
-                    continue
-                sid = self._sid_of(key)
-                if sid is None:
-                    bad.append(
-                        (
-                            repr(key),
-                            f"key {key!r} under prefix {self.prefix!r} is not a session's: the part "
-                            "between the braces is not a valid session id (not written by lockstore; delete it "
-                            "with redis-cli)",
-                        )
-                    )
-                    continue
-                try:
-                    self._codec.decode(sid.encode(), rec)
-                except Exception as exc:
-                    bad.append((sid, str(exc)))
-        return bad
-
     def _batches(self) -> Iterator[list[tuple[str | None, str, bytes | None]]]:
         for keys in self._scan():
             sids = [self._sid_of(key) for key in keys]
-            yield [
-                (sid, sid or key.decode(errors="backslashreplace"), rec)
-                for sid, key, rec in zip(sids, keys, self._fetch(keys), strict=True)
-            ]
+            yield [(sid, sid or repr(key), rec) for sid, key, rec in zip(sids, keys, self._fetch(keys), strict=True)]
 
 
 def open_redis(url: str, *, create: bool = True, **options: Unpack[RedisOptions]) -> RedisStore:
     """Open the store under *prefix* on the Redis server at *url* (``redis://`` or ``rediss://``).
 
-    Parameters
-    ----------
-    url
-        ``redis://[user:password@]host:port/db``; ``rediss://`` for TLS. Its password, and any query
-        parameter whose name contains ``pass``, ``secret``, ``token`` or ``key``, never appear in
-        ``repr()``, ``stats()`` or an error message.
-    create
-        False: the store must exist (:class:`StoreMismatch` otherwise), and nothing is created.
-    prefix
-        Every key of the store starts with ``PREFIX:`` (default ``"lockstore"``); several stores can share
-        one database.
-    codec
-        ``"json"`` (the default for a new store), ``"msgpack"`` or ``"pickle"``. Recorded under
-        ``PREFIX:meta`` when the store is created; None opens an existing store with its recorded codec,
-        except unsigned pickle, which runs code from whoever can write to the server: such a store opens
-        only with ``codec="pickle"`` passed explicitly (:class:`UnsafeStore` otherwise).
-    max_age, clean_interval, clean_limit
-        The sweep rule, recorded when the store is created, as for :func:`lockstore.open`. Redis drops
-        expired keys itself (its TTL follows ``max_age``); ``clean()`` removes what the store's clock has
-        expired before the server's.
-    touch_interval, max_value_size, secret, clock
-        As for :func:`lockstore.open`. Signatures bind the store's identity (prefix and a random store
-        id), so a signed record copied from another store that shares the secret does not verify.
-    timeout
-        Seconds to wait for a session's lock (then :class:`LockTimeout`) or for a pooled connection.
-    connect_timeout
-        Seconds to wait for the server to accept a connection or answer a command, then
-        :class:`BackendUnavailable` (default 5).
-    lock_ttl
-        Seconds an ``edit()`` may hold a session's lock (default 30); a holder that dies blocks that
-        session this long. A holder that takes longer writes nothing and gets :class:`LockTimeout`.
-    pool_size
-        Connections this store keeps at most (one per thread in use at once; default 50).
+    *url* is ``redis://[user:password@]host:port/db``; its password, and any query parameter named like one
+    (see :mod:`lockstore.remote.base`), never appear in ``repr()``, ``stats()`` or a message. Every key of
+    the store starts with ``PREFIX:`` (default ``"lockstore"``), so several stores can share a database;
+    its settings are the hash ``PREFIX:meta``. *create* False: the store must exist
+    (:class:`StoreMismatch` otherwise), and nothing is created.
 
-    Every option is checked (:class:`~lockstore.options.Options`) before anything is written to the
-    server; the errors are those of :func:`lockstore.open`.
+    The options, their checks and errors are those of :func:`lockstore.open`. Here ``timeout`` bounds the
+    wait for a session's lock or a pooled connection, ``connect_timeout`` (default 5) the wait for the
+    server, ``lock_ttl`` (default 30) how long an ``edit()`` may hold a session's lock (a holder that dies
+    blocks it this long; one slower gets :class:`LockTimeout` and writes nothing), ``pool_size`` defaults to
+    50. Redis drops expired keys itself (a key's TTL follows ``max_age``); ``clean()`` removes what the
+    store's clock expired first.
     """
     return RedisStore(url, Options(**options), create=create)
 
