@@ -24,6 +24,7 @@ from .errors import (
 )
 from .ids import is_valid_id, new_id, validate_id
 from .opener import open
+from .options import Options
 from .store import BaseStore, Store
 from .tiered import TieredStore, tiered
 
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidSessionId",
     "LockTimeout",
     "LockstoreError",
+    "Options",
     "Record",
     "StorageError",
     "Store",

@@ -4,100 +4,41 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import logging
 import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, overload
+from dataclasses import fields
+from typing import Any, Unpack, overload
 
 from ._files import FILE_MODE, FORMAT, RULES, StoreDir, check_tree
-from .codec import Codec, check_secret, codec_functions
+from .codec import Codec
 from .errors import LockstoreError, LockTimeout, StoreMismatch
 from .locks import ShardLocks, try_flock, unflock, wait_flock
-from .options import BACKENDS, DEFAULTS, DURABILITY, RULE_DEFAULTS, check_numbers
-from .store import BaseStore, Clock, Store
+from .options import DEFAULTS, EMBEDDED, EmbeddedOptions, OpenOptions, Options
+from .store import BaseStore, Store
 
 logger = logging.getLogger(__name__)
 REMOTE_SCHEMES = {
-    "redis": (".remote.redis", "open_redis"),
-    "rediss": (".remote.redis", "open_redis"),
-    "postgresql": (".remote.postgres", "open_postgres"),
-    "postgres": (".remote.postgres", "open_postgres"),
+    "redis": (".remote.redis", "RedisStore"),
+    "rediss": (".remote.redis", "RedisStore"),
+    "postgresql": (".remote.postgres", "PostgresStore"),
+    "postgres": (".remote.postgres", "PostgresStore"),
 }
-"""URL scheme -> (module, function) of the remote store; imported only when used (optional extras)."""
+"""URL scheme -> (module, class) of the remote store; imported only when used (optional extras)."""
 
 
 @overload
-def open(
-    path: os.PathLike[str],
-    *,
-    backend: str | None = None,
-    shards: int | None = None,
-    codec: str | None = None,
-    max_age: float | None = None,
-    clean_interval: float | None = None,
-    touch_interval: float = 60,
-    timeout: float = 10.0,
-    max_value_size: int = 1 << 20,
-    secret: bytes | str | None = None,
-    durability: str = "process",
-    clean_limit: int | None = None,
-    dbm: str | None = None,
-    map_size: int | None = None,
-    clock: Clock | None = None,
-) -> Store: ...
+def open(path: os.PathLike[str], *, create: bool = True, **options: Unpack[EmbeddedOptions]) -> Store: ...
 
 
 @overload
-def open(
-    path: str,
-    *,
-    backend: str | None = None,
-    shards: int | None = None,
-    codec: str | None = None,
-    max_age: float | None = None,
-    clean_interval: float | None = None,
-    touch_interval: float = 60,
-    timeout: float = 10.0,
-    max_value_size: int = 1 << 20,
-    secret: bytes | str | None = None,
-    durability: str = "process",
-    clean_limit: int | None = None,
-    dbm: str | None = None,
-    map_size: int | None = None,
-    clock: Clock | None = None,
-    prefix: str | None = None,
-    table: str | None = None,
-    lock_ttl: float | None = None,
-    connect_timeout: float | None = None,
-    pool_size: int | None = None,
-) -> BaseStore: ...
+def open(path: str, *, create: bool = True, **options: Unpack[OpenOptions]) -> BaseStore: ...
 
 
-def open(
-    path: str | os.PathLike[str],
-    *,
-    backend: str | None = None,
-    shards: int | None = None,
-    codec: str | None = None,
-    max_age: float | None = None,
-    clean_interval: float | None = None,
-    touch_interval: float = 60,
-    timeout: float = 10.0,
-    max_value_size: int = 1 << 20,
-    secret: bytes | str | None = None,
-    durability: str = "process",
-    clean_limit: int | None = None,
-    dbm: str | None = None,
-    map_size: int | None = None,
-    clock: Clock | None = None,
-    prefix: str | None = None,
-    table: str | None = None,
-    lock_ttl: float | None = None,
-    connect_timeout: float | None = None,
-    pool_size: int | None = None,
-) -> BaseStore:
+def open(path: str | os.PathLike[str], *, create: bool = True, **options: Any) -> BaseStore:
     """Open the session store at *path*, creating it if needed.
 
     Parameters
@@ -106,6 +47,9 @@ def open(
         A directory (created 0700 with its missing parents; see "Raises" for what is refused), or a
         ``redis://``, ``rediss://``, ``postgresql://`` or ``postgres://`` URL. A path gives a
         :class:`~lockstore.Store`; a URL a Redis or PostgreSQL store with the same interface.
+    create : bool, default True
+        False: the store must exist already (:class:`~lockstore.StoreMismatch` if it does not), and opening
+        it writes nothing: no directory, metadata, table or key is created.
     backend : {"lmdb", "shelve", "memory"}, optional
         Recorded when the store is created; default ``"lmdb"``. ``"memory"`` lives in one process (tests).
     shards : int, optional
@@ -167,151 +111,105 @@ def open(
         The store, a directory above it, ``lockstore.json`` or a file in it is another user's, writable
         by group or others (ancestors: unless sticky), or a symbolic link.
     ValueError, TypeError
-        An option is out of range or of the wrong type. Every option is checked before anything is
-        created.
+        An option is out of range or of the wrong type (:class:`~lockstore.options.Options` checks them
+        all before anything is created), or does not apply to this kind of store.
     BackendUnavailable
         A server cannot be reached.
     """
-    remote = {"prefix": prefix, "table": table, "lock_ttl": lock_ttl}
-    remote.update(connect_timeout=connect_timeout, pool_size=pool_size)
-    options = {name: value for name, value in remote.items() if value is not None}
-    if isinstance(path, str) and path.partition("://")[0] in REMOTE_SCHEMES:
-        embedded_only = {"backend": backend, "shards": shards, "dbm": dbm, "map_size": map_size}
-        given = sorted(name for name, value in embedded_only.items() if value is not None)
-        if durability != "process":
-            given.append("durability")
-        if given:
-            raise TypeError(
-                f"option(s) for embedded stores only, not for {path.partition('://')[0]}: {', '.join(given)}"
-            )
-        check_numbers(max_age, clean_interval, touch_interval, timeout, max_value_size, clean_limit, None)
-        remote_rules = {"max_age": max_age, "clean_interval": clean_interval, "clean_limit": clean_limit}
-        return _open_remote(
-            path,
-            codec=codec,
-            touch_interval=touch_interval,
-            timeout=timeout,
-            max_value_size=max_value_size,
-            secret=secret,
-            clock=clock,
-            **{name: value for name, value in remote_rules.items() if value is not None},
-            **options,
-        )
+    return open_with(path, Options(**options), create=create)
+
+
+open.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter("path", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("create", inspect.Parameter.KEYWORD_ONLY, default=True),
+        *(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default) for f in fields(Options)),
+    ],
+    return_annotation="BaseStore",
+)
+
+
+def open_with(path: str | os.PathLike[str], options: Options, *, create: bool = True) -> BaseStore:
+    """:func:`open` with its options already built (and so checked): a pickled store reopens through it."""
     if isinstance(path, str) and "://" in path:
-        raise ValueError(f"unknown store URL scheme {path.partition('://')[0]!r}: use {', '.join(REMOTE_SCHEMES)}")
-    if options:
-        raise TypeError(f"option(s) for Redis or PostgreSQL only, not for a directory: {', '.join(sorted(options))}")
+        scheme = path.partition("://")[0]
+        if scheme not in REMOTE_SCHEMES:
+            raise ValueError(f"unknown store URL scheme {scheme!r}: use {', '.join(REMOTE_SCHEMES)}")
+        module, name = REMOTE_SCHEMES[scheme]
+        store_class: Callable[..., BaseStore] = getattr(importlib.import_module(module, __package__), name)
+        return store_class(path, options, create=create)
+    options.only("a directory", EMBEDDED)
     path = os.path.abspath(os.fspath(path))
-    # every option is checked before anything is created (a rejected option must leave no store behind)
-    check_numbers(max_age, clean_interval, touch_interval, timeout, max_value_size, clean_limit, shards)
-    if backend is not None and backend not in BACKENDS:
-        raise StoreMismatch(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if durability not in DURABILITY:
-        raise ValueError(f"durability must be 'process' or 'system', not {durability!r}")
-    if codec is not None:
-        codec_functions(codec)  # unknown codec or missing package: a clear error before any file exists
-    check_secret(secret)
-    if map_size is not None and (isinstance(map_size, bool) or not isinstance(map_size, int) or map_size < 1 << 20):
-        raise ValueError(f"map_size must be an int of at least 1 MiB, not {map_size!r}")
-    if dbm is not None:
-        if backend not in (None, "shelve"):
-            raise StoreMismatch("dbm= applies to the shelve backend only")
+    dbm = None
+    if options.dbm is not None:
         from .backends.shelve import pick_dbm
 
-        dbm = pick_dbm(dbm)  # "dumb" is "dbm.dumb", as recorded
-    rules: dict[str, Any] = {"max_age": max_age, "clean_interval": clean_interval, "clean_limit": clean_limit}
+        dbm = pick_dbm(options.dbm)  # "dumb" is "dbm.dumb", as recorded; unknown: refused before any file exists
     files: StoreDir | None = None
     engine: Any
-    if backend == "memory":
+    if options.backend == "memory":
         from .backends.memory import MemoryEngine
 
         settings: dict[str, Any] = {
             "backend": "memory",
-            "shards": shards or DEFAULTS["shards"],
-            "codec": codec or DEFAULTS["codec"],
-            **_rules(rules, {}),
+            "shards": options.shards or DEFAULTS["shards"],
+            "codec": options.codec or DEFAULTS["codec"],
+            **options.rules_to_record({}),
         }
-        n = settings["shards"]
-        engine = MemoryEngine(path, n)
+        engine = MemoryEngine(path, settings["shards"])
         locks = engine.locks  # shared by every store on this path, like the data
-        codec_obj = Codec(settings["codec"], secret, max_value_size)
-    else:
-        files = StoreDir(path, create=True)
-        engine, locks, codec_obj, settings = _open_files(
-            files, backend, shards, codec, dbm, secret, max_value_size, durability, map_size, float(timeout), rules
-        )
-        n = settings["shards"]
-    store = Store(
-        path,
-        engine,
-        locks,
-        codec_obj,
-        shards=n,
-        max_age=float(settings["max_age"]),
-        clean_interval=float(settings["clean_interval"]),
-        touch_interval=float(touch_interval),
-        timeout=float(timeout),
-        clean_limit=int(settings["clean_limit"]),
-        durability=durability,
-        clock=clock,
-        settings=settings,
-        files=files,
-    )
-    # what a pickled store carries to reopen itself in another process (multiprocessing "spawn")
-    store._reopen = {
-        "max_age": store.max_age,
-        "clean_interval": store.clean_interval,
-        "touch_interval": touch_interval,
-        "timeout": timeout,
-        "max_value_size": max_value_size,
-        "secret": secret,
-        "durability": durability,
-        "clean_limit": store.clean_limit,
-        "map_size": map_size,
-        "clock": clock,
-    }
-    return store
+        codec = Codec(settings["codec"], options.secret, options.max_value_size)
+        return Store(path, engine, locks, codec, options, settings=settings)
+    try:
+        files = StoreDir(path, create=create)
+    except LockstoreError:
+        if create or os.path.lexists(path):
+            raise
+        raise StoreMismatch(f"no store at {path}: no such directory (opened with create=False)") from None
+    engine, locks, codec, settings = _open_files(files, options, dbm, create)
+    return Store(path, engine, locks, codec, options, settings=settings, files=files, reopen=open_with)
 
 
 def _open_files(
-    files: StoreDir,
-    backend: str | None,
-    shards: int | None,
-    codec: str | None,
-    dbm: str | None,
-    secret: bytes | str | None,
-    max_value_size: int,
-    durability: str,
-    map_size: int | None,
-    timeout: float,
-    rules: dict[str, Any],
+    files: StoreDir, options: Options, dbm: str | None, create: bool
 ) -> tuple[Any, ShardLocks, Codec, dict[str, Any]]:
     """Engine, locks, codec and settings of the store in the checked, pinned directory *files*."""
     path = files.path
     try:
         check_tree(path, files.pinned)  # before anything is written or read in it
-        settings = _settings(files, backend, shards, codec, dbm, secret is not None, rules)
-        codec_obj = Codec(settings["codec"], secret, max_value_size, scope=settings.get("store_id", "").encode())
+        settings = _settings(files, options, dbm, create)
+        codec = Codec(
+            settings["codec"], options.secret, options.max_value_size, scope=settings.get("store_id", "").encode()
+        )
         n = int(settings["shards"])
-        engine: Any
-        if settings["backend"] == "lmdb":
-            from .backends.lmdb import LmdbEngine
-
-            engine = LmdbEngine(files.subdir("lmdb"), n, durability, map_size, FILE_MODE, label=path)
-        else:
-            from .backends.shelve import ShelveEngine
-
-            legacy = settings["format"] == 1
-            engine = ShelveEngine(
-                files.subdir("shelve"), n, settings["dbm"], durability, FILE_MODE, legacy=legacy, label=path
-            )
+        engine = ENGINES[settings["backend"]](files, n, settings, options)
         locks = ShardLocks(files.pinned, n, FILE_MODE, label=path)
         if settings["backend"] == "shelve" and settings["format"] == 1:
-            settings = _upgrade_shelve(files, engine, locks, n, timeout)
+            settings = _upgrade_shelve(files, engine, locks, n, float(options.timeout))
     except BaseException:
         files.close()
         raise
-    return engine, locks, codec_obj, settings
+    return engine, locks, codec, settings
+
+
+def _lmdb(files: StoreDir, shards: int, settings: dict[str, Any], options: Options) -> Any:
+    from .backends.lmdb import LmdbEngine
+
+    return LmdbEngine(files.subdir("lmdb"), shards, options.durability, options.map_size, FILE_MODE, label=files.path)
+
+
+def _shelve(files: StoreDir, shards: int, settings: dict[str, Any], options: Options) -> Any:
+    from .backends.shelve import ShelveEngine
+
+    legacy = settings["format"] == 1
+    dbm = settings["dbm"]
+    return ShelveEngine(
+        files.subdir("shelve"), shards, dbm, options.durability, FILE_MODE, legacy=legacy, label=files.path
+    )
+
+
+ENGINES: dict[str, Callable[[StoreDir, int, dict[str, Any], Options], Any]] = {"lmdb": _lmdb, "shelve": _shelve}
+"""Recorded backend name -> the engine of a directory store (imported only when used)."""
 
 
 def read_meta(path: str) -> dict[str, Any] | None:
@@ -343,44 +241,38 @@ def _meta_lock(files: StoreDir) -> Iterator[None]:
         os.close(fd)
 
 
-def _settings(
-    files: StoreDir,
-    backend: str | None,
-    shards: int | None,
-    codec: str | None,
-    dbm: str | None,
-    signed: bool,
-    given: dict[str, Any],
-) -> dict[str, Any]:
+def _settings(files: StoreDir, options: Options, dbm: str | None, create: bool) -> dict[str, Any]:
     meta = files.read_meta()
+    where = f"store at {files.path}"
     if meta is None:
+        if not create:
+            raise StoreMismatch(f"no {where}: the directory holds no lockstore metadata (opened with create=False)")
         meta = {
             "format": FORMAT,
-            "backend": backend or DEFAULTS["backend"],
-            "shards": shards or DEFAULTS["shards"],
-            "codec": codec or DEFAULTS["codec"],
-            "signed": signed,
+            "backend": options.backend or DEFAULTS["backend"],
+            "shards": options.shards or DEFAULTS["shards"],
+            "codec": options.codec or DEFAULTS["codec"],
+            "signed": options.secret is not None,
             "store_id": secrets.token_hex(16),
-            **_rules(given, {}),
+            **options.rules_to_record({}),
         }
         if meta["backend"] == "shelve":
             from .backends.shelve import pick_dbm
 
             meta["dbm"] = pick_dbm(dbm)
         meta = files.write_meta(meta, replace=False)
-    where = f"store at {files.path}"
-    asked = {"backend": backend, "shards": shards, "codec": codec, "dbm": dbm}
+    asked = {"backend": options.backend, "shards": options.shards, "codec": options.codec, "dbm": dbm}
     for name, value in asked.items():
         if value is not None and meta.get(name) != value:
             raise StoreMismatch(f"{where} was created with {name}={meta.get(name)!r}; opened with {name}={value!r}")
-    if meta["signed"] != signed:
+    if meta["signed"] != (options.secret is not None):
         raise StoreMismatch(
             f"{where} was created {'with' if meta['signed'] else 'without'} a secret; "
             f"open it {'with its secret=' if meta['signed'] else 'without secret='}"
         )
     if not all(rule in meta for rule in RULES):
         # created by a lockstore that did not record its sweep rules: the application says them once
-        if given["max_age"] is None:
+        if options.max_age is None:
             raise StoreMismatch(
                 f"{where} was created by an older lockstore and records no max_age: open it once with the "
                 "application's max_age= (and clean_interval=, clean_limit=) to record them, or run "
@@ -389,8 +281,14 @@ def _settings(
         with _meta_lock(files):
             meta = files.read_meta() or meta
             if not all(rule in meta for rule in RULES):
-                meta = files.write_meta({**meta, **_rules(given, meta)}, replace=True)
-    _check_rules(where, meta, given)
+                meta = files.write_meta({**meta, **options.rules_to_record(meta)}, replace=True)
+    for rule, given in options.rules().items():
+        if given is not None and given != meta[rule]:
+            raise StoreMismatch(
+                f"{where} records {rule}={meta[rule]!r}, opened with {rule}={given!r}: every process must sweep by "
+                f"the same rule (open without {rule}= to use the recorded one, or change it with "
+                f"'lockstore config PATH --{rule.replace('_', '-')} VALUE')"
+            )
     return meta
 
 
@@ -418,28 +316,6 @@ def _upgrade_shelve(files: StoreDir, engine: Any, locks: ShardLocks, shards: int
         return meta
 
 
-def _rules(given: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
-    """The sweep rules to record: what was given, else what is recorded, else the defaults."""
-    out: dict[str, Any] = {}
-    for name in RULES:
-        value = given.get(name)
-        if value is None:
-            value = recorded.get(name, RULE_DEFAULTS[name])
-        out[name] = int(value) if name == "clean_limit" else float(value)
-    return out
-
-
-def _check_rules(where: str, meta: dict[str, Any], given: dict[str, Any]) -> None:
-    for name in RULES:
-        value = given.get(name)
-        if value is not None and value != meta[name]:
-            raise StoreMismatch(
-                f"{where} records {name}={meta[name]!r}, opened with {name}={value!r}: every process must sweep by "
-                f"the same rule (open without {name}= to use the recorded one, or change it with "
-                f"'lockstore config PATH --{name.replace('_', '-')} VALUE')"
-            )
-
-
 def set_rules(
     path: str | os.PathLike[str],
     *,
@@ -453,25 +329,16 @@ def set_rules(
     next sweep and skips sweeping (logging a warning) until it is restarted, so no process ever sweeps by
     a rule other than the store's.
     """
-    check_numbers(max_age, clean_interval, 0, 0, 1, clean_limit, None)
+    given = Options(max_age=max_age, clean_interval=clean_interval, clean_limit=clean_limit)  # checks them
     files = StoreDir(os.path.abspath(os.fspath(path)), create=False)
     try:
         with _meta_lock(files):
             meta = files.read_meta()
             if meta is None:
                 raise LockstoreError(f"no store at {path}: the directory holds no lockstore metadata")
-            given = {"max_age": max_age, "clean_interval": clean_interval, "clean_limit": clean_limit}
-            return files.write_meta({**meta, **_rules(given, meta)}, replace=True)
+            return files.write_meta({**meta, **given.rules_to_record(meta)}, replace=True)
     finally:
         files.close()
 
 
-def reopen(path: str, options: dict[str, Any]) -> BaseStore:
-    """Open a store unpickled in another process: the same path and options, its own handles."""
-    return open(path, **options)
-
-
-def _open_remote(url: str, **options: Any) -> BaseStore:
-    module, function = REMOTE_SCHEMES[url.partition("://")[0]]
-    opener: Callable[..., BaseStore] = getattr(importlib.import_module(module, __package__), function)
-    return opener(url, **options)
+__all__ = ["ENGINES", "REMOTE_SCHEMES", "open", "open_with", "read_meta", "set_rules"]

@@ -7,6 +7,7 @@ shards, each shard is guarded by a :class:`~lockstore.locks.ShardLocks` lock, an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import struct
@@ -26,6 +27,7 @@ from .locks import ShardLocks
 
 if TYPE_CHECKING:
     from ._files import StoreDir
+    from .options import Options
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,50 +83,45 @@ class Store(BaseStore):
         engine: Engine,
         locks: ShardLocks,
         codec: Codec,
+        options: Options,
         *,
-        shards: int,
-        max_age: float,
-        clean_interval: float,
-        touch_interval: float,
-        timeout: float,
-        clean_limit: int,
-        durability: str,
-        clock: Clock | None,
         settings: dict[str, Any],
         files: StoreDir | None = None,
+        reopen: Callable[[str, Options], BaseStore] | None = None,
     ) -> None:
         self.path = path
         self.backend = engine.name
-        self.shards = shards
-        self.max_age = max_age
-        self.clean_interval = clean_interval
-        self.touch_interval = touch_interval
-        self.timeout = timeout
-        self.clean_limit = clean_limit
-        self.max_value_size = codec.max_value_size
-        self.durability = durability
-        self.clock = clock or time.time
         self.settings = settings
+        self.shards = int(settings["shards"])
+        self.max_age = float(settings["max_age"])  # the sweep rules as recorded (options may leave them out)
+        self.clean_interval = float(settings["clean_interval"])
+        self.clean_limit = int(settings["clean_limit"])
+        self.touch_interval = float(options.touch_interval)
+        self.timeout = float(options.timeout)
+        self.max_value_size = codec.max_value_size
+        self.durability = options.durability
+        self.clock = options.clock or time.time
+        self.options = options
         self._engine = engine
         self._get = engine.get
         self._lock_reads = engine.lock_reads
         self._locks = locks
         self._codec = codec
-        self._next_clean = [-math.inf] * shards
+        self._next_clean = [-math.inf] * self.shards
         self._closed = False
-        self._reopen: dict[str, Any] | None = None
+        self._reopen = reopen
         self._files = files
         self._meta_ident = files.meta_ident() if files is not None else None
         self._rules_warned = False
 
-    def __reduce__(self) -> tuple[Any, tuple[str, dict[str, Any]]]:
-        """Pickling carries the path and options; the copy opens its own files, locks and LMDB handle
-        (so a store can be passed to a ``multiprocessing`` worker under any start method)."""
-        if self.backend == "memory" or self._reopen is None:
+    def __reduce__(self) -> tuple[Any, tuple[str, Options]]:
+        """Pickling carries the path and the options, with the sweep rules this store runs by; the copy
+        opens its own files, locks and LMDB handle (so a store can be passed to a ``multiprocessing`` worker
+        under any start method) through *reopen*, which the opener gave."""
+        if self._reopen is None:
             raise TypeError(f"a {self.backend} store lives in one process and cannot be pickled")
-        from .opener import reopen
-
-        return reopen, (self.path, self._reopen)
+        rules = {name: getattr(self, name) for name in RULES}
+        return self._reopen, (self.path, dataclasses.replace(self.options, **rules))
 
     # -- helpers ---------------------------------------------------------------------------
 

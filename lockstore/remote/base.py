@@ -1,28 +1,15 @@
-"""What the Redis and PostgreSQL stores share: their recorded settings, the rules that resolve them against
-the options an application passes, the redaction of credentials, and reads built on fetching one whole
-record by id.
+"""The template of a store on a server (Redis, PostgreSQL): everything the two share, written once.
 
-Recorded settings (the *metadata*: the ``PREFIX:meta`` hash in Redis, the ``lockstore_meta`` rows of a
-table in PostgreSQL) are text written by whoever can write to the server, so none of it is trusted:
+:class:`RemoteStore` checks the options, reads and records the settings (:mod:`lockstore.remote.meta`, which
+trusts nothing the server says), builds the codec, warns, and gives the whole mapping API (``store[sid]``,
+``edit()``, ``touch``, ``put_record_if``, ``records``, ``stats``) on a few primitives a server module
+supplies:
 
-- every field is checked against a fixed name, type and range (:func:`parse_meta`); a bad one raises
-  :class:`StoreMismatch` naming the field and its value, and nothing is written;
-- the codec is never chosen by the server alone: a new store defaults to ``"json"``, and a store that
-  records unsigned ``"pickle"`` opens only when the application passes ``codec="pickle"`` itself
-  (:class:`UnsafeStore` otherwise): whoever can write to the server could otherwise make every process
-  unpickle what they planted. Signed pickle (``secret=``) opens as recorded: a record whose signature
-  fails is never decoded.
-- a store created since metadata format 2 records a random ``store_id``, bound with the backend and the
-  prefix or table into every record's signature (:class:`~lockstore.codec.Codec` ``scope``), so a signed
-  record copied into another store that shares the secret does not verify there;
-- ``max_age``, ``clean_interval`` and ``clean_limit``, which decide what a sweep deletes, are recorded at
-  creation; an option left out (None) takes the recorded value, an explicit different value raises
-  :class:`StoreMismatch`, so no process sweeps by a rule other than the store's.
-
-Stores created before format 2 (format 1: no ``store_id``, no sweep settings) still open, with an empty
-scope so their signed records still verify; nothing new is recorded for them except, once, the sweep
-settings: opening one without ``max_age=`` raises :class:`StoreMismatch` asking for it, and the value then
-given is recorded for every process.
+- ``_connect`` / ``_disconnect``: the pool; ``_record_meta``: the metadata exchange, atomic on the server;
+- ``_get`` (one record), ``_last_access``, ``_touch_record`` (compare-and-set of the times);
+- ``_put`` (under the session's lock, write what a function of the stored record returns), ``_take``
+  (remove and return), and the :class:`RemoteEdit` pair ``_begin`` / ``_end`` (hold the lock across a
+  ``with`` block); ``_batches`` and ``_counts`` for listing.
 
 Credentials never appear in ``repr()``, ``stats()["path"]`` or any message: the password of a URL's
 userinfo is shown as ``***`` (the user name is kept), and so is every query parameter or conninfo keyword
@@ -35,298 +22,27 @@ from __future__ import annotations
 import logging
 import math
 import re
-import secrets
+import threading
+import time
 from abc import abstractmethod
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from .. import record as fmt
 from ..base import BaseStore
 from ..codec import Codec, Record
-from ..errors import StoreMismatch, UnsafeStore
+from ..errors import CorruptRecord, StoreMismatch
 from ..ids import describe_id, validate_id
-from ..options import check_numbers
+from ..options import SERVER, SERVER_DEFAULTS, Options
 from ..record import HEADER_SIZE
+from .meta import DEFAULT_CODEC, FORMAT, Pairs, Settings, creation_fields, parse_meta, resolve
 
 logger = logging.getLogger(__name__)
-
-FORMAT = 2
-"""Metadata format written for new stores; 1 (no store id, no sweep settings) still opens."""
-CODECS = ("pickle", "json", "msgpack")
-DEFAULT_CODEC = "json"
-DEFAULT_MAX_AGE = 1800.0
-DEFAULT_CLEAN_INTERVAL = 300.0
-DEFAULT_CLEAN_LIMIT = 1000
-MAX_SECONDS = 10 * 366 * 86400.0
-"""The largest ``max_age`` / ``clean_interval`` accepted or read back: ten years."""
-MAX_CLEAN_LIMIT = 10**9
-STORE_ID_LENGTH = 32
-_FIELDS = ("format", "codec", "signed", "store_id", "max_age", "clean_interval", "clean_limit")
-_SWEEP = ("max_age", "clean_interval", "clean_limit")
-_FORMAT_OK = re.compile(r"[0-9]{1,4}").fullmatch
-_FLOAT_OK = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?(e[+-]?[0-9]{1,3})?").fullmatch  # what repr(float) writes
-_INT_OK = re.compile(r"[0-9]{1,10}").fullmatch
-_STORE_ID_OK = re.compile(f"[0-9a-f]{{{STORE_ID_LENGTH}}}").fullmatch
 _SECRET_NAME = re.compile(r"pass|secret|token|key", re.IGNORECASE).search
-
-
-class Settings(NamedTuple):
-    """A remote store's settings: as recorded, resolved against the options it was opened with."""
-
-    format: int
-    codec: str
-    signed: bool
-    store_id: str | None
-    max_age: float
-    clean_interval: float
-    clean_limit: int
-
-
-# -- options ------------------------------------------------------------------------------------------
-
-
-def _seconds(name: str, value: object, *, zero: bool) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not (value >= 0 if zero else value > 0)
-        or value > MAX_SECONDS
-    ):
-        low = ">= 0" if zero else "> 0"
-        raise ValueError(f"{name} must be a finite number of seconds {low}, at most {MAX_SECONDS:g}, not {value!r}")
-    return float(value)
-
-
-def check_options(
-    *,
-    codec: str | None,
-    touch_interval: float,
-    secret: bytes | str | None,
-    max_value_size: int,
-    max_age: float | None,
-    clean_interval: float | None,
-    clean_limit: int | None,
-    timeout: float,
-    connect_timeout: float,
-    lock_ttl: float,
-    pool_size: int,
-) -> None:
-    """Check every option of a remote store before anything is sent to the server: a rejected option
-    must never leave a half-created store behind (a store recorded as signed that nobody can open).
-
-    Raises
-    ------
-    ValueError, TypeError
-        A number out of range, a secret of the wrong type or too short.
-    StoreMismatch
-        An unknown codec, or msgpack without its package.
-    """
-    check_numbers(
-        DEFAULT_MAX_AGE if max_age is None else max_age,
-        DEFAULT_CLEAN_INTERVAL if clean_interval is None else clean_interval,
-        touch_interval,
-        timeout,
-        max_value_size,
-        DEFAULT_CLEAN_LIMIT if clean_limit is None else clean_limit,
-        None,
-    )
-    for name, number in (("timeout", timeout), ("connect_timeout", connect_timeout), ("lock_ttl", lock_ttl)):
-        _seconds(name, number, zero=name == "timeout")
-    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-        raise ValueError(f"pool_size must be a positive int, not {pool_size!r}")
-    if max_age is not None:
-        _seconds("max_age", max_age, zero=False)
-    if clean_interval is not None:
-        _seconds("clean_interval", clean_interval, zero=True)
-    if clean_limit is not None and (
-        isinstance(clean_limit, bool) or not isinstance(clean_limit, int) or not 1 <= clean_limit <= MAX_CLEAN_LIMIT
-    ):
-        raise ValueError(f"clean_limit must be an int from 1 to {MAX_CLEAN_LIMIT}, not {clean_limit!r}")
-    # The codec as it will be built, without a scope: checks the codec's name (and package) and the
-    # secret's type and length.
-    Codec(codec or DEFAULT_CODEC, secret, max_value_size)
-
-
-def creation_fields(
-    codec: str | None, signed: bool, max_age: float | None, clean_interval: float | None, clean_limit: int | None
-) -> dict[str, str]:
-    """The metadata of a new store opened with these (already checked) options."""
-    return {
-        "format": str(FORMAT),
-        "codec": codec or DEFAULT_CODEC,
-        "signed": "1" if signed else "0",
-        "store_id": secrets.token_hex(STORE_ID_LENGTH // 2),
-        **_sweep_fields(max_age, clean_interval, clean_limit),
-    }
-
-
-def _sweep_fields(max_age: float | None, clean_interval: float | None, clean_limit: int | None) -> dict[str, str]:
-    return {
-        "max_age": repr(float(DEFAULT_MAX_AGE if max_age is None else max_age)),
-        "clean_interval": repr(float(DEFAULT_CLEAN_INTERVAL if clean_interval is None else clean_interval)),
-        "clean_limit": str(DEFAULT_CLEAN_LIMIT if clean_limit is None else clean_limit),
-    }
-
-
-# -- recorded settings --------------------------------------------------------------------------------
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def parse_meta(pairs: Iterable[tuple[bytes | str, bytes | str]], where: str) -> dict[str, Any]:
-    """The recorded settings of a store, every field checked; raises :class:`StoreMismatch` naming the
-    first bad field and its value. Fields left out are absent from the result."""
-    text: dict[str, str] = {}
-    for raw_name, raw_value in pairs:
-        try:
-            name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
-        except UnicodeDecodeError:
-            raise StoreMismatch(f"{where}: metadata holds a field whose name is not UTF-8: {_show(raw_name)}") from None
-        try:
-            value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
-        except UnicodeDecodeError:
-            raise StoreMismatch(f"{where}: metadata field {_show(name)} is not UTF-8: {_show(raw_value)}") from None
-        text[name] = value
-
-    def bad(name: str, expected: str) -> StoreMismatch:
-        return StoreMismatch(f"{where}: metadata field {name!r} is {_show(text[name])}, expected {expected}")
-
-    if "format" not in text:
-        raise StoreMismatch(f"{where}: metadata has no 'format' field (fields: {_show(sorted(text))})")
-    if not _FORMAT_OK(text["format"]) or int(text["format"]) < 1:
-        raise bad("format", f"a format number from 1 to {FORMAT}")
-    fmt = int(text["format"])
-    if fmt > FORMAT:
-        raise StoreMismatch(
-            f"{where} has metadata format {fmt}, newer than this lockstore reads ({FORMAT}): upgrade lockstore"
-        )
-    unknown = sorted(set(text) - set(_FIELDS))
-    if unknown:
-        raise StoreMismatch(f"{where}: metadata has an unknown field {_show(unknown[0])} = {_show(text[unknown[0]])}")
-    required = _FIELDS if fmt >= 2 else ("format", "codec", "signed")
-    for name in required:
-        if name not in text:
-            raise StoreMismatch(f"{where}: metadata format {fmt} lacks its {name!r} field")
-    meta: dict[str, Any] = {"format": fmt}
-    if text["codec"] not in CODECS:
-        raise bad("codec", "one of " + ", ".join(map(repr, CODECS)))
-    meta["codec"] = text["codec"]
-    if text["signed"] not in ("0", "1"):
-        raise bad("signed", "'0' or '1'")
-    meta["signed"] = text["signed"] == "1"
-    if "store_id" in text:
-        if fmt < 2:
-            raise StoreMismatch(f"{where}: metadata format {fmt} has a 'store_id' field, which it never records")
-        if not _STORE_ID_OK(text["store_id"]):
-            raise bad("store_id", f"{STORE_ID_LENGTH} lowercase hex digits")
-        meta["store_id"] = text["store_id"]
-    for name, zero in (("max_age", False), ("clean_interval", True)):
-        if name in text:
-            number = float(text[name]) if _FLOAT_OK(text[name]) else math.nan  # no nan, inf, 1_0, " 1"
-            if not (math.isfinite(number) and (number >= 0 if zero else number > 0) and number <= MAX_SECONDS):
-                raise bad(name, f"a number of seconds {'>= 0' if zero else '> 0'}, at most {MAX_SECONDS:g}")
-            meta[name] = number
-    if "clean_limit" in text:
-        if not _INT_OK(text["clean_limit"]) or not 1 <= int(text["clean_limit"]) <= MAX_CLEAN_LIMIT:
-            raise bad("clean_limit", f"an int from 1 to {MAX_CLEAN_LIMIT}")
-        meta["clean_limit"] = int(text["clean_limit"])
-    return meta
-
-
-def resolve(
-    meta: dict[str, Any],
-    where: str,
-    *,
-    codec: str | None,
-    signed: bool,
-    max_age: float | None,
-    clean_interval: float | None,
-    clean_limit: int | None,
-) -> tuple[Settings | None, dict[str, str]]:
-    """Resolve the options a store is opened with against its checked metadata.
-
-    Returns (settings, {}) when the store can open, or (None, fields) when a store created before format 2
-    lacks sweep settings that these options supply: the caller records *fields* where absent (atomically:
-    another process may record its own first), reads the metadata back and resolves again.
-
-    Raises
-    ------
-    StoreMismatch
-        The store was created with(out) a secret, or another codec, or records another value of an
-        option given explicitly; or it records no ``max_age`` and none was given.
-    UnsafeStore
-        The store records unsigned pickle and the application did not pass ``codec="pickle"``.
-    """
-    if meta["signed"] != signed:
-        raise StoreMismatch(
-            f"{where} was created {'with' if meta['signed'] else 'without'} a secret; "
-            f"open it {'with its secret=' if meta['signed'] else 'without secret='}"
-        )
-    if codec is not None and meta["codec"] != codec:
-        raise StoreMismatch(
-            f"{where} was created with codec={meta['codec']!r}; opened with codec={codec!r} "
-            "(open it without codec= to use the recorded one, or move it with `lockstore copy`)"
-        )
-    if codec is None and meta["codec"] == "pickle" and not meta["signed"]:
-        raise UnsafeStore(
-            f"{where} records codec 'pickle' without a secret: lockstore never unpickles because a server says so "
-            "(anyone who can write to it could run code here). If this store is yours, pass codec='pickle' "
-            "explicitly; better, copy it to a json store with `lockstore copy`, or use signed records (secret=)"
-        )
-    given: dict[str, float | int | None] = {
-        "max_age": max_age,
-        "clean_interval": clean_interval,
-        "clean_limit": clean_limit,
-    }
-    for name, value in given.items():
-        if value is not None and name in meta and meta[name] != value:
-            raise StoreMismatch(
-                f"{where} records {name}={meta[name]!r}; opened with {name}={value!r}. Every process must sweep "
-                f"by the store's rule: open it without {name}= to use the recorded value"
-            )
-    if "max_age" not in meta and max_age is None:
-        raise StoreMismatch(
-            f"{where} was created before lockstore recorded max_age: open it once with max_age= (the value its "
-            "applications use, in seconds) to record it; every process then uses the recorded value"
-        )
-    missing = [name for name in _SWEEP if name not in meta]
-    if missing:
-        wanted = _sweep_fields(max_age, clean_interval, clean_limit)
-        return None, {name: wanted[name] for name in missing}
-    return (
-        Settings(
-            meta["format"],
-            meta["codec"],
-            meta["signed"],
-            meta.get("store_id"),
-            meta["max_age"],
-            meta["clean_interval"],
-            meta["clean_limit"],
-        ),
-        {},
-    )
-
-
-def make_codec(
-    backend: str, name: str, settings: Settings, secret: bytes | str | None, max_value_size: int, path: str
-) -> Codec:
-    """The store's codec, its signatures bound to the store's identity (empty for a format 1 store)."""
-    scope = b"" if settings.store_id is None else f"{backend}\0{name}\0{settings.store_id}".encode()
-    codec = Codec(settings.codec, secret, max_value_size, scope=scope)
-    if codec.name == "pickle" and not codec.signed:
-        # Unpickling runs code: whoever can write to the server could run code here.
-        logger.warning(
-            "store at %s uses pickle without a secret: anyone who can write to this %s server can run code in "
-            "this process; pass secret= (signed records) or move to codec='json' with `lockstore copy`",
-            path,
-            backend,
-        )
-    return codec
+Make = Callable[[bytes | None, float], bytes | None]
+"""What :meth:`RemoteStore._put` writes: (the stored record or its header, or None; now) -> record, or None
+to write nothing."""
 
 
 # -- credentials ---------------------------------------------------------------------------------------
@@ -376,9 +92,6 @@ def scrub(text: str, values: Iterable[str]) -> str:
         if value:
             text = text.replace(value, "***")
     return text
-
-
-# -- reads --------------------------------------------------------------------------------------------
 
 
 class RemoteEdit:
@@ -447,19 +160,124 @@ class RemoteEdit:
 
 
 class RemoteStore(BaseStore):
-    """A :class:`BaseStore` whose subclass fetches a record (:meth:`_get`) and rewrites only its last-access
-    time (:meth:`_touch_record`); reading, touching and expiry are the same for every server."""
+    """A store on a server; a subclass gives the primitives listed in the module docstring.
 
+    Notes
+    -----
+    Thread safe: threads share one bounded connection pool. Process safe: every process (or machine) opens
+    its own store; ``edit()`` and every write are atomic across all of them through the server.
+    """
+
+    name_option: ClassVar[str]
+    """``"prefix"`` or ``"table"``: the option that names the store on its server."""
+    defaults: ClassVar[dict[str, Any]]
+    """This server's defaults of its name and ``pool_size``."""
+    edit_class: ClassVar[type[RemoteEdit]]
     _codec: Codec
     _secrets: list[str]
+
+    def __init__(self, url: str, options: Options | None = None, *, create: bool = True) -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
+        options = Options() if options is None else options  # checked when built
+        options.only(self.backend, (self.name_option, *SERVER))
+        self.options = options
+        self.name: str = getattr(options, self.name_option) or self.defaults[self.name_option]
+        self.touch_interval = float(options.touch_interval)
+        self.timeout = float(options.timeout)
+        self.connect_timeout = float(options.connect_timeout or SERVER_DEFAULTS["connect_timeout"])
+        self.lock_ttl = float(options.lock_ttl or SERVER_DEFAULTS["lock_ttl"])
+        self._pool_size: int = options.pool_size or self.defaults["pool_size"]
+        self.clock = options.clock or time.time
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self.path, self._secrets = self._display(url)
+        self._connect(url)
+        try:
+            settings = self._settle(creation_fields(options) if create else None, options)
+            self.max_age, self.clean_interval, self.clean_limit = settings[4:]
+            # the signatures bind the store's identity (none for a format 1 store, so that its records verify)
+            scope = "" if settings.store_id is None else f"{self.backend}\0{self.name}\0{settings.store_id}"
+            self._codec = Codec(settings.codec, options.secret, options.max_value_size, scope=scope.encode())
+        except BaseException:
+            self.close()
+            raise
+        if self._codec.name == "pickle" and not self._codec.signed:
+            # Unpickling runs code: whoever can write to the server could run code here.
+            logger.warning(
+                "store at %s uses pickle without a secret: anyone who can write to this %s server can run code in "
+                "this process; pass secret= (signed records) or move to codec='json' with `lockstore copy`",
+                self.path,
+                self.backend,
+            )
+
+    def _settle(self, new: dict[str, str] | None, options: Options) -> Settings:
+        """Record the settings of a new store (*new*; None: never create one), or read and check those of an
+        existing one, through the server's atomic :meth:`_record_meta`."""
+        where = f"store {self.name!r} at {self.path}"
+
+        def settle(exchange: Callable[[dict[str, str]], Pairs]) -> Settings:
+            fill: dict[str, str] = {}
+            for _ in range(3):
+                rows = list(exchange(fill))
+                if not rows:
+                    raise StoreMismatch(f"no {where}: the server holds no lockstore metadata for it (create=False)")
+                settings, fill = resolve(parse_meta(rows, where), where, options)
+                if settings is not None:
+                    return settings
+            raise StoreMismatch(f"{where}: its metadata kept changing while it was opened; try again")
+
+        return self._record_meta(new, settle)
+
+    # -- the primitives a server gives ------------------------------------------------------------
+
+    @staticmethod
+    @abstractmethod
+    def _display(url: str) -> tuple[str, list[str]]:
+        """(how the store shows *url*, every secret value it holds)."""
+
+    @abstractmethod
+    def _connect(self, url: str) -> None:
+        """Build the pool (no connection is needed yet); ValueError for a URL the client cannot use."""
+
+    @abstractmethod
+    def _disconnect(self) -> None:
+        """Close the pool (called once)."""
+
+    @abstractmethod
+    def _record_meta(
+        self, new: dict[str, str] | None, settle: Callable[[Callable[[dict[str, str]], Pairs]], Settings]
+    ) -> Settings:
+        """Return ``settle(exchange)`` where ``exchange(fill)`` records *new* if the store has no metadata (with
+        *new* None, records nothing), records the fields of *fill* where absent, and returns the metadata's
+        (name, value) pairs, empty if there is none; atomic against other processes opening the store."""
 
     @abstractmethod
     def _get(self, sid: str) -> bytes | None:
         """The stored record of *sid* (validated here), live or not, or None."""
 
     @abstractmethod
+    def _last_access(self, sid: str) -> float | None:
+        """The last access of the stored record of *sid*, or None if there is none."""
+
+    @abstractmethod
     def _touch_record(self, sid: str, rec: bytes, now: float) -> None:
         """Set the last access of *sid* to *now*, if its record is still *rec*."""
+
+    @abstractmethod
+    def _put(self, sid: str, make: Make, *, retry: bool) -> bool:
+        """Under the session's lock, store ``make(stored record or header, now)``, unless it returns None;
+        True if it wrote. *retry*: the write may be repeated after a lost reply."""
+
+    @abstractmethod
+    def _batches(self) -> Iterator[list[tuple[str | None, str, bytes | None]]]:
+        """Every stored record, by batch: (its id if valid, else None; the id as shown; the record or None)."""
+
+    @abstractmethod
+    def _counts(self) -> tuple[int, int, int, str]:
+        """(live, expired, bytes, server version) for :meth:`stats`."""
+
+    # -- written once on them ---------------------------------------------------------------------
 
     def _scrub(self, text: object) -> str:
         """The text of a client library's error, credentials removed."""
@@ -505,17 +323,103 @@ class RemoteStore(BaseStore):
         atime, created = fmt.times(rec)
         return Record(self._codec.decode(sid.encode(), rec), created, atime)
 
+    def __contains__(self, sid: object) -> bool:
+        atime = self._last_access(validate_id(sid))
+        return atime is not None and self.clock() - atime <= self.max_age
+
+    def __setitem__(self, sid: str, value: Any) -> None:
+        key = validate_id(sid).encode()
+        payload = self._codec.encode(value)  # before the lock: an unencodable value touches nothing
+
+        def make(old: bytes | None, now: float) -> bytes:
+            created = now
+            if old is not None and len(old) >= HEADER_SIZE and self._live(old, now):  # a damaged one is replaced
+                created = fmt.times(old)[1]
+            return self._codec.record(key, payload, now, created)
+
+        self._put(sid, make, retry=True)
+
+    def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
+        key = validate_id(sid).encode()
+        rec = self._codec.record(key, self._codec.encode(value), float(last_access), float(created))
+        self._put(sid, lambda old, now: rec, retry=True)
+
+    def put_record_if(self, sid: str, value: Any, *, created: float, last_access: float, expect: float | None) -> bool:
+        """Store *value* under *sid* with the given times only if the stored live record's last access is
+        *expect* exactly, or, with *expect* None, only if there is no live record (absent or expired);
+        True if it wrote. Atomic: the check and the write happen in one hold of the session's lock.
+
+        Liveness is judged by the record's times, without decoding it (a record too short to hold them
+        is not live). Not retried after a lost reply: whether it wrote could not be told.
+        """
+        key = validate_id(sid).encode()
+        rec = self._codec.record(key, self._codec.encode(value), float(last_access), float(created))
+        return self._put(sid, lambda old, now: rec if self._may_put(old, expect, now) else None, retry=False)
+
+    def edit(self, sid: str, *, create: bool = True) -> RemoteEdit:
+        """Atomic read-modify-write of one session, across processes and machines::
+
+            with store.edit(sid) as session:     # a dict; the session's lock is held on the server
+                session["n"] = session.get("n", 0) + 1
+
+        Saved on a clean exit if changed, discarded on an exception. A new empty dict if the session is
+        absent (or :class:`KeyError` with ``create=False``). The value must be a dict.
+        """
+        return self.edit_class(self, sid, create)
+
+    def records(
+        self, *, expired: bool = False, on_error: Callable[[str, CorruptRecord], None] | None = None
+    ) -> Iterator[tuple[str, Record]]:
+        for batch in self._batches():
+            yield from self._decode_batch(batch, self.clock(), expired, on_error)
+
+    def verify(self) -> list[tuple[str, str]]:
+        bad: list[tuple[str, str]] = []
+        for batch in self._batches():
+            for sid, shown, rec in batch:
+                try:
+                    if rec is not None and sid is None:
+                        raise CorruptRecord(f"the stored id {shown[:60]} is not a valid session id (not lockstore's)")
+                    if rec is not None and sid is not None:
+                        self._codec.decode(sid.encode(), rec)
+                except Exception as exc:
+                    bad.append((shown, str(exc)))
+        return bad
+
+    def stats(self) -> dict[str, Any]:
+        live, expired, size, server = self._counts()
+        return {
+            "backend": self.backend,
+            "path": self.path,
+            self.name_option: self.name,
+            "shards": 1,
+            "codec": self._codec.name,
+            "signed": self._codec.signed,
+            "max_age": self.max_age,
+            "clean_interval": self.clean_interval,
+            "clean_limit": self.clean_limit,
+            "live": live,
+            "expired": expired,
+            "bytes": size,
+            "per_shard": [{"shard": 0, "live": live, "expired": expired, "last_clean": None}],
+            "server": server,
+        }
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._disconnect()
+
 
 __all__ = [
+    "DEFAULT_CODEC",
     "FORMAT",
+    "Make",
+    "RemoteEdit",
     "RemoteStore",
-    "Settings",
-    "check_options",
-    "creation_fields",
     "is_secret_name",
-    "make_codec",
-    "parse_meta",
     "redact_url",
-    "resolve",
     "scrub",
 ]

@@ -29,122 +29,28 @@ import logging
 import math
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
 from itertools import chain
-from typing import Any
+from typing import Any, Unpack
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import record as fmt
-from ..base import Clock
-from ..codec import Record
-from ..errors import BackendUnavailable, CorruptRecord, LockTimeout, StoreClosed, StoreMismatch
+from ..errors import BackendUnavailable, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, is_valid_id, validate_id
+from ..options import Options, RedisOptions
 from ..record import HEADER_SIZE
-from .base import (
-    RemoteEdit,
-    RemoteStore,
-    Settings,
-    check_options,
-    creation_fields,
-    make_codec,
-    parse_meta,
-    redact_url,
-    resolve,
-)
+from .base import Make, RemoteEdit, RemoteStore, redact_url
+from .meta import Pairs, Settings
+from .redis_lua import ACQUIRE, COMMIT, META, RETIME, SWEEP
 
 logger = logging.getLogger(__name__)
 
 SCAN_BATCH = 500
 DONE_TTL_MS = 5000
-_PREFIX_OK = re.compile(r"[A-Za-z0-9_.:~-]{1,100}").fullmatch
-
-# KEYS: data, lock. ARGV: token, lock ttl (ms). Takes the lock unless another token holds it; returns
-# {1, record} or {0, lock pttl}. Idempotent for one token, so a retry after a lost reply is safe.
-ACQUIRE = """
-local cur = redis.call('GET', KEYS[2])
-if cur and cur ~= ARGV[1] and string.sub(cur, 1, 5) ~= 'done:' then
-  return {0, redis.call('PTTL', KEYS[2])}
-end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return {1, redis.call('GET', KEYS[1])}
-"""
-
-# KEYS: data, lock, wake. ARGV: token, op (w = write, d = delete, r = release only), record, ttl (ms,
-# or '' for none), ttl of the done marker (ms), and optionally the header the record must still have
-# ('' for none): a touch does not take the lock, and put_record_if must not write over one.
-# Returns 1 (done), 2 (an earlier attempt of this commit was done), 3 (the record's header changed:
-# released, nothing written) or 0 (the lock was lost: nothing written). A done commit leaves
-# 'done:TOKEN' for a few seconds so that a retry learns it went through.
-# Every release pushes one wake-up on the wake list, where a waiter blocks (BLPOP) instead of polling.
-COMMIT = f"""
-local cur = redis.call('GET', KEYS[2])
-if cur == 'done:' .. ARGV[1] then return 2 end
-if cur ~= ARGV[1] then return 0 end
-redis.call('LPUSH', KEYS[3], '1')
-redis.call('LTRIM', KEYS[3], 0, 0)
-redis.call('PEXPIRE', KEYS[3], 2000)
-if ARGV[6] and redis.call('GETRANGE', KEYS[1], 0, {HEADER_SIZE - 1}) ~= ARGV[6] then
-  redis.call('DEL', KEYS[2])
-  return 3
-end
-if ARGV[2] == 'r' then
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-if ARGV[2] == 'w' and ARGV[4] == '' then
-  redis.call('SET', KEYS[1], ARGV[3])
-elseif ARGV[2] == 'w' then
-  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-else
-  redis.call('DEL', KEYS[1])
-end
-redis.call('SET', KEYS[2], 'done:' .. ARGV[1], 'PX', ARGV[5])
-return 1
-"""
-
-# KEYS: data. ARGV: old record, new record, ttl (ms, or '' for none). Compare-and-set for a touch.
-RETIME = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  if ARGV[3] == '' then
-    redis.call('SET', KEYS[1], ARGV[2])
-  else
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  end
-  return 1
-end
-return 0
-"""
-
-# KEYS: data. ARGV: header. Deletes the record if it still has that header (same times): for clean().
-SWEEP = f"""
-if redis.call('GETRANGE', KEYS[1], 0, {HEADER_SIZE - 1}) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"""
-
-# KEYS: meta. ARGV: n, n field/value pairs that record a new store, then field/value pairs to record
-# where absent in an existing one (the sweep rule of a store created before it was recorded). Returns
-# the recorded fields, or the key's type if it is not a hash.
-META = """
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'none' and kind ~= 'hash' then return kind end
-local n = tonumber(ARGV[1])
-if kind == 'none' then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n))
-else
-  for i = 2 + 2 * n, #ARGV, 2 do
-    redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
-  end
-end
-return redis.call('HGETALL', KEYS[1])
-"""
 
 
 class _Edit(RemoteEdit):
@@ -153,7 +59,7 @@ class _Edit(RemoteEdit):
     _store: RedisStore
 
     def _begin(self) -> bytes | None:
-        self._token, rec = self._store._lock(self._sid)
+        self._token, rec = self._store._acquire(self._sid)
         return rec
 
     def _end(self, rec: bytes | None, now: float) -> None:
@@ -173,59 +79,25 @@ class RedisStore(RemoteStore):
     redis client drops inherited connections in a child and reconnects.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        prefix: str,
-        codec: str | None,
-        max_age: float | None = None,
-        touch_interval: float,
-        timeout: float,
-        max_value_size: int,
-        secret: bytes | str | None,
-        clock: Clock | None,
-        connect_timeout: float,
-        lock_ttl: float,
-        pool_size: int,
-        clean_interval: float | None = None,
-        clean_limit: int | None = None,
-    ) -> None:
-        if not isinstance(url, str):
-            raise TypeError(f"url must be a str, not {type(url).__name__}")
-        if not isinstance(prefix, str) or not _PREFIX_OK(prefix):
-            raise ValueError(f"prefix must be 1-100 characters from A-Z a-z 0-9 _ . : ~ -, not {prefix!r}")
-        # Every option is checked before the server is touched: a rejected one writes nothing.
-        check_options(
-            codec=codec,
-            touch_interval=touch_interval,
-            secret=secret,
-            max_value_size=max_value_size,
-            max_age=max_age,
-            clean_interval=clean_interval,
-            clean_limit=clean_limit,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            lock_ttl=lock_ttl,
-            pool_size=pool_size,
-        )
-        self.backend = "redis"
-        self.path, self._secrets = redact_url(url)
-        self.prefix = prefix
-        self.touch_interval = float(touch_interval)
-        self.timeout = float(timeout)
-        self.connect_timeout = float(connect_timeout)
-        self.lock_ttl = float(lock_ttl)
-        self.clock = clock or time.time
+    backend = "redis"
+    name_option = "prefix"
+    defaults = {"prefix": "lockstore", "pool_size": 50}
+    edit_class = _Edit
+    _display = staticmethod(redact_url)
+
+    @property
+    def prefix(self) -> str:
+        """Every key of the store starts with ``PREFIX:``."""
+        return self.name
+
+    def _connect(self, url: str) -> None:
         # Native expiry runs on the server's clock; an injected clock (tests, replays) is the store's
         # only judge of expiry, so native expiry is then left off and clean() removes what expired.
-        self._native_expiry = clock is None
-        self._closed = False
-        self._close_lock = threading.Lock()
+        self._native_expiry = self.options.clock is None
         try:
             self._pool = redis.BlockingConnectionPool.from_url(
                 url,
-                max_connections=pool_size,
+                max_connections=self._pool_size,
                 timeout=self.timeout,
                 socket_timeout=self.connect_timeout,
                 socket_connect_timeout=self.connect_timeout,
@@ -234,20 +106,30 @@ class RedisStore(RemoteStore):
         except ValueError as exc:
             raise ValueError(f"not a usable Redis URL: {self.path}: {self._scrub(exc)}") from None
         self._client = redis.Redis(connection_pool=self._pool)
-        self._acquire = self._client.register_script(ACQUIRE)
+        self._acquire_script = self._client.register_script(ACQUIRE)
         self._commit_script = self._client.register_script(COMMIT)
-        self._retime = self._client.register_script(RETIME)
-        self._sweep = self._client.register_script(SWEEP)
-        self._pattern = re.sub(r"([\\*?\[\]])", r"\\\1", prefix) + ":{*}"
-        try:
-            settings = self._settings(codec, secret is not None, max_age, clean_interval, clean_limit)
-            self.max_age = settings.max_age
-            self.clean_interval = settings.clean_interval
-            self.clean_limit = settings.clean_limit
-            self._codec = make_codec("redis", prefix, settings, secret, max_value_size, self.path)
-        except BaseException:
-            self.close()
-            raise
+        self._retime_script = self._client.register_script(RETIME)
+        self._sweep_script = self._client.register_script(SWEEP)
+        self._pattern = re.sub(r"([\\*?\[\]])", r"\\\1", self.name) + ":{*}"
+
+    def _disconnect(self) -> None:
+        self._pool.disconnect()
+
+    def _record_meta(
+        self, new: dict[str, str] | None, settle: Callable[[Callable[[dict[str, str]], Pairs]], Settings]
+    ) -> Settings:
+        meta = f"{self.prefix}:meta"
+        create = new or {}
+
+        def exchange(fill: dict[str, str]) -> Pairs:
+            args = [str(len(create)), *chain(*create.items()), *chain(*fill.items())]
+            reply = self._do(self._client.eval, META, 1, meta, *args)
+            if not isinstance(reply, list):
+                where = f"store {self.prefix!r} at {self.path}"
+                raise StoreMismatch(f"{where}: {meta} is a Redis {reply!r}, not lockstore metadata (a hash)")
+            return zip(reply[::2], reply[1::2], strict=True)
+
+        return settle(exchange)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -261,12 +143,6 @@ class RedisStore(RemoteStore):
         except UnicodeDecodeError:
             return None
         return sid if is_valid_id(sid) else None
-
-    def _bad_key(self, key: bytes) -> CorruptRecord:
-        return CorruptRecord(
-            f"key {key!r} under prefix {self.prefix!r} is not a session's: the part between the braces is not "
-            "a valid session id (not written by lockstore; delete it with redis-cli)"
-        )
 
     def _do(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one server call, mapping the client's errors to :class:`BackendUnavailable`.
@@ -300,38 +176,6 @@ class RedisStore(RemoteStore):
                 ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _settings(
-        self,
-        codec: str | None,
-        signed: bool,
-        max_age: float | None,
-        clean_interval: float | None,
-        clean_limit: int | None,
-    ) -> Settings:
-        """Record the settings of a new store, or read and check those of an existing one."""
-        meta = f"{self.prefix}:meta"
-        where = f"store {self.prefix!r} at {self.path}"
-        create = creation_fields(codec, signed, max_age, clean_interval, clean_limit)
-        fill: dict[str, str] = {}
-        for _ in range(3):
-            args = [str(len(create)), *chain(*create.items()), *chain(*fill.items())]
-            reply = self._do(self._client.eval, META, 1, meta, *args)
-            if not isinstance(reply, list):
-                raise StoreMismatch(f"{where}: {meta} is a Redis {reply!r}, not lockstore metadata (a hash)")
-            recorded = parse_meta(zip(reply[::2], reply[1::2], strict=True), where)
-            settings, fill = resolve(
-                recorded,
-                where,
-                codec=codec,
-                signed=signed,
-                max_age=max_age,
-                clean_interval=clean_interval,
-                clean_limit=clean_limit,
-            )
-            if settings is not None:
-                return settings
-        raise StoreMismatch(f"{where}: its metadata kept changing while it was opened; try again")
-
     def _px(self, last_access: float, now: float) -> str | None:
         """The native TTL of a record in milliseconds ('' for none), or None if it has expired."""
         if now - last_access > self.max_age:
@@ -340,14 +184,14 @@ class RedisStore(RemoteStore):
             return ""
         return str(max(1, math.ceil((last_access + self.max_age - now) * 1000)))
 
-    def _lock(self, sid: str) -> tuple[str, bytes | None]:
+    def _acquire(self, sid: str) -> tuple[str, bytes | None]:
         """Take the session's lock (waiting up to ``timeout``); returns (token, record or None)."""
         key, lock = self._data_key(sid), self._data_key(sid) + ":lock"
         token = secrets.token_hex(12)
         ttl = str(math.ceil(self.lock_ttl * 1000))
         deadline = time.monotonic() + self.timeout
         while True:
-            got, value = self._do(self._acquire, keys=[key, lock], args=[token, ttl])
+            got, value = self._do(self._acquire_script, keys=[key, lock], args=[token, ttl])
             if got:
                 return token, value
             left = deadline - time.monotonic()
@@ -406,6 +250,38 @@ class RedisStore(RemoteStore):
         value: bytes | None = self._do(self._client.get, self._data_key(validate_id(sid)))
         return value
 
+    def _last_access(self, sid: str) -> float | None:
+        header = self._do(self._client.getrange, self._data_key(sid), 0, HEADER_SIZE - 1)
+        return fmt.times(header)[0] if header else None
+
+    def _put(self, sid: str, make: Make, *, retry: bool) -> bool:
+        # Every commit is idempotent per lock token (retry is always safe here), and checks that the record
+        # still has the header make() saw: a touch does not take the lock.
+        for _ in range(100):
+            token, old = self._acquire(sid)
+            try:
+                now = self.clock()
+                rec = make(old, now)
+            except BaseException:
+                self._release(sid, token)
+                raise
+            if rec is None:
+                self._release(sid, token)
+                return False
+            if self._commit(sid, token, rec, now, header=b"" if old is None else old[:HEADER_SIZE]):
+                return True
+        raise LockTimeout(f"session {describe_id(sid)} kept changing; try again")
+
+    def _take(self, sid: str) -> tuple[bytes | None, float]:
+        validate_id(sid)
+        token, old = self._acquire(sid)
+        now = self.clock()
+        if old is None:
+            self._release(sid, token)
+        else:
+            self._commit(sid, token, None, now)
+        return old, now
+
     def _scan(self) -> Iterator[list[bytes]]:
         """Batches of the store's data keys (each key once)."""
         seen: set[bytes] = set()
@@ -446,38 +322,6 @@ class RedisStore(RemoteStore):
         :class:`CorruptRecord`, ``verify()`` reports it, ``del`` removes it) rather than hidden."""
         return len(header) < HEADER_SIZE or now - fmt.last_access(header) <= self.max_age
 
-    # -- the mapping -------------------------------------------------------------------------
-
-    def __contains__(self, sid: object) -> bool:
-        key = self._data_key(validate_id(sid))
-        header = self._do(self._client.getrange, key, 0, HEADER_SIZE - 1)
-        return bool(header) and self._live(header, self.clock())
-
-    def __setitem__(self, sid: str, value: Any) -> None:
-        validate_id(sid)
-        payload = self._codec.encode(value)
-        token, old = self._lock(sid)
-        try:
-            now = self.clock()
-            created = now
-            if old is not None and len(old) >= HEADER_SIZE and self._live(old, now):
-                created = fmt.times(old)[1]
-            rec = self._codec.record(sid.encode(), payload, now, created)
-        except BaseException:
-            self._release(sid, token)
-            raise
-        self._commit(sid, token, rec, now)
-
-    def _take(self, sid: str) -> tuple[bytes | None, float]:
-        validate_id(sid)
-        token, old = self._lock(sid)
-        now = self.clock()
-        if old is None:
-            self._release(sid, token)
-        else:
-            self._commit(sid, token, None, now)
-        return old, now
-
     def __iter__(self) -> Iterator[str]:
         for sid, header in self._times():
             if self._listed(header, self.clock()):
@@ -492,22 +336,9 @@ class RedisStore(RemoteStore):
         for keys in self._scan():
             self._do(self._client.unlink, *keys)
 
-    # -- beyond the mapping ----------------------------------------------------------------
-
-    def edit(self, sid: str, *, create: bool = True) -> _Edit:
-        """Atomic read-modify-write of one session, across processes and machines::
-
-            with store.edit(sid) as session:     # a dict; the session's lock is held in Redis
-                session["n"] = session.get("n", 0) + 1
-
-        Saved on a clean exit if changed, discarded on an exception. A new empty dict if the session is
-        absent (or :class:`KeyError` with ``create=False``). The value must be a dict.
-        """
-        return _Edit(self, sid, create)
-
     def _touch_record(self, sid: str, rec: bytes, now: float) -> None:
         new = self._codec.retime(sid.encode(), rec, now)
-        self._do(self._retime, keys=[self._data_key(sid)], args=[rec, new, self._px(now, now)])
+        self._do(self._retime_script, keys=[self._data_key(sid)], args=[rec, new, self._px(now, now)])
 
     def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
         """Remove the sessions expired by the store's clock that the server has not dropped yet, or with
@@ -526,7 +357,7 @@ class RedisStore(RemoteStore):
                 def run(stale: list[tuple[bytes, bytes]] = stale) -> list[Any]:
                     pipe = self._client.pipeline(transaction=False)
                     for key, header in stale:
-                        self._sweep(keys=[key], args=[header], client=pipe)
+                        self._sweep_script(keys=[key], args=[header], client=pipe)
                     return pipe.execute()
 
                 removed += sum(self._do(run))
@@ -537,7 +368,7 @@ class RedisStore(RemoteStore):
             progress(batches, batches)
         return removed
 
-    def stats(self) -> dict[str, Any]:
+    def _counts(self) -> tuple[int, int, int, str]:
         now = self.clock()
         live = expired = size = 0
         for keys in self._scan():
@@ -558,176 +389,31 @@ class RedisStore(RemoteStore):
                     else:
                         expired += 1
         info = self._do(self._client.info, "server")
-        return {
-            "backend": self.backend,
-            "path": self.path,
-            "prefix": self.prefix,
-            "shards": 1,
-            "codec": self._codec.name,
-            "signed": self._codec.signed,
-            "max_age": self.max_age,
-            "clean_interval": self.clean_interval,
-            "clean_limit": self.clean_limit,
-            "live": live,
-            "expired": expired,
-            "bytes": size,
-            "per_shard": [{"shard": 0, "live": live, "expired": expired, "last_clean": None}],
-            "server": f"redis {info.get('redis_version', '?')}",
-        }
+        return live, expired, size, f"redis {info.get('redis_version', '?')}"
 
-    def verify(self) -> list[tuple[str, str]]:
-        bad: list[tuple[str, str]] = []
+    def _batches(self) -> Iterator[list[tuple[str | None, str, bytes | None]]]:
         for keys in self._scan():
-            for key, rec in zip(keys, self._fetch(keys), strict=True):
-                if rec is None:
-                    continue
-                sid = self._sid_of(key)
-                if sid is None:
-                    bad.append((repr(key), str(self._bad_key(key))))
-                    continue
-                try:
-                    self._codec.decode(sid.encode(), rec)
-                except Exception as exc:
-                    bad.append((sid, str(exc)))
-        return bad
-
-    def records(
-        self, *, expired: bool = False, on_error: Callable[[str, CorruptRecord], None] | None = None
-    ) -> Iterator[tuple[str, Record]]:
-        for keys in self._scan():
-            now = self.clock()
             sids = [self._sid_of(key) for key in keys]
-            batch = [
-                (sid, sid or key.decode(errors="backslashreplace"), rec)
-                for sid, key, rec in zip(sids, keys, self._fetch(keys), strict=True)
-            ]
-            yield from self._decode_batch(batch, now, expired, on_error)
-
-    def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
-        validate_id(sid)
-        rec = self._codec.record(sid.encode(), self._codec.encode(value), float(last_access), float(created))
-        token, _ = self._lock(sid)
-        self._commit(sid, token, rec, self.clock())
-
-    def put_record_if(self, sid: str, value: Any, *, created: float, last_access: float, expect: float | None) -> bool:
-        """Store *value* under *sid* with the given times only if the stored live record's last access is
-        *expect* exactly, or, with *expect* None, only if there is no live record (absent or expired);
-        True if it wrote. Atomic: the check and the write happen in one hold of the session's lock, and
-        the write also checks that no touch changed the record meanwhile.
-
-        Liveness is judged by the record's times, without decoding it (a record too short to hold them
-        is not live).
-        """
-        validate_id(sid)
-        rec = self._codec.record(sid.encode(), self._codec.encode(value), float(last_access), float(created))
-        for _ in range(100):
-            token, old = self._lock(sid)
-            try:
-                now = self.clock()
-                wanted = self._may_put(old, expect, now)
-            except BaseException:
-                self._release(sid, token)
-                raise
-            if not wanted:
-                self._release(sid, token)
-                return False
-            if self._commit(sid, token, rec, now, header=b"" if old is None else old[:HEADER_SIZE]):
-                return True
-            # A touch changed the record between the check and the write: check again.
-        raise LockTimeout(f"session {describe_id(sid)} kept changing; try again")
-
-    def close(self) -> None:
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._pool.disconnect()
+            yield [(sid, sid or repr(key), rec) for sid, key, rec in zip(sids, keys, self._fetch(keys), strict=True)]
 
 
-def open_redis(
-    url: str,
-    *,
-    prefix: str = "lockstore",
-    codec: str | None = None,
-    max_age: float | None = None,
-    touch_interval: float = 60,
-    timeout: float = 10.0,
-    max_value_size: int = 1 << 20,
-    secret: bytes | str | None = None,
-    clock: Clock | None = None,
-    connect_timeout: float = 5.0,
-    lock_ttl: float = 30.0,
-    pool_size: int = 50,
-    clean_interval: float | None = None,
-    clean_limit: int | None = None,
-) -> RedisStore:
+def open_redis(url: str, *, create: bool = True, **options: Unpack[RedisOptions]) -> RedisStore:
     """Open the store under *prefix* on the Redis server at *url* (``redis://`` or ``rediss://``).
 
-    Parameters
-    ----------
-    url
-        ``redis://[user:password@]host:port/db``; ``rediss://`` for TLS. Its password, and any query
-        parameter whose name contains ``pass``, ``secret``, ``token`` or ``key``, never appear in
-        ``repr()``, ``stats()`` or an error message.
-    prefix
-        Every key of the store starts with ``PREFIX:``; several stores can share one database.
-    codec
-        ``"json"`` (the default for a new store), ``"msgpack"`` or ``"pickle"``. Recorded under
-        ``PREFIX:meta`` when the store is created; None opens an existing store with its recorded codec,
-        except unsigned pickle, which runs code from whoever can write to the server: such a store opens
-        only with ``codec="pickle"`` passed explicitly (:class:`UnsafeStore` otherwise). To move an
-        existing pickle store off pickle, copy it into a new json store with ``lockstore copy``.
-    max_age, clean_interval, clean_limit
-        The sweep rule, recorded when the store is created (defaults 1800 s, 300 s, 1000). None takes the
-        recorded value; an explicit different value raises :class:`StoreMismatch`. A store created before
-        lockstore recorded them must be opened once with ``max_age=``, which is then recorded. Redis drops
-        expired keys itself (its TTL follows ``max_age``); ``clean()`` removes what the store's clock has
-        expired before the server's.
-    touch_interval, max_value_size, secret, clock
-        As for :func:`lockstore.open`. Whether a secret is used is recorded; opening the other way raises
-        :class:`StoreMismatch`. Signatures bind the store's identity (prefix and a random store id), so
-        a signed record copied from another store that shares the secret does not verify.
-    timeout
-        Seconds to wait for a session's lock (then :class:`LockTimeout`) or for a pooled connection.
-    connect_timeout
-        Seconds to wait for the server to accept a connection or answer a command, then
-        :class:`BackendUnavailable`.
-    lock_ttl
-        Seconds an ``edit()`` may hold a session's lock; a holder that dies blocks that session this
-        long. A holder that takes longer writes nothing and gets :class:`LockTimeout`.
-    pool_size
-        Connections this store keeps at most (one per thread in use at once).
+    *url* is ``redis://[user:password@]host:port/db``; its password, and any query parameter named like one
+    (see :mod:`lockstore.remote.base`), never appear in ``repr()``, ``stats()`` or a message. Every key of
+    the store starts with ``PREFIX:`` (default ``"lockstore"``), so several stores can share a database;
+    its settings are the hash ``PREFIX:meta``. *create* False: the store must exist
+    (:class:`StoreMismatch` otherwise), and nothing is created.
 
-    Every option is checked before anything is written to the server.
-
-    Raises
-    ------
-    BackendUnavailable
-        The server cannot be reached.
-    StoreMismatch
-        The store was created with another codec, or with(out) a secret, or records another sweep rule;
-        or its metadata is not valid.
-    UnsafeStore
-        The store records unsigned pickle and *codec* is not ``"pickle"``.
-    ValueError, TypeError
-        An option is out of range (nothing was written).
+    The options, their checks and errors are those of :func:`lockstore.open`. Here ``timeout`` bounds the
+    wait for a session's lock or a pooled connection, ``connect_timeout`` (default 5) the wait for the
+    server, ``lock_ttl`` (default 30) how long an ``edit()`` may hold a session's lock (a holder that dies
+    blocks it this long; one slower gets :class:`LockTimeout` and writes nothing), ``pool_size`` defaults to
+    50. Redis drops expired keys itself (a key's TTL follows ``max_age``); ``clean()`` removes what the
+    store's clock expired first.
     """
-    return RedisStore(
-        url,
-        prefix=prefix,
-        codec=codec,
-        max_age=max_age,
-        touch_interval=touch_interval,
-        timeout=timeout,
-        max_value_size=max_value_size,
-        secret=secret,
-        clock=clock,
-        connect_timeout=connect_timeout,
-        lock_ttl=lock_ttl,
-        pool_size=pool_size,
-        clean_interval=clean_interval,
-        clean_limit=clean_limit,
-    )
+    return RedisStore(url, Options(**options), create=create)
 
 
 __all__ = ["RedisStore", "open_redis"]
