@@ -7,12 +7,20 @@ Redis's own mechanisms do the work the embedded design does with files:
 - Expiry is native: every write sets the key's TTL to what is left of ``max_age`` since the last
   access, so a touch slides it. Reads also check the record's last access against the store's clock,
   so an expired session is never returned even before the server drops it.
-- ``edit()`` takes a per-session lock key ``PREFIX:{SID}:lock`` (a random token, ``PX lock_ttl``) in
-  the same server-side script that reads the record, and commits with a script that writes only if the
-  token still holds. A ``with`` block cannot be replayed, which optimistic ``WATCH``/``MULTI`` needs on
-  conflict (the README's scale-out measurements compare both). A holder that dies leaves its lock
-  until ``lock_ttl``; a holder slower than ``lock_ttl`` gets :class:`~lockstore.LockTimeout` on exit and
-  writes nothing, so no update is ever lost silently.
+- ``edit()`` takes a per-session lock key ``PREFIX:{SID}:lock`` (a random token with a lease: ``PX lock_ttl``,
+  default 5 s) in the same server-side script that reads the record, and commits with a script that writes only
+  if the token still holds. A ``with`` block cannot be replayed, which optimistic ``WATCH``/``MULTI`` needs on
+  conflict. The lease is renewed while the holder lives (:mod:`lockstore.remote.redis_locks`): a holder that
+  dies leaves the lock for at most ``lock_ttl``; one paused past it gets :class:`~lockstore.LockLost` on exit
+  and writes nothing, so no update is ever lost silently. :meth:`RedisStore.request_locks` gives the
+  request-long lock the integrations hold on the server (same module).
+- ``durability="system"``: every acknowledged write (an ``edit()`` commit, a set, a delete) is sent with
+  ``WAIT 1`` on the same connection and returns once a replica has it, so a master that dies and is replaced by
+  its replica loses no acknowledged write; no replica within ``connect_timeout / 2`` raises
+  :class:`~lockstore.BackendUnavailable` (the write is on the master, not confirmed anywhere else). With
+  ``"process"`` a write is acknowledged by the master alone: replication is asynchronous, so a failover in the
+  moment after loses the writes the replica had not received (a restart of the same master keeps what its
+  append-only file kept). Touches (last-access times) are never waited for.
 - Connections come from a bounded pool; every socket has a timeout. A server that is down or does not
   answer raises :class:`~lockstore.BackendUnavailable`, never a hang.
 - The store's settings live in the hash ``PREFIX:meta``: metadata format, codec, whether records are
@@ -39,13 +47,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import record as fmt
-from ..errors import BackendUnavailable, LockTimeout, StoreClosed, StoreMismatch
+from .._process import GENERATION
+from ..errors import BackendUnavailable, LockLost, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, is_valid_id, validate_id
 from ..options import Options, RedisOptions
 from ..record import HEADER_SIZE
 from .base import Make, RemoteEdit, RemoteStore, redact_url
 from .meta import Pairs, Settings
-from .redis_lua import ACQUIRE, COMMIT, META, RETIME, SWEEP
+from .redis_locks import KeyLease, RedisRequestLocks
+from .redis_lua import ACQUIRE, COMMIT, GIVE, META, RENEW, RETIME, SWEEP, TAKE
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +70,11 @@ class _Edit(RemoteEdit):
 
     def _begin(self) -> bytes | None:
         self._token, rec = self._store._acquire(self._sid)
+        self._lease = KeyLease(self._store, self._store._data_key(self._sid) + ":lock", self._token)
         return rec
 
     def _end(self, rec: bytes | None, now: float) -> None:
+        self._lease.end()
         if rec is None:
             self._store._release(self._sid, self._token)
         else:
@@ -81,7 +93,7 @@ class RedisStore(RemoteStore):
 
     backend = "redis"
     name_option = "prefix"
-    defaults = {"prefix": "lockstore", "pool_size": 50}
+    defaults = {"prefix": "lockstore", "pool_size": 50, "lock_ttl": 5.0}
     edit_class = _Edit
     _display = staticmethod(redact_url)
 
@@ -106,6 +118,16 @@ class RedisStore(RemoteStore):
         except ValueError as exc:
             raise ValueError(f"not a usable Redis URL: {self.path}: {self._scrub(exc)}") from None
         self._client = redis.Redis(connection_pool=self._pool)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """The scripts on ``self._client`` and what the store keeps besides (after :meth:`_connect` built it)."""
+        self._durable = self.options.durability == "system"
+        self._block_cap = min(self.connect_timeout / 2, 1.0)  # a blocking wait returns before the socket times out
+        self._fences: dict[str, tuple[int, str]] = {}  # sid -> (fork generation, token): see redis_locks
+        self._renew_script = self._client.register_script(RENEW)
+        self._take_script = self._client.register_script(TAKE)
+        self._give_script = self._client.register_script(GIVE)
         self._acquire_script = self._client.register_script(ACQUIRE)
         self._commit_script = self._client.register_script(COMMIT)
         self._retime_script = self._client.register_script(RETIME)
@@ -204,47 +226,77 @@ class RedisStore(RemoteStore):
             # the socket timeout must not fire first. Measured: twice the throughput of polling with
             # backoff on a hot session.
             lapse = value / 1000 if isinstance(value, int) and value > 0 else 0.05
-            wait = max(0.001, min(left, lapse + 0.001, self.connect_timeout / 2, 1.0))
+            wait = max(0.001, min(left, lapse + 0.001, self._block_cap))
             self._do(self._client.blpop, [key + ":wake"], timeout=wait)
 
-    def _release(self, sid: str, token: str) -> None:
+    def _lock_keys(self, sid: str) -> list[str]:
+        """The keys of COMMIT: the record, its edit lock, that lock's wake list, the request lock."""
         key = self._data_key(sid)
+        return [key, key + ":lock", key + ":wake", key + ":req"]
+
+    def _release(self, sid: str, token: str) -> None:
         try:
-            self._do(self._commit_script, keys=[key, key + ":lock", key + ":wake"], args=[token, "r", b"", "0", "0"])
+            self._do(self._commit_script, keys=self._lock_keys(sid), args=[token, "r", b"", "0", "0", ""])
         except (BackendUnavailable, StoreClosed):
             # Nothing was to be written; the lock expires by itself after lock_ttl.
             logger.debug("could not release the lock of %s; it expires after %s s", describe_id(sid), self.lock_ttl)
 
+    def _send_commit(self, sid: str, keys: list[str], args: list[str | bytes]) -> int:
+        """Run COMMIT; with ``durability="system"``, followed by ``WAIT`` on the same connection (one round trip):
+        WAIT covers the writes of its own connection only."""
+        if not self._durable:
+            done: int = self._commit_script(keys=keys, args=args)
+            return done
+        pipe = self._client.pipeline(transaction=False)
+        pipe.eval(COMMIT, len(keys), *keys, *args)  # EVAL: a pipeline would check EVALSHA's script first (a round trip)
+        wait = self.connect_timeout / 2
+        pipe.execute_command("WAIT", 1, math.ceil(wait * 1000))
+        done, replicas = pipe.execute()
+        if done in (1, 2) and args[1] != "r" and replicas < 1:
+            raise BackendUnavailable(
+                f"redis at {self.path}: no replica confirmed the write of {describe_id(sid)} "
+                f"within {wait:g} s (durability='system'): it is on the master only, lost if the master failed"
+            )
+        return int(done)
+
     def _commit(self, sid: str, token: str, rec: bytes | None, now: float, header: bytes | None = None) -> bool:
-        """Write *rec* (or delete, if None or already expired) and release, if the lock still holds.
+        """Write *rec* (or delete, if None or already expired) and release, if the lock still holds (and the
+        session's request lock, if this process holds it: see :mod:`lockstore.remote.redis_locks`).
 
         With *header*, only if the stored record still starts with it (b"": there is none); returns False
-        (lock released, nothing written) if it does not.
+        (lock released, nothing written) if it does not. :class:`LockLost` if a lease lapsed: nothing written.
         """
-        key = self._data_key(sid)
         px = self._px(fmt.times(rec)[0], now) if rec is not None else None
         op, data = ("w", rec) if rec is not None and px is not None else ("d", b"")
-        args: list[str | bytes] = [token, op, data, px or "", str(DONE_TTL_MS)]
+        gen, fence = self._fences.get(sid, (0, ""))
+        args: list[str | bytes] = [token, op, data, px or "", str(DONE_TTL_MS), fence if gen == GENERATION[0] else ""]
         if header is not None:
             args.append(header)
-        keys = [key, key + ":lock", key + ":wake"]
+        keys = self._lock_keys(sid)
         try:
-            done = self._commit_script(keys=keys, args=args)
+            done = self._send_commit(sid, keys, args)
         except redis.RedisError:
             # The reply was lost: ask again. 2 means the first attempt went through; 0 that the lock is
             # gone, and whether the first attempt wrote cannot be known.
-            done = self._do(self._commit_script, keys=keys, args=args)
+            done = self._do(self._send_commit, sid, keys, args)
             if done == 0:
                 raise BackendUnavailable(
                     f"redis at {self.path} failed while saving session {describe_id(sid)}; "
                     "whether the write happened is unknown"
                 ) from None
-        if done == 0:
-            raise LockTimeout(
-                f"session {describe_id(sid)} was held longer than lock_ttl={self.lock_ttl} s and its "
-                "lock expired: nothing was written"
+        if done in (0, 4):
+            which = "its lock" if done == 0 else "this request's lock on it (:req)"
+            raise LockLost(
+                f"session {describe_id(sid)}: {which} lapsed before the write (a holder paused or cut off from the "
+                f"server longer than its lease, lock_ttl={self.lock_ttl:g} s), and another may hold it now: "
+                "nothing was written"
             )
         return bool(done != 3)
+
+    def request_locks(self, *, stripes: int = 0, timeout: float | None = None) -> RedisRequestLocks:
+        """The request-long session locks kept on this server (:mod:`lockstore.remote.redis_locks`): what the
+        integrations use given no ``lock_dir``. One lock key per session; *stripes* is not used."""
+        return RedisRequestLocks(self, timeout=self.timeout if timeout is None else timeout)
 
     def _get(self, sid: str) -> bytes | None:
         value: bytes | None = self._do(self._client.get, self._data_key(validate_id(sid)))
