@@ -36,8 +36,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import secrets
-import time
 from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import Any, Unpack
@@ -47,38 +45,18 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import record as fmt
-from .._process import GENERATION
-from ..errors import BackendUnavailable, LockLost, LockTimeout, StoreClosed, StoreMismatch
+from ..errors import BackendUnavailable, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, is_valid_id, validate_id
 from ..options import Options, RedisOptions
 from ..record import HEADER_SIZE
-from .base import Make, RemoteEdit, RemoteStore, redact_url
+from .base import Make, RemoteStore, redact_url
 from .meta import Pairs, Settings
-from .redis_locks import KeyLease, RedisRequestLocks
+from .redis_locks import RedisEdit, RedisRequestLocks, acquire, commit, release
 from .redis_lua import ACQUIRE, COMMIT, GIVE, META, RENEW, RETIME, SWEEP, TAKE
 
 logger = logging.getLogger(__name__)
 
 SCAN_BATCH = 500
-DONE_TTL_MS = 5000
-
-
-class _Edit(RemoteEdit):
-    """The context manager returned by :meth:`RedisStore.edit`: the session's lock key held by a token."""
-
-    _store: RedisStore
-
-    def _begin(self) -> bytes | None:
-        self._token, rec = self._store._acquire(self._sid)
-        self._lease = KeyLease(self._store, self._store._data_key(self._sid) + ":lock", self._token)
-        return rec
-
-    def _end(self, rec: bytes | None, now: float) -> None:
-        self._lease.end()
-        if rec is None:
-            self._store._release(self._sid, self._token)
-        else:
-            self._store._commit(self._sid, self._token, rec, now)
 
 
 class RedisStore(RemoteStore):
@@ -94,7 +72,7 @@ class RedisStore(RemoteStore):
     backend = "redis"
     name_option = "prefix"
     defaults = {"prefix": "lockstore", "pool_size": 50, "lock_ttl": 5.0}
-    edit_class = _Edit
+    edit_class = RedisEdit
     _display = staticmethod(redact_url)
 
     @property
@@ -206,93 +184,6 @@ class RedisStore(RemoteStore):
             return ""
         return str(max(1, math.ceil((last_access + self.max_age - now) * 1000)))
 
-    def _acquire(self, sid: str) -> tuple[str, bytes | None]:
-        """Take the session's lock (waiting up to ``timeout``); returns (token, record or None)."""
-        key, lock = self._data_key(sid), self._data_key(sid) + ":lock"
-        token = secrets.token_hex(12)
-        ttl = str(math.ceil(self.lock_ttl * 1000))
-        deadline = time.monotonic() + self.timeout
-        while True:
-            got, value = self._do(self._acquire_script, keys=[key, lock], args=[token, ttl])
-            if got:
-                return token, value
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise LockTimeout(
-                    f"session {describe_id(sid)} at {self.path} stayed locked for {self.timeout} s "
-                    f"(its holder may have died: its lock expires after lock_ttl={self.lock_ttl} s)"
-                )
-            # Block until a release pushes a wake-up (or the holder's lock would lapse), then try again;
-            # the socket timeout must not fire first. Measured: twice the throughput of polling with
-            # backoff on a hot session.
-            lapse = value / 1000 if isinstance(value, int) and value > 0 else 0.05
-            wait = max(0.001, min(left, lapse + 0.001, self._block_cap))
-            self._do(self._client.blpop, [key + ":wake"], timeout=wait)
-
-    def _lock_keys(self, sid: str) -> list[str]:
-        """The keys of COMMIT: the record, its edit lock, that lock's wake list, the request lock."""
-        key = self._data_key(sid)
-        return [key, key + ":lock", key + ":wake", key + ":req"]
-
-    def _release(self, sid: str, token: str) -> None:
-        try:
-            self._do(self._commit_script, keys=self._lock_keys(sid), args=[token, "r", b"", "0", "0", ""])
-        except (BackendUnavailable, StoreClosed):
-            # Nothing was to be written; the lock expires by itself after lock_ttl.
-            logger.debug("could not release the lock of %s; it expires after %s s", describe_id(sid), self.lock_ttl)
-
-    def _send_commit(self, sid: str, keys: list[str], args: list[str | bytes]) -> int:
-        """Run COMMIT; with ``durability="system"``, followed by ``WAIT`` on the same connection (one round trip):
-        WAIT covers the writes of its own connection only."""
-        if not self._durable:
-            done: int = self._commit_script(keys=keys, args=args)
-            return done
-        pipe = self._client.pipeline(transaction=False)
-        pipe.eval(COMMIT, len(keys), *keys, *args)  # EVAL: a pipeline would check EVALSHA's script first (a round trip)
-        wait = self.connect_timeout / 2
-        pipe.execute_command("WAIT", 1, math.ceil(wait * 1000))
-        done, replicas = pipe.execute()
-        if done in (1, 2) and args[1] != "r" and replicas < 1:
-            raise BackendUnavailable(
-                f"redis at {self.path}: no replica confirmed the write of {describe_id(sid)} "
-                f"within {wait:g} s (durability='system'): it is on the master only, lost if the master failed"
-            )
-        return int(done)
-
-    def _commit(self, sid: str, token: str, rec: bytes | None, now: float, header: bytes | None = None) -> bool:
-        """Write *rec* (or delete, if None or already expired) and release, if the lock still holds (and the
-        session's request lock, if this process holds it: see :mod:`lockstore.remote.redis_locks`).
-
-        With *header*, only if the stored record still starts with it (b"": there is none); returns False
-        (lock released, nothing written) if it does not. :class:`LockLost` if a lease lapsed: nothing written.
-        """
-        px = self._px(fmt.times(rec)[0], now) if rec is not None else None
-        op, data = ("w", rec) if rec is not None and px is not None else ("d", b"")
-        gen, fence = self._fences.get(sid, (0, ""))
-        args: list[str | bytes] = [token, op, data, px or "", str(DONE_TTL_MS), fence if gen == GENERATION[0] else ""]
-        if header is not None:
-            args.append(header)
-        keys = self._lock_keys(sid)
-        try:
-            done = self._send_commit(sid, keys, args)
-        except redis.RedisError:
-            # The reply was lost: ask again. 2 means the first attempt went through; 0 that the lock is
-            # gone, and whether the first attempt wrote cannot be known.
-            done = self._do(self._send_commit, sid, keys, args)
-            if done == 0:
-                raise BackendUnavailable(
-                    f"redis at {self.path} failed while saving session {describe_id(sid)}; "
-                    "whether the write happened is unknown"
-                ) from None
-        if done in (0, 4):
-            which = "its lock" if done == 0 else "this request's lock on it (:req)"
-            raise LockLost(
-                f"session {describe_id(sid)}: {which} lapsed before the write (a holder paused or cut off from the "
-                f"server longer than its lease, lock_ttl={self.lock_ttl:g} s), and another may hold it now: "
-                "nothing was written"
-            )
-        return bool(done != 3)
-
     def request_locks(self, *, stripes: int = 0, timeout: float | None = None) -> RedisRequestLocks:
         """The request-long session locks kept on this server (:mod:`lockstore.remote.redis_locks`): what the
         integrations use given no ``lock_dir``. One lock key per session; *stripes* is not used."""
@@ -310,28 +201,28 @@ class RedisStore(RemoteStore):
         # Every commit is idempotent per lock token (retry is always safe here), and checks that the record
         # still has the header make() saw: a touch does not take the lock.
         for _ in range(100):
-            token, old = self._acquire(sid)
+            token, old = acquire(self, sid)
             try:
                 now = self.clock()
                 rec = make(old, now)
             except BaseException:
-                self._release(sid, token)
+                release(self, sid, token)
                 raise
             if rec is None:
-                self._release(sid, token)
+                release(self, sid, token)
                 return False
-            if self._commit(sid, token, rec, now, header=b"" if old is None else old[:HEADER_SIZE]):
+            if commit(self, sid, token, rec, now, header=b"" if old is None else old[:HEADER_SIZE]):
                 return True
         raise LockTimeout(f"session {describe_id(sid)} kept changing; try again")
 
     def _take(self, sid: str) -> tuple[bytes | None, float]:
         validate_id(sid)
-        token, old = self._acquire(sid)
+        token, old = acquire(self, sid)
         now = self.clock()
         if old is None:
-            self._release(sid, token)
+            release(self, sid, token)
         else:
-            self._commit(sid, token, None, now)
+            commit(self, sid, token, None, now)
         return old, now
 
     def _scan(self) -> Iterator[list[bytes]]:

@@ -5,8 +5,9 @@ taken atomically with ``SET``-if-free in a script, renewed by :data:`~lockstore.
 of the lease (``RENEW``: the token still holds it, then ``PEXPIRE``) while its holder lives, and given back by
 compare-and-delete, which pushes one wake-up on a list where waiters block (``BLPOP``) instead of polling:
 
-- ``edit()``'s lock ``PREFIX:{SID}:lock`` (:class:`KeyLease` on it, in :mod:`lockstore.remote.redis`): a holder
-  killed inside ``edit()`` stops renewing and its lock clears within one lease; a slow live one keeps it;
+- ``edit()``'s lock ``PREFIX:{SID}:lock`` (:class:`RedisEdit`; :func:`acquire` and :func:`commit` serve a set
+  and a delete too, which hold it for one round trip and are not renewed): a holder killed inside ``edit()``
+  stops renewing and its lock clears within one lease; a slow live one keeps it;
 - the request-long lock ``PREFIX:{SID}:req`` (:class:`RedisRequestLocks`, :meth:`RedisStore.request_locks`), one
   key per session, not per stripe: it shares the hash tag ``{SID}`` with the session's record, so a commit script
   can read both in one step, on Redis Cluster too. The ``stripes`` of the integrations are not used.
@@ -38,15 +39,23 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+import redis
+
+from .. import record as fmt
 from .._process import GENERATION
-from ..errors import BackendUnavailable, LockTimeout, StoreClosed
+from ..errors import BackendUnavailable, LockLost, LockTimeout, StoreClosed
 from ..ids import describe_id, validate_id
+from .base import RemoteEdit
 from .lease import RENEWER
+from .redis_lua import COMMIT
 
 if TYPE_CHECKING:
     from .redis import RedisStore
 
 logger = logging.getLogger(__name__)
+
+DONE_TTL_MS = 5000
+"""How long a done commit's marker tells a retry that it went through."""
 
 
 class KeyLease:
@@ -74,6 +83,123 @@ class KeyLease:
         """Stop renewing: the holder is letting go."""
         self._ended = True
         self._lease.end()
+
+
+# -- edit()'s lock ----------------------------------------------------------------------------------------
+
+
+def acquire(store: RedisStore, sid: str) -> tuple[str, bytes | None]:
+    """Take the session's lock (waiting up to ``timeout``); returns (token, record or None)."""
+    key, lock = store._data_key(sid), store._data_key(sid) + ":lock"
+    token = secrets.token_hex(12)
+    ttl = str(math.ceil(store.lock_ttl * 1000))
+    deadline = time.monotonic() + store.timeout
+    while True:
+        got, value = store._do(store._acquire_script, keys=[key, lock], args=[token, ttl])
+        if got:
+            return token, value
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LockTimeout(
+                f"session {describe_id(sid)} at {store.path} stayed locked for {store.timeout} s "
+                f"(its holder may have died: its lock expires after lock_ttl={store.lock_ttl} s)"
+            )
+        # Block until a release pushes a wake-up (or the holder's lock would lapse), then try again;
+        # the socket timeout must not fire first. Measured: twice the throughput of polling with
+        # backoff on a hot session.
+        lapse = value / 1000 if isinstance(value, int) and value > 0 else 0.05
+        wait = max(0.001, min(left, lapse + 0.001, store._block_cap))
+        store._do(store._client.blpop, [key + ":wake"], timeout=wait)
+
+
+def lock_keys(store: RedisStore, sid: str) -> list[str]:
+    """The keys of COMMIT: the record, its edit lock, that lock's wake list, the request lock."""
+    key = store._data_key(sid)
+    return [key, key + ":lock", key + ":wake", key + ":req"]
+
+
+def release(store: RedisStore, sid: str, token: str) -> None:
+    """Give the session's lock back, writing nothing."""
+    try:
+        store._do(store._commit_script, keys=lock_keys(store, sid), args=[token, "r", b"", "0", "0", ""])
+    except (BackendUnavailable, StoreClosed):
+        # Nothing was to be written; the lock expires by itself after lock_ttl.
+        logger.debug("could not release the lock of %s; it expires after %s s", describe_id(sid), store.lock_ttl)
+
+
+def _send(store: RedisStore, sid: str, keys: list[str], args: list[str | bytes]) -> int:
+    """Run COMMIT; with ``durability="system"``, followed by ``WAIT`` on the same connection (one round trip):
+    WAIT covers the writes of its own connection only."""
+    if not store._durable:
+        done: int = store._commit_script(keys=keys, args=args)
+        return done
+    pipe = store._client.pipeline(transaction=False)
+    pipe.eval(COMMIT, len(keys), *keys, *args)  # EVAL: a pipeline would check EVALSHA's script first (a round trip)
+    wait = store.connect_timeout / 2
+    pipe.execute_command("WAIT", 1, math.ceil(wait * 1000))
+    done, replicas = pipe.execute()
+    if done in (1, 2) and replicas < 1:
+        raise BackendUnavailable(
+            f"redis at {store.path}: no replica confirmed the write of {describe_id(sid)} "
+            f"within {wait:g} s (durability='system'): it is on the master only, lost if the master failed"
+        )
+    return int(done)
+
+
+def commit(store: RedisStore, sid: str, token: str, rec: bytes | None, now: float, header: bytes | None = None) -> bool:
+    """Write *rec* (or delete, if None or already expired) and release, if the lock still holds (and the
+    session's request lock, if this process holds it: see :mod:`lockstore.remote.redis_locks`).
+
+    With *header*, only if the stored record still starts with it (b"": there is none); returns False
+    (lock released, nothing written) if it does not. :class:`LockLost` if a lease lapsed: nothing written.
+    """
+    px = store._px(fmt.times(rec)[0], now) if rec is not None else None
+    op, data = ("w", rec) if rec is not None and px is not None else ("d", b"")
+    gen, fence = store._fences.get(sid, (0, ""))
+    args: list[str | bytes] = [token, op, data, px or "", str(DONE_TTL_MS), fence if gen == GENERATION[0] else ""]
+    if header is not None:
+        args.append(header)
+    keys = lock_keys(store, sid)
+    try:
+        done = _send(store, sid, keys, args)
+    except redis.RedisError:
+        # The reply was lost: ask again. 2 means the first attempt went through; 0 that the lock is
+        # gone, and whether the first attempt wrote cannot be known.
+        done = store._do(_send, store, sid, keys, args)
+        if done == 0:
+            raise BackendUnavailable(
+                f"redis at {store.path} failed while saving session {describe_id(sid)}; "
+                "whether the write happened is unknown"
+            ) from None
+    if done in (0, 4):
+        which = "its lock" if done == 0 else "this request's lock on it (:req)"
+        raise LockLost(
+            f"session {describe_id(sid)}: {which} lapsed before the write (a holder paused or cut off from the "
+            f"server longer than its lease, lock_ttl={store.lock_ttl:g} s), and another may hold it now: "
+            "nothing was written"
+        )
+    return bool(done != 3)
+
+
+class RedisEdit(RemoteEdit):
+    """The context manager returned by :meth:`RedisStore.edit`: the session's lock key held by a token."""
+
+    _store: RedisStore
+
+    def _begin(self) -> bytes | None:
+        self._token, rec = acquire(self._store, self._sid)
+        self._lease = KeyLease(self._store, self._store._data_key(self._sid) + ":lock", self._token)
+        return rec
+
+    def _end(self, rec: bytes | None, now: float) -> None:
+        self._lease.end()
+        if rec is None:
+            release(self._store, self._sid, self._token)
+        else:
+            commit(self._store, self._sid, self._token, rec, now)
+
+
+# -- the request lock ------------------------------------------------------------------------------------
 
 
 class _Held:
@@ -218,4 +344,4 @@ class RedisRequestLocks:
         return f"RedisRequestLocks({self.store.path!r}, prefix={self.store.prefix!r})"
 
 
-__all__ = ["KeyLease", "RedisHold", "RedisRequestLocks"]
+__all__ = ["KeyLease", "RedisEdit", "RedisHold", "RedisRequestLocks", "acquire", "commit", "lock_keys", "release"]
