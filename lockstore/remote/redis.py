@@ -84,6 +84,21 @@ class RedisStore(RemoteStore):
         # Native expiry runs on the server's clock; an injected clock (tests, replays) is the store's
         # only judge of expiry, so native expiry is then left off and clean() removes what expired.
         self._native_expiry = self.options.clock is None
+        self._durable = self.options.durability == "system"
+        self._block_cap = min(self.connect_timeout / 2, 1.0)  # a blocking wait returns before the socket times out
+        self._fences: dict[str, tuple[int, str]] = {}  # sid -> (fork generation, token): see redis_locks
+        self._client = self._new_client(url)
+        self._acquire_script = self._client.register_script(ACQUIRE)
+        self._commit_script = self._client.register_script(COMMIT)
+        self._renew_script = self._client.register_script(RENEW)
+        self._take_script = self._client.register_script(TAKE)
+        self._give_script = self._client.register_script(GIVE)
+        self._retime_script = self._client.register_script(RETIME)
+        self._sweep_script = self._client.register_script(SWEEP)
+        self._pattern = re.sub(r"([\\*?\[\]])", r"\\\1", self.name) + ":{*}"
+
+    def _new_client(self, url: str) -> Any:
+        """The client of *url* over a bounded pool (a cluster store gives a ``RedisCluster``)."""
         try:
             self._pool = redis.BlockingConnectionPool.from_url(
                 url,
@@ -95,22 +110,29 @@ class RedisStore(RemoteStore):
             )
         except ValueError as exc:
             raise ValueError(f"not a usable Redis URL: {self.path}: {self._scrub(exc)}") from None
-        self._client = redis.Redis(connection_pool=self._pool)
-        self._prepare()
+        return redis.Redis(connection_pool=self._pool)
 
-    def _prepare(self) -> None:
-        """The scripts on ``self._client`` and what the store keeps besides (after :meth:`_connect` built it)."""
-        self._durable = self.options.durability == "system"
-        self._block_cap = min(self.connect_timeout / 2, 1.0)  # a blocking wait returns before the socket times out
-        self._fences: dict[str, tuple[int, str]] = {}  # sid -> (fork generation, token): see redis_locks
-        self._renew_script = self._client.register_script(RENEW)
-        self._take_script = self._client.register_script(TAKE)
-        self._give_script = self._client.register_script(GIVE)
-        self._acquire_script = self._client.register_script(ACQUIRE)
-        self._commit_script = self._client.register_script(COMMIT)
-        self._retime_script = self._client.register_script(RETIME)
-        self._sweep_script = self._client.register_script(SWEEP)
-        self._pattern = re.sub(r"([\\*?\[\]])", r"\\\1", self.name) + ":{*}"
+    def _send_commit(self, keys: list[str], args: list[str | bytes]) -> int:
+        """Run the commit script (:func:`~lockstore.remote.redis_locks.commit` retries it on a ``RedisError``).
+
+        With ``durability="system"``, a write is followed by ``WAIT 1`` in one pipeline: WAIT covers the writes
+        of the connection it is sent on only. :class:`BackendUnavailable` if no replica confirms it within
+        ``connect_timeout / 2`` (a cluster store sends both to the session's master: it overrides this)."""
+        if not self._durable or args[1] == "r":
+            done: int = self._commit_script(keys=keys, args=args)
+            return done
+        pipe = self._client.pipeline(transaction=False)
+        pipe.eval(COMMIT, len(keys), *keys, *args)  # EVAL: a pipeline checks EVALSHA's script first (a round trip)
+        wait = self.connect_timeout / 2
+        pipe.execute_command("WAIT", 1, math.ceil(wait * 1000))
+        done, replicas = pipe.execute()
+        if done in (1, 2) and replicas < 1:
+            sid = describe_id(self._sid_of(keys[0].encode()) or "?")
+            raise BackendUnavailable(
+                f"redis at {self.path}: no replica confirmed the write of {sid}"
+                f" within {wait:g} s (durability='system'): it is on the master only, lost if the master failed"
+            )
+        return int(done)
 
     def _disconnect(self) -> None:
         self._pool.disconnect()
@@ -225,12 +247,13 @@ class RedisStore(RemoteStore):
             commit(self, sid, token, None, now)
         return old, now
 
-    def _scan(self) -> Iterator[list[bytes]]:
-        """Batches of the store's data keys (each key once)."""
+    def _scan(self, client: Any = None) -> Iterator[list[bytes]]:
+        """Batches of the store's data keys (each key once) on *client* (default: the store's)."""
         seen: set[bytes] = set()
         cursor = 0
+        scan = (client or self._client).scan
         while True:
-            cursor, keys = self._do(self._client.scan, cursor, match=self._pattern, count=SCAN_BATCH, _type="string")
+            cursor, keys = self._do(scan, cursor, match=self._pattern, count=SCAN_BATCH, _type="string")
             batch = [k for k in keys if k not in seen]
             seen.update(batch)
             if batch:
@@ -296,20 +319,24 @@ class RedisStore(RemoteStore):
                 if h is not None and -math.inf < fmt.last_access(h) < now - idle
             ]
             if stale:
-
-                def run(stale: list[tuple[bytes, bytes]] = stale) -> list[Any]:
-                    pipe = self._client.pipeline(transaction=False)
-                    for key, header in stale:
-                        self._sweep_script(keys=[key], args=[header], client=pipe)
-                    return pipe.execute()
-
-                removed += sum(self._do(run))
+                removed += self._sweep(stale)
             batches += 1
             if progress is not None:
                 progress(batches, batches + 1)
         if progress is not None:
             progress(batches, batches)
         return removed
+
+    def _sweep(self, stale: list[tuple[bytes, bytes]]) -> int:
+        """Delete each (key, header) whose record still has that header; how many were deleted."""
+
+        def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for key, header in stale:
+                self._sweep_script(keys=[key], args=[header], client=pipe)
+            return pipe.execute()
+
+        return sum(self._do(run))
 
     def _counts(self) -> tuple[int, int, int, str]:
         now = self.clock()

@@ -47,7 +47,6 @@ from ..errors import BackendUnavailable, LockLost, LockTimeout, StoreClosed
 from ..ids import describe_id, validate_id
 from .base import RemoteEdit
 from .lease import RENEWER
-from .redis_lua import COMMIT
 
 if TYPE_CHECKING:
     from .redis import RedisStore
@@ -127,25 +126,6 @@ def release(store: RedisStore, sid: str, token: str) -> None:
         logger.debug("could not release the lock of %s; it expires after %s s", describe_id(sid), store.lock_ttl)
 
 
-def _send(store: RedisStore, sid: str, keys: list[str], args: list[str | bytes]) -> int:
-    """Run COMMIT; with ``durability="system"``, followed by ``WAIT`` on the same connection (one round trip):
-    WAIT covers the writes of its own connection only."""
-    if not store._durable:
-        done: int = store._commit_script(keys=keys, args=args)
-        return done
-    pipe = store._client.pipeline(transaction=False)
-    pipe.eval(COMMIT, len(keys), *keys, *args)  # EVAL: a pipeline would check EVALSHA's script first (a round trip)
-    wait = store.connect_timeout / 2
-    pipe.execute_command("WAIT", 1, math.ceil(wait * 1000))
-    done, replicas = pipe.execute()
-    if done in (1, 2) and replicas < 1:
-        raise BackendUnavailable(
-            f"redis at {store.path}: no replica confirmed the write of {describe_id(sid)} "
-            f"within {wait:g} s (durability='system'): it is on the master only, lost if the master failed"
-        )
-    return int(done)
-
-
 def commit(store: RedisStore, sid: str, token: str, rec: bytes | None, now: float, header: bytes | None = None) -> bool:
     """Write *rec* (or delete, if None or already expired) and release, if the lock still holds (and the
     session's request lock, if this process holds it: see :mod:`lockstore.remote.redis_locks`).
@@ -161,11 +141,11 @@ def commit(store: RedisStore, sid: str, token: str, rec: bytes | None, now: floa
         args.append(header)
     keys = lock_keys(store, sid)
     try:
-        done = _send(store, sid, keys, args)
+        done = store._send_commit(keys, args)
     except redis.RedisError:
         # The reply was lost: ask again. 2 means the first attempt went through; 0 that the lock is
         # gone, and whether the first attempt wrote cannot be known.
-        done = store._do(_send, store, sid, keys, args)
+        done = store._do(store._send_commit, keys, args)
         if done == 0:
             raise BackendUnavailable(
                 f"redis at {store.path} failed while saving session {describe_id(sid)}; "
