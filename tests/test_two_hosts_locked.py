@@ -57,9 +57,9 @@ def locked_hosts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     kind, app = request.param
     url = server_url(request, kind)
     options = store_options(kind, f"h{uuid.uuid4().hex[:10]}")
-    reason = server_lock_missing(url, options)
+    reason = server_lock_missing(url, options)  # each server's lock joins as it is merged (PostgreSQL's first)
     if reason is not None:
-        unavailable(f"{kind}: no request lock on the server yet: {reason}")
+        unavailable(f"{kind}: {reason}")
     base: Path = tmp_path_factory.mktemp(f"locked-{kind}-{app}")
     with two_hosts(app, url, base, options=options, lock="server") as ports:
         yield ports
