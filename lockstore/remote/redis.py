@@ -378,10 +378,11 @@ def open_redis(url: str, *, create: bool = True, **options: Unpack[RedisOptions]
 
     The options, their checks and errors are those of :func:`lockstore.open`. Here ``timeout`` bounds the
     wait for a session's lock or a pooled connection, ``connect_timeout`` (default 5) the wait for the
-    server, ``lock_ttl`` (default 30) how long an ``edit()`` may hold a session's lock (a holder that dies
-    blocks it this long; one slower gets :class:`LockTimeout` and writes nothing), ``pool_size`` defaults to
-    50. Redis drops expired keys itself (a key's TTL follows ``max_age``); ``clean()`` removes what the
-    store's clock expired first.
+    server, ``lock_ttl`` (default 5) the lease of a session's locks (``edit()``'s and the request lock): renewed
+    while the holder lives, so a holder that dies blocks the session this long at most, and one paused past it
+    gets :class:`LockLost` and writes nothing. ``durability="system"`` waits for a replica after every write
+    (module docstring). ``pool_size`` defaults to 50. Redis drops expired keys itself (a key's TTL follows
+    ``max_age``); ``clean()`` removes what the store's clock expired first.
     """
     return RedisStore(url, Options(**options), create=create)
 
