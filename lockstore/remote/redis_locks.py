@@ -37,6 +37,8 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import redis
@@ -198,21 +200,17 @@ class RedisHold:
     """One acquisition of a session's request lock; :meth:`release` is idempotent, from any thread, and inert in a
     forked child (the lock is the parent's)."""
 
-    __slots__ = ("_gen", "_locks", "_sid", "released")
+    __slots__ = ("_gen", "_give")
 
     def __init__(self, locks: RedisRequestLocks, sid: str) -> None:
-        self._locks = locks
-        self._sid = sid
+        self._give: Callable[[], None] | None = partial(locks._release, sid)
         self._gen = GENERATION[0]
-        self.released = False
 
     def release(self) -> None:
         """Give the lock back (once)."""
-        if self.released:
-            return
-        self.released = True
-        if self._gen == GENERATION[0]:
-            self._locks._release(self._sid)
+        give, self._give = self._give, None
+        if give is not None and self._gen == GENERATION[0]:
+            give()
 
 
 class RedisRequestLocks:
