@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, Unpack
 
@@ -48,8 +47,9 @@ from ..errors import BackendUnavailable, LockTimeout, StoreMismatch
 from ..ids import describe_id, is_valid_id, validate_id
 from ..options import Options, PostgresOptions
 from ..record import HEADER_SIZE
-from .base import Make, RemoteEdit, RemoteStore
+from .base import Make, RemoteStore
 from .meta import Pairs, Settings, creation_fields
+from .postgres_locks import HoldPool, PostgresEdit, PostgresLocks, ServerHold
 from .postgres_pool import Connections, display
 
 logger = logging.getLogger(__name__)
@@ -58,69 +58,6 @@ PAGE = 500
 CLEAN_BATCH = 5000
 # The ids validate_id accepts, for the queries that list and count sessions.
 _VALID_ID_SQL = "sid ~ '^[A-Za-z0-9_.~-]+$' AND length(sid) <= 256 AND sid <> '.' AND sid <> '..'"
-
-
-class _Edit(RemoteEdit):
-    """The context manager returned by :meth:`PostgresStore.edit`: one transaction, the row locked."""
-
-    _store: PostgresStore
-    _conn: psycopg.Connection[Any] | None = None
-
-    def _begin(self) -> bytes | None:
-        self._conn, found = self._store._run(self._begin_txn, keep=True)
-        self._since = time.monotonic()
-        rec: bytes | None = found
-        return rec
-
-    def _begin_txn(self, conn: psycopg.Connection[Any]) -> bytes | None:
-        """BEGIN and lock the session's row, creating it (uncommitted, empty) if absent and wanted."""
-        store = self._store
-        # No pipeline mode here: a server does not apply idle_in_transaction_session_timeout to a
-        # transaction opened in a pipeline, and lock_ttl relies on it (measured: no faster either).
-        conn.execute("BEGIN")
-        cur = conn.execute(store._q_lock, (self._sid,))
-        for _ in range(100):
-            row = cur.fetchone()
-            if row is not None:
-                return bytes(row[0]) or None
-            if not self._create:
-                return None
-            # Nobody has this session: claim it. If another transaction inserts it at the same time,
-            # this INSERT waits for that one to end, does nothing, and the loop locks its row.
-            cur = conn.execute(store._q_claim, (self._sid, b"", store.clock()))
-            if cur.fetchone() is not None:
-                return None
-            cur = conn.execute(store._q_lock, (self._sid,))
-        raise LockTimeout(f"session {describe_id(self._sid)} kept appearing and disappearing; try again")
-
-    def _end(self, rec: bytes | None, now: float) -> None:
-        """COMMIT *rec* (if not None), else ROLLBACK; always give the connection back."""
-        store = self._store
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            if rec is None:
-                conn.execute("ROLLBACK")
-            else:
-                conn.execute(store._q_update, (rec, now, self._sid))
-                conn.execute("COMMIT")
-        except psycopg.Error as exc:
-            if rec is None:
-                logger.debug("rollback of %s failed: %s", describe_id(self._sid), store._scrub(exc))
-                return
-            if (conn.broken or conn.closed) and time.monotonic() - self._since > store.lock_ttl:
-                # The server ends a transaction left idle past idle_in_transaction_session_timeout
-                # (lock_ttl) and closes its connection: the transaction was rolled back.
-                raise LockTimeout(
-                    f"the edit of {describe_id(self._sid)} took longer than lock_ttl={store.lock_ttl} s: the "
-                    "server ended its transaction and nothing was written"
-                ) from None
-            raise store._error(exc, f"saving session {describe_id(self._sid)}") from None
-        finally:
-            store._putconn(conn)
-        if rec is not None:
-            store._clean_on_write(now)
 
 
 class PostgresStore(Connections, RemoteStore):
@@ -137,7 +74,7 @@ class PostgresStore(Connections, RemoteStore):
     backend = "postgres"
     name_option = "table"
     defaults = {"table": "lockstore_sessions", "pool_size": 20}
-    edit_class = _Edit
+    edit_class = PostgresEdit
     _display = staticmethod(display)
 
     @property
@@ -145,10 +82,36 @@ class PostgresStore(Connections, RemoteStore):
         """The table holding the sessions."""
         return self.name
 
+    def __init__(self, url: str, options: Options | None = None, *, create: bool = True) -> None:
+        # durability is taken here until the shared options list it for server stores (issue 12)
+        options = Options() if options is None else options
+        self.durability = options.durability
+        super().__init__(url, dataclasses.replace(options, durability="process"), create=create)
+        self.options = options
+
     def _connect(self, url: str) -> None:
         self._next_clean = -math.inf
+        self._request_holds: dict[int, ServerHold] = {}
+        self._holds: HoldPool | None = None
         self._build_queries()
         self._open_pool(url)
+
+    def request_locks(self, *, stripes: int = 0, timeout: float | None = None) -> PostgresLocks:
+        """The request-long locks of this store, kept on the server (one advisory lock per session: *stripes* is
+        not needed there): what the web integrations use with no ``lock_dir``. See
+        :mod:`lockstore.remote.postgres_locks`; *timeout* defaults to the store's."""
+        return PostgresLocks(self, timeout=self.timeout if timeout is None else timeout)
+
+    def _hold_pool(self) -> HoldPool:
+        with self._close_lock:
+            if self._holds is None:
+                self._holds = HoldPool(self)
+            return self._holds
+
+    def _disconnect(self) -> None:
+        super()._disconnect()
+        if self._holds is not None:
+            self._holds.close()
 
     # -- plumbing ----------------------------------------------------------------------------
 
