@@ -18,9 +18,18 @@ and the codecs behave the same; ``last_access`` repeats the record's time for th
   once ``clean_interval`` has passed in this process (``FOR UPDATE SKIP LOCKED``: it never waits for an
   editor); ``clean()`` removes all of them.
 - Connections come from a ``psycopg_pool`` pool. ``lock_timeout`` bounds the wait for a session's row
-  lock (:class:`~lockstore.LockTimeout`), ``idle_in_transaction_session_timeout`` (``lock_ttl``) ends an
-  edit whose holder stalls; a server that is down or refuses connections raises
-  :class:`~lockstore.BackendUnavailable` within ``connect_timeout``.
+  lock (:class:`~lockstore.LockTimeout`); a server that is down or refuses connections raises
+  :class:`~lockstore.BackendUnavailable` within ``connect_timeout``. An ``edit()`` keeps its transaction on a
+  lease of ``lock_ttl`` renewed while its holder lives (:mod:`lockstore.remote.postgres_locks`): a holder killed
+  frees the row at once, one paused past the lease gets :class:`~lockstore.LockLost` and writes nothing.
+- :meth:`PostgresStore.request_locks` gives the web integrations a request-long lock kept on the server (an
+  advisory lock per session: see :mod:`lockstore.remote.postgres_locks`, which says why not a row lock).
+- ``durability="system"`` sets ``synchronous_commit = on``: a write is acknowledged once the server has flushed
+  its WAL, so a crash of the server loses no acknowledged write (this needs the server's ``fsync`` on, its
+  default: with ``fsync = off`` only a crash of the server process, not of its machine, is survived).
+  ``"process"`` (the default) sets ``synchronous_commit = off``: a commit is acknowledged before its WAL is
+  flushed, so a crash of the server (not of this process) may lose the last few hundred milliseconds of
+  acknowledged writes (up to three times ``wal_writer_delay``); it never corrupts or half-writes one.
 - The store's settings are rows ``(store, name, value)`` of the table ``lockstore_meta``: metadata
   format, codec, whether records are signed, a random store id bound into every signature, and the
   sweep rule (``max_age``, ``clean_interval``, ``clean_limit``). Nothing there is trusted: see
@@ -341,8 +350,9 @@ def open_postgres(url: str, *, create: bool = True, **options: Unpack[PostgresOp
 
     The options, their checks and errors are those of :func:`lockstore.open`. Here ``timeout`` bounds the
     wait for a session's row lock (``lock_timeout``), ``connect_timeout`` (default 5) the wait for a
-    connection, ``lock_ttl`` (default 30) how long an ``edit()`` may hold its transaction idle before the
-    server ends it (the write then fails with :class:`LockTimeout`), ``pool_size`` defaults to 20; a write
+    connection, ``lock_ttl`` (default 30) the lease of an ``edit()`` and of a request lock: renewed while the holder
+    lives, it ends the session of a holder silent for that long (the write then fails with :class:`LockLost`),
+    ``durability`` maps to ``synchronous_commit`` (module docstring), ``pool_size`` defaults to 20; a write
     sweeps at most ``clean_limit`` expired rows once ``clean_interval`` has passed in this process.
     """
     return PostgresStore(url, Options(**options), create=create)
