@@ -46,7 +46,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, Unpack
+from typing import Any, TypeVar, Unpack
 
 import psycopg
 from psycopg import sql
@@ -58,10 +58,11 @@ from ..options import Options, PostgresOptions
 from ..record import HEADER_SIZE
 from .base import Make, RemoteStore
 from .meta import Pairs, Settings, creation_fields
-from .postgres_locks import HoldPool, PostgresEdit, PostgresLocks, ServerHold
+from .postgres_locks import HoldPool, PostgresEdit, PostgresLocks, ServerHold, holding
 from .postgres_pool import Connections, display
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PAGE = 500
 CLEAN_BATCH = 5000
@@ -270,15 +271,27 @@ class PostgresStore(Connections, RemoteStore):
                         return now
             raise LockTimeout(f"session {describe_id(sid)} kept appearing and disappearing; try again")
 
-        now: float | None = self._run(put, retry=retry)
+        now: float | None = self._write(sid, put, retry=retry)
         if now is None:
             return False
         self._clean_on_write(now)
         return True
 
     def _take(self, sid: str) -> tuple[bytes | None, float]:
-        rec = self._fetch_one(self._q_delete, (validate_id(sid),), retry=False)  # DELETE ... RETURNING: one step
-        return (None if rec is None else bytes(rec)), self.clock()
+        def take(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
+            return conn.execute(self._q_delete, (sid,)).fetchone()  # DELETE ... RETURNING: one step
+
+        row = self._write(validate_id(sid), take, retry=False)
+        return (None if row is None else bytes(row[0])), self.clock()
+
+    def _write(self, sid: str, fn: Callable[[psycopg.Connection[Any]], T], *, retry: bool) -> T:
+        """``fn(conn)``, a write of *sid*: on the connection of its request lock if this process holds it (fenced
+        by it: :class:`LockLost` if the server ended it), else on a pooled one."""
+        hold = holding(self, sid)
+        if hold is None:
+            result: T = self._run(fn, retry=retry)
+            return result
+        return hold.call(fn, sid, self.timeout)
 
     def __iter__(self) -> Iterator[str]:
         # Rows whose id is not valid are left out here and in len(); verify() reports them.

@@ -58,6 +58,14 @@ def key(text: str) -> int:
     return zlib.crc32(text.encode()) - (1 << 31)
 
 
+def holding(store: PostgresStore, sid: str) -> ServerHold | None:
+    """The request lock of *sid* this process holds on *store*, if any: writes of *sid* then run on its connection,
+    fenced by it."""
+    holds = store._request_holds
+    hold = holds.get(key(sid)) if holds else None
+    return hold if hold is not None and hold.gen == GENERATION[0] else None
+
+
 class Kept:
     """A connection kept across calls by one holder, renewed by the process's renewal thread until :meth:`end`.
 
@@ -121,18 +129,16 @@ class PostgresEdit(RemoteEdit):
 
     def _begin(self) -> bytes | None:
         store = self._store
-        if store._request_holds:
-            hold = store._request_holds.get(key(self._sid))
-            if hold is not None and hold.gen == GENERATION[0]:
-                return self._begin_held(hold)
+        hold = holding(store, self._sid)
+        if hold is not None:
+            return self._begin_held(hold)
         self._conn, found = store._run(self._begin_txn, keep=True)
         self._kept = Kept(self._conn, store.lock_ttl)
         rec: bytes | None = found
         return rec
 
     def _begin_held(self, hold: ServerHold) -> bytes | None:
-        if not hold.busy.acquire(timeout=self._store.timeout):
-            raise LockTimeout(f"another edit of {describe_id(self._sid)} in this process kept its request lock busy")
+        hold.enter(self._sid, self._store.timeout)
         try:
             rec = hold.run(self._begin_txn, self._sid)
         except BaseException:
@@ -239,6 +245,19 @@ class ServerHold:
         self.count = 1
         self.gen = GENERATION[0]
         self.busy = threading.Lock()  # one edit at a time on the hold's connection
+
+    def enter(self, sid: str, timeout: float) -> None:
+        """Take the hold's connection for one write (a transaction) of *sid*, waiting for one in progress."""
+        if not self.busy.acquire(timeout=timeout):
+            raise LockTimeout(f"another write of {describe_id(sid)} in this process kept its request lock busy")
+
+    def call(self, fn: Callable[[psycopg.Connection[Any]], T], sid: str, timeout: float) -> T:
+        """:meth:`run` within :meth:`enter`."""
+        self.enter(sid, timeout)
+        try:
+            return self.run(fn, sid)
+        finally:
+            self.busy.release()
 
     def run(self, fn: Callable[[psycopg.Connection[Any]], T], sid: str) -> T:
         """``fn(conn)`` on the hold's connection; :class:`LockLost` if the server has ended its session."""
@@ -363,4 +382,4 @@ class PostgresLocks:
         """Nothing to drop: the connections are the store's (closed with it); held locks stay held."""
 
 
-__all__ = ["HoldPool", "Kept", "PostgresEdit", "PostgresLocks", "ServerHold", "key", "lost_lock"]
+__all__ = ["HoldPool", "Kept", "PostgresEdit", "PostgresLocks", "ServerHold", "holding", "key", "lost_lock"]
