@@ -1,8 +1,5 @@
-"""The embedded store's administration, apart from its hot path: the full sweep and the sweep rules it runs by,
-the listing, copying and checking of records, the statistics.
-
-Each function here is a method of :class:`~lockstore.store.Store` (assigned in its class body), documented by
-:class:`~lockstore.base.BaseStore`; none runs on ``get``, ``set`` or ``edit``.
+"""The embedded store's administration, off its hot path: the full sweep and the sweep rules, the listing, copying and
+checking of records, the statistics: methods of :class:`~lockstore.store.Store`, documented by ``BaseStore``.
 """
 
 from __future__ import annotations

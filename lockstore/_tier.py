@@ -1,8 +1,5 @@
-"""The memory entries of :class:`~lockstore.tiered.TieredStore`, apart from its store surface: the sessions held
-in memory (least recently used first), how they are loaded, written, saved to the persistent store, evicted and
-swept, and the :class:`~lockstore.base.Edit` template over them.
-
-The functions are methods of ``TieredStore`` (assigned in its class body), called with the tier's lock held.
+"""The memory entries of :class:`~lockstore.tiered.TieredStore`, apart from its store surface: how a session in memory
+is loaded, written, saved, evicted and swept (methods of ``TieredStore``, called with its lock held), and its edit.
 """
 
 from __future__ import annotations

@@ -167,20 +167,6 @@ def _state(store: BaseStore) -> _State:
     return state
 
 
-def _gate_key(state: _State, store: BaseStore, sid: str) -> object:
-    """The key of *sid*'s gate: its shard for an embedded store (the shard lock is what tasks share), the
-    session id otherwise."""
-    validate_id(sid)
-    return shard_of(sid, cast("Store", store).shards) if state.mode is INLINE else sid
-
-
-def _busy(store: BaseStore, sid: str) -> Callable[[], str]:
-    return lambda: (
-        f"session {describe_id(sid)} at {store.path} stayed locked for {store.timeout} s "
-        "(by another task, thread or process)"
-    )
-
-
 async def _take_shard(store: Store, shard: int, deadline: float, what: Callable[[], str]) -> None:
     """Take *shard*'s lock for the loop's thread without blocking the loop: tried at once, then again after
     ``asyncio.sleep`` back-off while another process (or thread) holds it."""
@@ -201,11 +187,17 @@ async def _take_shard(store: Store, shard: int, deadline: float, what: Callable[
 
 async def _enter(state: _State, store: BaseStore, sid: str) -> tuple[_Gates, object]:
     """Enter *sid*'s gate on the running loop and, for an embedded store, take its shard lock for the loop's
-    thread; (the gates, the gate's key), given back by :func:`_leave`."""
-    key = _gate_key(state, store, sid)
+    thread; (the gates, the gate's key: the shard of an embedded store, whose lock tasks share; else the id),
+    given back by :func:`_leave`."""
+    validate_id(sid)
+    key = shard_of(sid, cast("Store", store).shards) if state.mode is INLINE else sid
     gates = state.gates()
     deadline = time.monotonic() + store.timeout
-    what = _busy(store, sid)
+
+    def what() -> str:
+        where = f"session {describe_id(sid)} at {store.path}"
+        return f"{where} stayed locked for {store.timeout} s (by another task, thread or process)"
+
     await gates.enter(key, deadline, what)
     if state.mode is INLINE:
         try:

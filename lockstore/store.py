@@ -146,7 +146,7 @@ class Store(BaseStore):
             self._next_clean[shard] = last + self.clean_interval
             return None
         self._next_clean[shard] = now + self.clean_interval
-        if self._files is not None and self._rules_changed():
+        if self._files is not None and _admin.rules_changed(self):
             return None
         return (now, now - self.max_age, self.clean_limit)
 
@@ -322,7 +322,6 @@ class Store(BaseStore):
         return Record(self._codec.decode(key, rec), created, atime)
 
     # the administration, apart from the hot path (lockstore/_admin.py)
-    _rules_changed = _admin.rules_changed
     clean = _admin.clean
     records = _admin.records
     put_record = _admin.put_record

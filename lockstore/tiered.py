@@ -90,11 +90,9 @@ class TieredStore(BaseStore):
         return now
 
     # the memory entries and their moves to and from the persistent store (lockstore/_tier.py)
-    _entry = _tier.entry
     _read = _tier.read
     _write = _tier.write
     _save = _tier.save
-    _evict_excess = _tier.evict_excess
     _sweep = _tier.sweep
 
     # -- the mapping -------------------------------------------------------------------------
@@ -366,8 +364,6 @@ def tiered(
         if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
             raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
     if store.backend not in TIERED_BACKENDS:
-        # Measured with stress/tier_bench.py (figures in the README): on LMDB a read from memory saves
-        # about 1.5 microseconds of a 3-microsecond read; the tier's cost in safety is not worth it.
         raise ValueError(
             f"a memory tier buys nothing measurable over the {store.backend!r} backend: "
             f"use the store itself (the tier is for {', '.join(TIERED_BACKENDS)} stores)"

@@ -183,17 +183,14 @@ class StripeLocks:
             if blocking
             else stripe.mutex.acquire(blocking=False)
         )
-        if not got:
-            if not blocking:
-                return None
-            raise lock_timeout(self.where(index), wait)
-        try:
-            locked = self._flock(index, deadline, blocking=blocking)
-        except BaseException:
-            stripe.mutex.release()
-            raise
+        locked = False
+        if got:
+            try:
+                locked = self._flock(index, deadline, blocking=blocking)
+            finally:
+                if not locked:  # busy, timed out or failed: the thread lock goes back too
+                    stripe.mutex.release()
         if not locked:
-            stripe.mutex.release()
             if not blocking:
                 return None
             raise lock_timeout(self.where(index), wait)
@@ -214,11 +211,7 @@ class StripeLocks:
             if fd is not None:
                 self._fds.move_to_end(index)
                 return fd
-            path = self.path(index)
-            if path is None:  # pragma: no cover - callers check for in-process mode
-                msg = "in-process stripes have no lock file"
-                raise RuntimeError(msg)
-            fd = self._fds[index] = open_lock_file(str(path), 0o600)
+            fd = self._fds[index] = open_lock_file(str(self.path(index)), 0o600)  # not in-process: _flock checks
             # Close idle descriptors beyond max_open; a stripe whose thread lock is
             # taken may be flocked right now and is skipped.
             for other in list(self._fds):
