@@ -167,20 +167,6 @@ def _state(store: BaseStore) -> _State:
     return state
 
 
-def _gate_key(state: _State, store: BaseStore, sid: str) -> object:
-    """The key of *sid*'s gate: its shard for an embedded store (the shard lock is what tasks share), the
-    session id otherwise."""
-    validate_id(sid)
-    return shard_of(sid, cast("Store", store).shards) if state.mode is INLINE else sid
-
-
-def _busy(store: BaseStore, sid: str) -> Callable[[], str]:
-    return lambda: (
-        f"session {describe_id(sid)} at {store.path} stayed locked for {store.timeout} s "
-        "(by another task, thread or process)"
-    )
-
-
 async def _take_shard(store: Store, shard: int, deadline: float, what: Callable[[], str]) -> None:
     """Take *shard*'s lock for the loop's thread without blocking the loop: tried at once, then again after
     ``asyncio.sleep`` back-off while another process (or thread) holds it."""
@@ -197,6 +183,37 @@ async def _take_shard(store: Store, shard: int, deadline: float, what: Callable[
             raise LockTimeout(what())
         await asyncio.sleep(min(left, delay * (0.5 + random.random())))
         delay = min(delay * 2, _MAX_DELAY)
+
+
+async def _enter(state: _State, store: BaseStore, sid: str) -> tuple[_Gates, object]:
+    """Enter *sid*'s gate on the running loop and, for an embedded store, take its shard lock for the loop's
+    thread; (the gates, the gate's key: the shard of an embedded store, whose lock tasks share; else the id),
+    given back by :func:`_leave`."""
+    validate_id(sid)
+    key = shard_of(sid, cast("Store", store).shards) if state.mode is INLINE else sid
+    gates = state.gates()
+    deadline = time.monotonic() + store.timeout
+
+    def what() -> str:
+        where = f"session {describe_id(sid)} at {store.path}"
+        return f"{where} stayed locked for {store.timeout} s (by another task, thread or process)"
+
+    await gates.enter(key, deadline, what)
+    if state.mode is INLINE:
+        try:
+            await _take_shard(cast("Store", store), cast(int, key), deadline, what)
+        except BaseException:
+            gates.leave(key)
+            raise
+    return gates, key
+
+
+def _leave(state: _State, store: BaseStore, gates: _Gates, key: object) -> None:
+    try:
+        if state.mode is INLINE:
+            cast("Store", store)._locks.release(cast(int, key))
+    finally:
+        gates.leave(key)
 
 
 async def _settle(job: Future[T]) -> T:
@@ -232,15 +249,10 @@ async def _start(
     job = start.submit(edit.__enter__)
     try:
         return await asyncio.shield(asyncio.wrap_future(job))
-    except asyncio.CancelledError:
-        if not job.cancel():  # it runs: it may still get the lock
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError) and not job.cancel():  # it runs: it may still get the lock
             job.add_done_callback(functools.partial(_exit_later, edit=edit, pool=end, pinned=pinned))
-            raise
-        if pinned:
-            start.shutdown(wait=False)
-        raise
-    except BaseException:
-        if pinned:
+        elif pinned:
             start.shutdown(wait=False)
         raise
 
@@ -264,27 +276,17 @@ class AsyncEdit:
         store, sid = self._store, self._sid
         state = self._state = _state(store)
         edit = self._edit = store.edit(sid, create=self._create)  # checks the id
-        self._key = key = shard_of(sid, cast("Store", store).shards) if state.mode is INLINE else sid
-        gates = self._gates = state.gates()
-        deadline = time.monotonic() + store.timeout
-        what = _busy(store, sid)
-        await gates.enter(key, deadline, what)
+        self._gates, self._key = await _enter(state, store, sid)
         try:
             if state.mode is INLINE:
-                inline = cast("Store", store)
-                await _take_shard(inline, cast(int, key), deadline, what)
-                try:
-                    return edit.__enter__()  # takes the shard lock again: the loop's thread holds it
-                except BaseException:
-                    inline._locks.release(cast(int, key))
-                    raise
+                return edit.__enter__()  # takes the shard lock again: the loop's thread holds it
             if state.mode is THREADS:
                 start, self._end = state.pool("wait"), state.pool("quick")
             else:
                 start = self._end = ThreadPoolExecutor(1, "lockstore-edit")
             return await _start(edit, start, self._end, state.mode is PINNED)
         except BaseException:
-            gates.leave(key)
+            _leave(state, store, self._gates, self._key)
             raise
 
     async def __aexit__(
@@ -292,10 +294,7 @@ class AsyncEdit:
     ) -> None:
         try:
             if self._state.mode is INLINE:
-                try:
-                    self._edit.__exit__(exc_type, exc, tb)
-                finally:
-                    cast("Store", self._store)._locks.release(cast(int, self._key))
+                self._edit.__exit__(exc_type, exc, tb)
             else:
                 try:
                     await _settle(self._end.submit(self._edit.__exit__, exc_type, exc, tb))
@@ -303,7 +302,7 @@ class AsyncEdit:
                     if self._state.mode is PINNED:
                         self._end.shutdown(wait=False)
         finally:
-            self._gates.leave(self._key)
+            _leave(self._state, self._store, self._gates, self._key)
 
 
 class AsyncStoreMixin:
@@ -328,12 +327,12 @@ class AsyncStoreMixin:
         if state.mode is not INLINE:
             return await asyncio.get_running_loop().run_in_executor(state.pool("quick"), store.get, sid, default)
         if cast("Store", store)._engine.lock_reads:
-            return await self._inline(state, sid, store.get, sid, default)
+            return await self._locked(state, sid, store.get, sid, default)
         found = store.record(sid)  # lock-free read; the touch, if due, takes the shard lock
         if found is None:
             return default
         if store.clock() - found.last_access >= store.touch_interval:
-            await self._inline(state, sid, store.touch, sid)
+            await self._locked(state, sid, store.touch, sid)
         return found.value
 
     async def aset(self, sid: str, value: Any) -> None:
@@ -369,35 +368,16 @@ class AsyncStoreMixin:
         return await asyncio.get_running_loop().run_in_executor(_state(store).pool("wait"), clean)
 
     async def _locked(self, state: _State, sid: str, fn: Callable[..., T], *args: Any) -> T:
-        """*fn(\\*args)*, an operation that takes *sid*'s lock: inline under its shard lock, or in a thread."""
-        if state.mode is INLINE:
-            return await self._inline(state, sid, fn, *args)
+        """*fn(\\*args)*, an operation that takes *sid*'s lock, with *sid*'s gate held: on the loop under its shard
+        lock (which *fn* takes again, re-entrant for the loop's thread, without waiting), or in a thread."""
         store = cast("BaseStore", self)
-        key = _gate_key(state, store, sid)
-        gates = state.gates()
-        await gates.enter(key, time.monotonic() + store.timeout, _busy(store, sid))
+        gates, key = await _enter(state, store, sid)
         try:
+            if state.mode is INLINE:
+                return fn(*args)
             return await asyncio.get_running_loop().run_in_executor(state.pool("wait"), fn, *args)
         finally:
-            gates.leave(key)
-
-    async def _inline(self, state: _State, sid: str, fn: Callable[..., T], *args: Any) -> T:
-        """*fn(\\*args)* on the loop, with *sid*'s gate and shard lock held: *fn* takes the lock again
-        (re-entrant for the loop's thread) without waiting."""
-        store = cast("Store", self)
-        shard = cast(int, _gate_key(state, store, sid))
-        gates = state.gates()
-        deadline = time.monotonic() + store.timeout
-        what = _busy(store, sid)
-        await gates.enter(shard, deadline, what)
-        try:
-            await _take_shard(store, shard, deadline, what)
-            try:
-                return fn(*args)
-            finally:
-                store._locks.release(shard)
-        finally:
-            gates.leave(shard)
+            _leave(state, store, gates, key)
 
 
 __all__ = ["QUICK_THREADS", "WAIT_THREADS", "AsyncEdit", "AsyncStoreMixin"]

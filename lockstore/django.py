@@ -1,50 +1,26 @@
 """A Django session engine on a lockstore store: ``SESSION_ENGINE = "lockstore.django"``.
 
-Settings::
+Settings (the README's "Django" section tells the whole story: codec, async, expiry, the request lock)::
 
     SESSION_ENGINE = "lockstore.django"
-    LOCKSTORE = {"PATH": BASE_DIR / "sessions"}      # and any lockstore.open option, upper case:
-                                                     # BACKEND, SHARDS, CODEC, MAX_AGE, TIMEOUT, SECRET,
-                                                     # PREFIX, TABLE, LOCK_TTL, CONNECT_TIMEOUT, POOL_SIZE...
+    LOCKSTORE = {"PATH": BASE_DIR / "sessions"}      # and any lockstore.open option, upper case; an unknown key
+                                                     # raises a LockstoreError naming it, at start-up
     MIDDLEWARE = [
         "lockstore.django.SessionLockMiddleware",    # optional: the request-long session lock, and the 503
         "django.contrib.sessions.middleware.SessionMiddleware",
         ...
     ]
 
-An unknown ``LOCKSTORE`` key, or a ``SESSION_SERIALIZER`` lockstore cannot follow, raises a ``LockstoreError`` naming
-the setting when the middleware is loaded (at start-up) or at the first session access.
-
-:class:`SessionStore` follows Django's ``SessionBase`` contract (``exists``, ``create``, ``save(must_create=...)``,
-``delete``, ``load``, ``cycle_key``, ``clear_expired`` for ``manage.py clearsessions``) and its ``a``-prefixed async
-twins.  Unlike Django's own engines, ``save()`` writes only the keys this request changed, onto the record as stored now
-(through :meth:`lockstore.Store.edit`), so concurrent requests of one user changing different keys keep each other's
-changes, and a session logged out elsewhere is never resurrected (``UpdateError``).  With :class:`SessionLockMiddleware`
-the session is also locked from its first access until the response is closed, so even a counter incremented by two
-concurrent requests ends exact; a lock not obtained in time answers 503 with ``Retry-After: 1`` and a generic body.
-
-Codec: a new store follows ``SESSION_SERIALIZER``: Django's default ``JSONSerializer`` gives codec ``"json"`` (so a
-session holds what Django's own JSON sessions hold: a ``datetime`` fails on save with a ``TypeError``), a pickle
-serializer gives ``"pickle"``.  An existing store keeps the codec it records; ``LOCKSTORE["CODEC"]`` overrides both
-(another codec than the recorded one raises :class:`lockstore.StoreMismatch`).
-
-Errors: the rule of Django's ``SessionMiddleware``, unchanged: a response of status 500 or more (a view
-that raised included) saves nothing; any other response (404, 403 included) saves the session.
-
-Async: in an async view use ``await request.session.aget(...)``, ``aset``, ``asave`` and the rest.  On an embedded
-store they run on the event loop (its operations take microseconds); on a Redis or PostgreSQL store each runs in a
-thread.  The request-long lock is waited for with non-blocking attempts and ``asyncio.sleep``, never blocking the loop.
-
-Django's expiry (``SESSION_COOKIE_AGE``, ``set_expiry``) is stored with the data and enforced on load and by
-``clear_expired``; the store's own idle expiry (``MAX_AGE``, default ``SESSION_COOKIE_AGE``) removes unused sessions.
-
+:class:`SessionStore` follows Django's ``SessionBase`` contract and its ``a``-prefixed async twins; its ``save()``
+writes only the keys this request changed, onto the record as stored now (:meth:`lockstore.Store.edit`), and never
+resurrects a session deleted meanwhile (``UpdateError``). A new store's codec follows ``SESSION_SERIALIZER``
+(:func:`serializer_codec`). As in Django's ``SessionMiddleware``, a response of status 500 or more saves nothing.
 Django is imported only when this module is, never by ``import lockstore``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import pickle
 import threading
 import time
@@ -72,8 +48,6 @@ if TYPE_CHECKING:
     from django.http import HttpRequest
 
     from .web.requestlock import RequestHold
-
-logger = logging.getLogger(__name__)
 
 _CODEC = "LOCKSTORE['CODEC']"
 _OWN = {"PATH": "path", "REQUEST_LOCK": "request_lock", "LOCK_DIR": "lock_dir", "LOCK_TIMEOUT": "lock_timeout"}
@@ -221,11 +195,8 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
     def _hold(self) -> RequestHold | None:
         """This request's hold; None outside the middleware or with ``REQUEST_LOCK`` off."""
-        scope = current_scope()
-        if scope is None:
-            return None
-        site = self._site
-        return None if site.locks is None else scope.hold(site.locks, site.gates)
+        scope, site = current_scope(), self._site
+        return None if scope is None or site.locks is None else scope.hold(site.locks, site.gates)
 
     def load(self) -> dict[str, Any]:
         """Read the session; an absent, expired or unreadable one reads as empty with no key."""
@@ -323,26 +294,20 @@ class SessionStore(SessionBase):  # type: ignore[misc,unused-ignore]  # Django: 
 
     def _write(self, key: str, data: dict[str, Any], *, must_create: bool) -> None:
         expires = time.time() + self.get_expiry_age(expiry=data.get("_session_expiry"))
-        store = self.store
-        if must_create:
-            with store.edit(key, create=True) as record:
-                if record:
+        before = self._snapshot
+        try:
+            with self.store.edit(key, create=must_create) as record:
+                if must_create and record:
                     raise CreateError
-                record["data"] = dict(data)
+                stored = record.get("data")
+                if must_create or before is None or not isinstance(stored, dict):
+                    stored = dict(data)  # a new session, or one never loaded (e.g. after clear()): all of it
+                else:
+                    merge(stored, *changes(before, data))
+                record["data"] = stored
                 record["expires"] = expires
-        else:
-            before = self._snapshot
-            try:
-                with store.edit(key, create=False) as record:
-                    stored = record.get("data")
-                    if before is None or not isinstance(stored, dict):
-                        stored = dict(data)  # never loaded (e.g. after clear()): the whole session
-                    else:
-                        merge(stored, *changes(before, data))
-                    record["data"] = stored
-                    record["expires"] = expires
-            except KeyError:
-                raise UpdateError from None
+        except KeyError:
+            raise UpdateError from None
         self._snapshot = snapshot(data)
 
     def delete(self, session_key: str | None = None) -> None:
@@ -383,9 +348,8 @@ class SessionLockMiddleware:
     Put it before ``django.contrib.sessions.middleware.SessionMiddleware`` in ``MIDDLEWARE``.  Without it (or with
     ``LOCKSTORE["REQUEST_LOCK"] = False``) only the save is atomic.  A session lock not obtained within the store's
     timeout (or ``LOCKSTORE["LOCK_TIMEOUT"]``) answers 503 with ``Retry-After: 1`` and a generic body, wherever below
-    this middleware the wait ran out (the view, ``SessionMiddleware``, another middleware).
-
-    Works in both of Django's modes: under ASGI it runs as async middleware, its lock waits never blocking the loop.
+    this middleware the wait ran out (the view, ``SessionMiddleware``, another middleware).  Under ASGI it runs as async
+    middleware, its lock waits never blocking the loop.
 
     Raises
     ------

@@ -13,11 +13,12 @@ hand-off neither sleeps for tens of milliseconds nor spins on a core.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from filelock import lock_descriptor, unlock_descriptor
@@ -52,9 +53,7 @@ class ShardLocks:
         self._fds: list[int | None] = [None] * self.shards
 
     def _after_fork(self) -> None:
-        for fd in self._fds:
-            if fd is not None:
-                os.close(fd)  # the parent keeps its own descriptor, and so its lock
+        close_inherited(self._fds)
         self._reset()
 
     def _fd(self, shard: int) -> int:
@@ -65,9 +64,7 @@ class ShardLocks:
                 if fd is None:
                     if self._closed:
                         raise StoreClosed(f"store at {self.label} is closed")
-                    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
-                    fd = os.open(self._paths[shard], flags, self._file_mode)
-                    self._fds[shard] = fd
+                    fd = self._fds[shard] = open_lock_file(self._paths[shard], self._file_mode)
         return fd
 
     def acquire(self, shard: int, timeout: float) -> None:
@@ -125,6 +122,21 @@ class ShardLocks:
                 os.close(fd)
 
 
+def open_lock_file(path: str, mode: int) -> int:
+    """A descriptor of the lock file *path* (created with *mode* if missing) to ``flock``: never through a symbolic
+    link, and not inherited by a program this process executes."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0), mode)
+
+
+def close_inherited(fds: Iterable[int | None]) -> None:
+    """In a forked child: close the inherited lock descriptors *fds* (None skipped) without unlocking them; they
+    share the parent's open file descriptions, so the parent keeps its locks."""
+    for fd in fds:
+        if fd is not None:
+            with contextlib.suppress(OSError):  # already closed by the child
+                os.close(fd)
+
+
 def try_flock(fd: int) -> bool:
     """Take the ``flock`` of *fd* if it is free, without waiting (:func:`filelock.lock_descriptor`)."""
     return lock_descriptor(fd, blocking=False)
@@ -157,3 +169,4 @@ def wait_flock(fd: int, deadline: float, *, first: float, cap: float, yields: in
         delay = min(delay * 2, cap)
 
 
+__all__ = ["ShardLocks", "close_inherited", "open_lock_file", "try_flock", "unflock", "wait_flock"]

@@ -8,7 +8,6 @@ shards, each shard is guarded by a :class:`~lockstore.locks.ShardLocks` lock, an
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import struct
 import time
@@ -16,20 +15,20 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 from zlib import crc32 as _crc32
 
+from . import _admin
 from . import record as fmt
 from ._files import RULES
 from .base import KEEP, BaseStore, Clock, Edit, Engine, Updater
 from .codec import Codec, Record
-from .errors import CorruptRecord, LockstoreError, StoreClosed, StoreMismatch
+from .errors import CorruptRecord, StoreClosed
 from .ids import _VALID as _valid
-from .ids import is_valid_id, shard_of, validate_id
+from .ids import validate_id
 from .locks import ShardLocks
 
 if TYPE_CHECKING:
     from ._files import StoreDir
     from .options import Options
 
-logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _header = fmt.HEADER.unpack_from
 _HEADER_SIZE = fmt.HEADER_SIZE
@@ -147,39 +146,9 @@ class Store(BaseStore):
             self._next_clean[shard] = last + self.clean_interval
             return None
         self._next_clean[shard] = now + self.clean_interval
-        if self._files is not None and self._rules_changed():
+        if self._files is not None and _admin.rules_changed(self):
             return None
         return (now, now - self.max_age, self.clean_limit)
-
-    def _rules_changed(self) -> str | None:
-        """Before a sweep: what differs between this process's sweep rules and the recorded ones, if any.
-
-        One ``stat`` of the metadata per sweep (at most one per shard per ``clean_interval``); the file is
-        read again only when it was rewritten (``lockstore config``). A process whose rules are no longer
-        the store's never sweeps again: it warns once, and the operator restarts it.
-        """
-        assert self._files is not None
-        ident = self._files.meta_ident()
-        if ident == self._meta_ident:
-            return None
-        try:
-            meta = self._files.read_meta() or {}
-        except LockstoreError as exc:
-            differs = f"its metadata cannot be read ({exc})"
-        else:
-            changed = [f"{name}={meta.get(name)!r}" for name in RULES if meta.get(name) != getattr(self, name)]
-            if not changed:
-                self._meta_ident = ident
-                return None
-            differs = "the store now records " + ", ".join(changed)
-        if not self._rules_warned:
-            self._rules_warned = True
-            logger.warning(
-                "store at %s: %s; this process opened it with other sweep rules and no longer sweeps: restart it",
-                self.path,
-                differs,
-            )
-        return differs
 
     def _reading(self, shard: int, read: Callable[[int], T], empty: T) -> T:
         """*read(shard)*: under its lock for engines whose reads need it (shelve), and not at all for a
@@ -342,26 +311,6 @@ class Store(BaseStore):
         now = self.clock()
         return self._live(self._read(shard, key), now) and self._touch_shard(shard, key, now)
 
-    def clean(self, progress: Callable[[int, int], None] | None = None, *, max_idle: float | None = None) -> int:
-        """Sweep every shard of its expired sessions; *progress(shards_done, shards)* after each.
-
-        With *max_idle* (seconds), sessions idle longer than that go too, each checked and removed under
-        its shard's lock (session2's ``delete_old_sessions``)."""
-        self._check_open()
-        differs = self._rules_changed() if self._files is not None else None
-        if differs:
-            raise StoreMismatch(f"store at {self.path}: {differs}; reopen it to clean by the recorded rules")
-        idle = self._max_idle(max_idle)
-        removed = 0
-        for shard in range(self.shards):
-            with self._locks.held(shard, self.timeout):
-                now = self.clock()
-                removed += self._engine.sweep(shard, now, now - idle, None)
-                self._next_clean[shard] = now + self.clean_interval
-            if progress is not None:
-                progress(shard + 1, self.shards)
-        return removed
-
     def record(self, sid: str) -> Record | None:
         shard, key = self._locate(sid)
         rec = self._read(shard, key)
@@ -372,92 +321,13 @@ class Store(BaseStore):
             return None
         return Record(self._codec.decode(key, rec), created, atime)
 
-    def records(
-        self, *, expired: bool = False, on_error: Callable[[str, CorruptRecord], None] | None = None
-    ) -> Iterator[tuple[str, Record]]:
-        self._check_open()
-        for shard in range(self.shards):
-            now = self.clock()
-            batch = []
-            for key, rec in self._scan(shard):
-                sid = key.decode(errors="backslashreplace")
-                batch.append((sid if sid.encode() == key and is_valid_id(sid) else None, sid, rec))
-            yield from self._decode_batch(batch, now, expired, on_error)
-
-    def put_record(self, sid: str, value: Any, *, created: float, last_access: float) -> None:
-        shard, key = self._locate(sid)
-        rec = self._codec.record(key, self._codec.encode(value), float(last_access), float(created))
-        self._update(shard, key, lambda now: lambda old: rec, sweep=False)
-
-    def put_record_if(self, sid: str, value: Any, *, created: float, last_access: float, expect: float | None) -> bool:
-        """Store *value* with the given times only if the live record's last access is *expect* (None: only
-        if there is no live record); the check and the write are one engine update under the shard lock."""
-        shard, key = self._locate(sid)
-        if not all(math.isfinite(t) for t in (created, last_access, 0.0 if expect is None else expect)):
-            raise ValueError(f"times must be finite: created={created!r} last_access={last_access!r} expect={expect!r}")
-        rec = self._codec.record(key, self._codec.encode(value), float(last_access), float(created))
-        max_age = self.max_age
-        wrote = False
-
-        def put_if(now: float) -> Updater:
-            def put(old: bytes | None) -> Any:
-                nonlocal wrote
-                atime = None if old is None else _times(old)[0]  # CorruptRecord: what is there cannot be compared
-                wrote = (None if atime is None or now - atime > max_age else atime) == expect  # expired: absent
-                return rec if wrote else KEEP
-
-            return put
-
-        self._update(shard, key, put_if, sweep=False)
-        return wrote
-
-    def verify(self) -> list[tuple[str, str]]:
-        self._check_open()
-        bad: list[tuple[str, str]] = []
-        for shard in range(self.shards):
-            for key, rec in self._scan(shard):
-                try:
-                    sid = key.decode()
-                except UnicodeDecodeError:
-                    bad.append((repr(key), "key is not UTF-8"))
-                    continue
-                try:
-                    validate_id(sid)
-                    if shard_of(sid, self.shards) != shard:
-                        raise CorruptRecord(f"stored in shard {shard}, belongs in {shard_of(sid, self.shards)}")
-                    _times(rec)
-                    self._codec.decode(key, rec)
-                except Exception as exc:
-                    bad.append((sid, str(exc)))
-        return bad
-
-    def stats(self) -> dict[str, Any]:
-        self._check_open()
-        engine = self._engine
-        per_shard = []
-        for shard in range(self.shards):
-            now = self.clock()
-            nothing: tuple[list[tuple[bytes, float]], float] = ([], 0.0)
-            times, last = self._reading(shard, lambda s: (engine.scan_times(s), engine.last_clean(s)), nothing)
-            live = sum(1 for _, atime in times if now - atime <= self.max_age)
-            per_shard.append(
-                {"shard": shard, "live": live, "expired": len(times) - live, "last_clean": last if last > 0 else None}
-            )
-        return {
-            "backend": self.backend,
-            "path": self.path,
-            "shards": self.shards,
-            "codec": self._codec.name,
-            "signed": self._codec.signed,
-            "durability": self.durability,
-            "max_age": self.max_age,
-            "clean_interval": self.clean_interval,
-            "live": sum(s["live"] for s in per_shard),
-            "expired": sum(s["expired"] for s in per_shard),
-            "bytes": engine.bytes_on_disk(),
-            "per_shard": per_shard,
-            **{k: v for k, v in self.settings.items() if k == "dbm"},
-        }
+    # the administration, apart from the hot path (lockstore/_admin.py)
+    clean = _admin.clean
+    records = _admin.records
+    put_record = _admin.put_record
+    put_record_if = _admin.put_record_if
+    verify = _admin.verify
+    stats = _admin.stats
 
     def close(self) -> None:
         if not self._closed:

@@ -1,25 +1,10 @@
-"""A memory tier in front of a persistent store, for one long-running process.
+"""A memory tier in front of a persistent store, for one long-running process (Webware's ``SessionDynamicStore``).
 
-Webware's ``SessionDynamicStore`` kept hot sessions in memory and moved the idle ones to files;
-:func:`tiered` does the same over a lockstore ``Store``:
-
-- at most ``max_memory_sessions`` sessions are held in memory; past that, the least recently used
-  ones are written to the persistent store and dropped from memory;
-- a sweep every ``sweep_interval`` seconds (run by the next operation, or by :meth:`sweep`)
-  moves sessions idle longer than ``memory_timeout`` to the persistent store;
-- one-shot sessions (created and never read again, as crawlers make) are dropped by the sweep
-  without being written, but :meth:`close` (and interpreter exit) writes every session;
-- the full mapping API, ``edit``, ``touch``, ``clean``, ``record`` and ``records``.
-
-Limits, stated plainly: the memory tier belongs to one process. Another process reading the
-same persistent store does not see what this process holds only in memory, and two processes
-each with a tier would overwrite each other's sessions. The public store API has no cheap
-per-session version to validate against (reading the record *is* the read the tier avoids), so
-rather than serve stale data the tier refuses to run unless the caller declares
-``single_process=True``, and it refuses to be used in a forked child. Sessions held only in
-memory are lost if the process is killed (SIGKILL, out-of-memory) before a sweep or
-:meth:`close` writes them, unless ``write_through=True`` writes every change at once (the tier
-then saves only reads).
+:func:`tiered` holds at most ``max_memory_sessions`` sessions in memory, moves idle ones to the persistent store by a
+sweep every ``sweep_interval`` seconds, drops one-shot sessions (crawlers') unwritten, and writes every session on
+:meth:`~TieredStore.close` and at interpreter exit. Its limits, stated plainly in the README's "The memory tier"
+section: one process only (so it runs only with ``single_process=True``, and never in a forked child), sessions held
+only in memory are lost if the process is killed (unless ``write_through=True``), shelve stores only.
 """
 
 from __future__ import annotations
@@ -32,54 +17,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from . import _tier
 from ._process import GENERATION
-from .base import BaseStore, Edit
+from ._tier import Entry, TierEdit
+from .base import BaseStore
 from .codec import Codec, Record
 from .errors import CorruptRecord, LockstoreError, StoreClosed
 from .ids import validate_id
 
 TIERED_BACKENDS = ("shelve",)
 """The backends a memory tier is worth having over (figures: the README, from stress/tier_bench.py)."""
-
-
-class _Entry:
-    """A session held in memory: its encoded value and times."""
-
-    __slots__ = ("created", "dirty", "last_access", "one_shot", "payload", "saved_access")
-
-    def __init__(self, payload: bytes, created: float, last_access: float, *, saved: bool) -> None:
-        self.payload = payload
-        self.created = created
-        self.last_access = last_access
-        # the last access the persistent store has for it (None: it has no copy)
-        self.saved_access: float | None = last_access if saved else None
-        self.dirty = not saved
-        self.one_shot = not saved  # created here and not read since
-
-
-class _TierEdit(Edit):
-    """:meth:`TieredStore.edit`: the template of :class:`~lockstore.base.Edit` over the tier's lock and memory."""
-
-    __slots__ = ()
-    _store: TieredStore
-
-    def _begin(self) -> bytes | None:
-        tier = self._store
-        tier._lock.acquire()
-        try:
-            e = tier._read(self._sid, tier._enter())
-            return None if e is None else tier._codec.record(self._key, e.payload, e.last_access, e.created)
-        except BaseException:
-            tier._lock.release()
-            raise
-
-    def _end(self, rec: bytes | None, now: float) -> None:
-        tier = self._store
-        try:
-            if rec is not None:
-                tier._write(self._sid, bytes(tier._codec.payload(self._key, rec)), now)
-        finally:
-            tier._lock.release()
 
 
 class TieredStore(BaseStore):
@@ -115,7 +62,7 @@ class TieredStore(BaseStore):
         self.write_through = write_through
         self.touch_interval = float(getattr(store, "touch_interval", 60.0))
         self._codec = codec
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
+        self._entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
         self._gen = GENERATION[0]
         self._next_sweep = self.clock() + sweep_interval
@@ -142,74 +89,11 @@ class TieredStore(BaseStore):
             self._sweep(now)
         return now
 
-    def _entry(self, sid: str, now: float) -> _Entry | None:
-        """The live memory entry of *sid*, loading it from the persistent store if needed."""
-        entry = self._entries.get(sid)
-        if entry is not None:
-            if now - entry.last_access > self.max_age:
-                del self._entries[sid]  # expired in memory: the persistent copy is older still
-                return None
-            self._entries.move_to_end(sid)
-            return entry
-        record = self.persistent.record(sid)
-        if record is None:
-            return None
-        entry = _Entry(self._codec.encode(record.value), record.created, record.last_access, saved=True)
-        self._entries[sid] = entry
-        self._evict_excess()
-        return entry
-
-    def _read(self, sid: str, now: float) -> _Entry | None:
-        entry = self._entry(validate_id(sid), now)
-        if entry is not None:
-            entry.last_access, entry.one_shot = now, False
-        return entry
-
-    def _write(self, sid: str, payload: bytes, now: float) -> None:
-        entry = self._entries.get(sid)
-        if entry is None or now - entry.last_access > self.max_age:
-            record = self.persistent.record(sid)
-            entry = _Entry(payload, now, now, saved=False)
-            if record is not None:  # replacing a stored session: never a one-shot to drop
-                entry.created = record.created
-                entry.saved_access = record.last_access
-                entry.one_shot = False
-            self._entries[sid] = entry
-        entry.payload = payload
-        entry.last_access = now
-        entry.dirty = True
-        self._entries.move_to_end(sid)
-        if self.write_through:
-            self._save(sid, entry)
-        self._evict_excess()
-
-    def _save(self, sid: str, entry: _Entry) -> None:
-        """Write *entry* to the persistent store if it holds anything the store lacks."""
-        if entry.dirty or entry.saved_access is None or (entry.last_access - entry.saved_access >= self.touch_interval):
-            value = self._codec.loads(entry.payload, sid.encode())
-            self.persistent.put_record(sid, value, created=entry.created, last_access=entry.last_access)
-            entry.saved_access = entry.last_access
-            entry.dirty = False
-
-    def _evict_excess(self) -> None:
-        while len(self._entries) > self.max_memory_sessions:
-            sid, entry = next(iter(self._entries.items()))
-            self._save(sid, entry)  # live sessions are never dropped for room, one-shot or not
-            del self._entries[sid]
-
-    def _sweep(self, now: float) -> tuple[int, int]:
-        moved = dropped = 0
-        for sid, entry in list(self._entries.items()):
-            idle = now - entry.last_access
-            if idle <= self.memory_timeout:
-                break  # the rest were used more recently
-            if idle <= self.max_age and not entry.one_shot:
-                self._save(sid, entry)
-                moved += 1
-            else:
-                dropped += 1
-            del self._entries[sid]
-        return moved, dropped
+    # the memory entries and their moves to and from the persistent store (lockstore/_tier.py)
+    _read = _tier.read
+    _write = _tier.write
+    _save = _tier.save
+    _sweep = _tier.sweep
 
     # -- the mapping -------------------------------------------------------------------------
 
@@ -285,13 +169,13 @@ class TieredStore(BaseStore):
 
     # -- beyond the mapping ------------------------------------------------------------------
 
-    def edit(self, sid: str, *, create: bool = True) -> _TierEdit:
+    def edit(self, sid: str, *, create: bool = True) -> TierEdit:
         """Read-modify-write of one session, atomic among this process's threads (the tier's lock is held).
 
         Saved (to memory) on a clean exit if changed, discarded on an exception. A new empty dict if the
         session is absent (:class:`KeyError` with ``create=False``); an absent session left empty is not created.
         """
-        return _TierEdit(self, validate_id(sid), sid.encode(), create)
+        return TierEdit(self, validate_id(sid), sid.encode(), create)
 
     def touch(self, sid: str) -> bool:
         """Refresh the last access of a live session; ``False`` if there is none."""
@@ -480,16 +364,13 @@ def tiered(
         if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
             raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
     if store.backend not in TIERED_BACKENDS:
-        # Measured with stress/tier_bench.py (figures in the README): on LMDB a read from memory saves
-        # about 1.5 microseconds of a 3-microsecond read; the tier's cost in safety is not worth it.
         raise ValueError(
             f"a memory tier buys nothing measurable over the {store.backend!r} backend: "
             f"use the store itself (the tier is for {', '.join(TIERED_BACKENDS)} stores)"
         )
-    codec_name = getattr(store, "settings", {}).get("codec") or store.stats()["codec"]
     if max_value_size is None:
         max_value_size = int(getattr(store, "max_value_size", 1 << 20))
-    codec = Codec(codec_name, None, max_value_size)
+    codec = Codec(store._codec.name, None, max_value_size)
     return TieredStore(
         store,
         max_memory_sessions=max_memory_sessions,

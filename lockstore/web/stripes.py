@@ -6,13 +6,13 @@ One lock file per session would leave a file behind for every session ever seen 
 (rare with 1,024), and a stripe is never the shard lock that guards the data.
 
 Each process keeps a bounded number of lock files open and locks them with :func:`filelock.lock_descriptor` (``flock``
-on POSIX).  A ``flock`` belongs to the open file description, which all threads of a process share, so threads are kept
-apart by one :class:`threading.Lock` per stripe in front of it.
+on POSIX), as :mod:`lockstore.locks` opens and locks shard lock files.  A ``flock`` belongs to the open file
+description, which all threads of a process share, so threads are kept apart by one :class:`threading.Lock` per stripe
+in front of it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._files import make_dirs
-from .._process import GENERATION
-from ..locks import try_flock, unflock, wait_flock
+from .._process import at_fork
+from ..locks import close_inherited, open_lock_file, try_flock, unflock, wait_flock
 from .requestlock import lock_timeout
 
 if TYPE_CHECKING:
@@ -64,21 +64,19 @@ class StripeHold:
     inert: releasing it would free the parent's ``flock``.
     """
 
-    __slots__ = ("_gen", "_locks", "index", "released")
+    __slots__ = ("_locks", "_stripe", "index", "released")
 
-    def __init__(self, locks: StripeLocks, index: int) -> None:
+    def __init__(self, locks: StripeLocks, index: int, stripe: _Stripe) -> None:
         self._locks = locks
-        self._gen = GENERATION[0]
+        self._stripe = stripe  # a forked child has new ones: an inherited hold finds no longer its own
         self.index = index
         self.released = False
 
     def release(self) -> None:
         """Release the stripe (once); a no-op when already released or inherited across fork."""
-        if self.released:
-            return
-        self.released = True
-        if self._gen == GENERATION[0]:
-            self._locks._release(self.index)
+        if not self.released:
+            self.released = True
+            self._locks._release(self.index, self._stripe)
 
     def __enter__(self) -> Self:
         return self
@@ -108,8 +106,8 @@ class StripeLocks:
     -----
     Thread-safe: one instance is meant to be shared by all threads of a process. A thread that already holds a stripe
     may acquire it again (it is counted). Process-safe through ``flock`` on a descriptor opened by this process.
-    Fork-safe: every call compares the process id; a child drops the inherited descriptors and thread locks without
-    unlocking (the parent keeps its locks) and opens its own descriptors on demand.
+    Fork-safe: a forked child drops the inherited descriptors and thread locks at once (``_process.at_fork``), without
+    unlocking (the parent keeps its locks), and opens its own descriptors on demand.
     """
 
     def __init__(
@@ -130,26 +128,18 @@ class StripeLocks:
         self.stripes = stripes
         self.timeout = timeout
         self.max_open = max_open
-        self._guard = threading.Lock()
         self._reset()
+        at_fork(self)
         if self.directory is not None:
             make_dirs(os.path.realpath(self.directory))  # missing parents too are 0700, whatever the umask
 
     def _reset(self) -> None:
-        self._gen = GENERATION[0]
+        self._guard = threading.Lock()  # in a child: thread locks may have been copied while held
         self._state: dict[int, _Stripe] = {}
         self._fds: OrderedDict[int, int] = OrderedDict()  # stripe -> open descriptor, LRU order
 
-    def _check_fork(self) -> None:
-        if self._gen == GENERATION[0]:
-            return
-        # A forked child: the inherited descriptors share the parent's open file
-        # descriptions, so unlocking them would free the parent's locks; closing
-        # our copies does not.  Thread locks may have been copied while held.
-        for fd in self._fds.values():
-            with contextlib.suppress(OSError):  # already closed by the child
-                os.close(fd)
-        self._guard = threading.Lock()
+    def _after_fork(self) -> None:
+        close_inherited(self._fds.values())
         self._reset()
 
     def index(self, sid: str) -> int:
@@ -183,28 +173,24 @@ class StripeLocks:
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         with self._guard:
-            self._check_fork()
             stripe = self._state.setdefault(index, _Stripe())
             me = threading.get_ident()
             if stripe.owner == me:
                 stripe.count += 1
-                return StripeHold(self, index)
+                return StripeHold(self, index, stripe)
         got = (
             stripe.mutex.acquire(timeout=max(0.0, deadline - time.monotonic()))
             if blocking
             else stripe.mutex.acquire(blocking=False)
         )
-        if not got:
-            if not blocking:
-                return None
-            raise lock_timeout(self.where(index), wait)
-        try:
-            locked = self._flock(index, deadline, blocking=blocking)
-        except BaseException:
-            stripe.mutex.release()
-            raise
+        locked = False
+        if got:
+            try:
+                locked = self._flock(index, deadline, blocking=blocking)
+            finally:
+                if not locked:  # busy, timed out or failed: the thread lock goes back too
+                    stripe.mutex.release()
         if not locked:
-            stripe.mutex.release()
             if not blocking:
                 return None
             raise lock_timeout(self.where(index), wait)
@@ -212,7 +198,7 @@ class StripeLocks:
             stripe.owner = me
             stripe.count = 1
         logger.debug("stripe %d acquired", index)
-        return StripeHold(self, index)
+        return StripeHold(self, index, stripe)
 
     def where(self, index: int) -> str:
         """Return where stripe *index* is kept: its lock file, or ``in-process stripe N``."""
@@ -225,13 +211,7 @@ class StripeLocks:
             if fd is not None:
                 self._fds.move_to_end(index)
                 return fd
-            path = self.path(index)
-            if path is None:  # pragma: no cover - callers check for in-process mode
-                msg = "in-process stripes have no lock file"
-                raise RuntimeError(msg)
-            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
-            fd = os.open(path, flags, 0o600)
-            self._fds[index] = fd
+            fd = self._fds[index] = open_lock_file(str(self.path(index)), 0o600)  # not in-process: _flock checks
             # Close idle descriptors beyond max_open; a stripe whose thread lock is
             # taken may be flocked right now and is skipped.
             for other in list(self._fds):
@@ -252,12 +232,9 @@ class StripeLocks:
         # request-long locks are held for milliseconds: longer, jittered sleeps than the shard locks'
         return blocking and wait_flock(fd, deadline, first=0.0002, cap=0.005, jitter=True)
 
-    def _release(self, index: int) -> None:
+    def _release(self, index: int, stripe: _Stripe) -> None:
         with self._guard:
-            if self._gen != GENERATION[0]:
-                return
-            stripe = self._state.get(index)
-            if stripe is None or stripe.count == 0:
+            if self._state.get(index) is not stripe or stripe.count == 0:
                 return
             stripe.count -= 1
             if stripe.count:
@@ -272,7 +249,6 @@ class StripeLocks:
     def close(self) -> None:
         """Close idle lock files; held stripes stay locked until released."""
         with self._guard:
-            self._check_fork()
             for index in list(self._fds):
                 state = self._state.get(index)
                 if state is None or not state.mutex.locked():
