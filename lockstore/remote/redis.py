@@ -94,6 +94,15 @@ class RedisStore(RemoteStore):
         # Native expiry runs on the server's clock; an injected clock (tests, replays) is the store's
         # only judge of expiry, so native expiry is then left off and clean() removes what expired.
         self._native_expiry = self.options.clock is None
+        self._client = self._new_client(url)
+        self._acquire_script = self._client.register_script(ACQUIRE)
+        self._commit_script = self._client.register_script(COMMIT)
+        self._retime_script = self._client.register_script(RETIME)
+        self._sweep_script = self._client.register_script(SWEEP)
+        self._pattern = re.sub(r"([\\*?\[\]])", r"\\\1", self.name) + ":{*}"
+
+    def _new_client(self, url: str) -> Any:
+        """The client of *url* over a bounded pool (a cluster store gives a ``RedisCluster``)."""
         try:
             self._pool = redis.BlockingConnectionPool.from_url(
                 url,
@@ -105,12 +114,7 @@ class RedisStore(RemoteStore):
             )
         except ValueError as exc:
             raise ValueError(f"not a usable Redis URL: {self.path}: {self._scrub(exc)}") from None
-        self._client = redis.Redis(connection_pool=self._pool)
-        self._acquire_script = self._client.register_script(ACQUIRE)
-        self._commit_script = self._client.register_script(COMMIT)
-        self._retime_script = self._client.register_script(RETIME)
-        self._sweep_script = self._client.register_script(SWEEP)
-        self._pattern = re.sub(r"([\\*?\[\]])", r"\\\1", self.name) + ":{*}"
+        return redis.Redis(connection_pool=self._pool)
 
     def _disconnect(self) -> None:
         self._pool.disconnect()
@@ -282,12 +286,13 @@ class RedisStore(RemoteStore):
             self._commit(sid, token, None, now)
         return old, now
 
-    def _scan(self) -> Iterator[list[bytes]]:
-        """Batches of the store's data keys (each key once)."""
+    def _scan(self, client: Any = None) -> Iterator[list[bytes]]:
+        """Batches of the store's data keys (each key once) on *client* (default: the store's)."""
         seen: set[bytes] = set()
         cursor = 0
+        scan = (client or self._client).scan
         while True:
-            cursor, keys = self._do(self._client.scan, cursor, match=self._pattern, count=SCAN_BATCH, _type="string")
+            cursor, keys = self._do(scan, cursor, match=self._pattern, count=SCAN_BATCH, _type="string")
             batch = [k for k in keys if k not in seen]
             seen.update(batch)
             if batch:
@@ -353,20 +358,24 @@ class RedisStore(RemoteStore):
                 if h is not None and -math.inf < fmt.last_access(h) < now - idle
             ]
             if stale:
-
-                def run(stale: list[tuple[bytes, bytes]] = stale) -> list[Any]:
-                    pipe = self._client.pipeline(transaction=False)
-                    for key, header in stale:
-                        self._sweep_script(keys=[key], args=[header], client=pipe)
-                    return pipe.execute()
-
-                removed += sum(self._do(run))
+                removed += self._sweep(stale)
             batches += 1
             if progress is not None:
                 progress(batches, batches + 1)
         if progress is not None:
             progress(batches, batches)
         return removed
+
+    def _sweep(self, stale: list[tuple[bytes, bytes]]) -> int:
+        """Delete each (key, header) whose record still has that header; how many were deleted."""
+
+        def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for key, header in stale:
+                self._sweep_script(keys=[key], args=[header], client=pipe)
+            return pipe.execute()
+
+        return sum(self._do(run))
 
     def _counts(self) -> tuple[int, int, int, str]:
         now = self.clock()
