@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, RedisClusterException, TryAgainError
 from redis.retry import Retry
 
 from ..errors import BackendUnavailable
@@ -44,9 +44,17 @@ from .redis import RedisStore
 
 FAILOVER_TIMEOUT = 20.0
 """Default of ``failover_timeout``: seconds a call keeps trying while the cluster fails over."""
-_FAILOVER_ERRORS = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError, RedisClusterException)
-"""What a cluster answers while a master is dying or being replaced (RedisClusterException: no node could
-be reached to refresh the slot map, or a slot is not covered)."""
+_FAILOVER_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    AskError,
+    RedisClusterException,
+)
+"""What a cluster answers while a master is dying or being replaced (AskError and its MovedError: a slot
+map gone stale, met by a call on one node's own client; RedisClusterException: no node could be reached
+to refresh the slot map, or a slot is not covered)."""
 
 
 def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any], float]:
@@ -114,8 +122,48 @@ class RedisClusterStore(RedisStore):
         client = self._failover(connect)
         return client
 
+    def _connect(self, url: str) -> None:
+        super()._connect(url)
+        self._lua_commit = self._commit_script
+        self._commit_script = self._cluster_commit
+        self._durable = getattr(self.options, "durability", "process") == "system"
+        self._wait_ms = math.ceil(self.connect_timeout * 1000)
+
     def _disconnect(self) -> None:
         self._client.close()
+
+    def _cluster_commit(self, keys: list[str], args: list[Any]) -> Any:
+        """The commit script, and with ``durability="system"`` a wait for a replica.
+
+        ``_commit`` calls it once outside ``_do`` and retries on a ``RedisError``: the cluster client's own
+        errors (no node reachable, a slot not covered) are raised as ``redis.ConnectionError`` so that it
+        retries them too. WAIT waits for the writes of the connection it is sent on, so it cannot go through
+        the cluster client (which routes a keyless command to any node, on any pooled connection): both go in
+        one pipeline on the session master's own client. A release that writes nothing of the session's is
+        not waited for. A write no replica confirmed within ``connect_timeout`` (a master with no replica
+        left, or one too slow) raises :class:`BackendUnavailable`: it is on the master only, and lost if that
+        master fails now.
+        """
+        try:
+            if not self._durable or args[1] == "r":
+                return self._lua_commit(keys=keys, args=args)
+            node = self._client.get_node_from_key(keys[0])
+            pipe = self._client.get_redis_connection(node).pipeline(transaction=False)
+            self._lua_commit(keys=keys, args=args, client=pipe)
+            pipe.wait(1, self._wait_ms)
+            try:
+                done, replicas = pipe.execute()
+            except _FAILOVER_ERRORS:
+                self._client.nodes_manager.initialize()  # this node's own client does not follow the cluster
+                raise
+        except RedisClusterException as exc:
+            raise redis.ConnectionError(self._scrub(exc)) from None
+        if done in (1, 2) and replicas < 1:
+            raise BackendUnavailable(
+                f"redis cluster at {self.path}: no replica of {node.name} confirmed a write within "
+                f"{self.connect_timeout:g} s (durability='system'); it is on that master only"
+            )
+        return done
 
     def _failover(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``, tried again while the cluster fails over, for up to ``failover_timeout``
