@@ -175,10 +175,10 @@ class RedisClusterStore(RedisStore):
                 return fn(*args, **kwargs)
             except _FAILOVER_ERRORS as exc:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or isinstance(exc.__cause__ or exc, redis.AuthenticationError):  # not a failover
                     raise BackendUnavailable(
-                        f"redis cluster at {self.path} did not recover within failover_timeout="
-                        f"{self.failover_timeout:g} s: {type(exc).__name__}: {self._scrub(exc)}"
+                        f"redis cluster at {self.path} is unavailable (failover_timeout="
+                        f"{self.failover_timeout:g} s): {type(exc).__name__}: {self._scrub(exc)}"
                     ) from None
                 time.sleep(min(pause, left))
                 pause = min(pause * 2, 0.25)
