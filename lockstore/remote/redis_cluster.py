@@ -127,7 +127,7 @@ class RedisClusterStore(RedisStore):
         self._lua_commit = self._commit_script
         self._commit_script = self._cluster_commit
         self._durable = getattr(self.options, "durability", "process") == "system"
-        self._wait_ms = math.ceil(self.connect_timeout * 1000)
+        self._wait_ms = math.ceil(self.connect_timeout * 500)  # WAIT must answer before the socket times out
 
     def _disconnect(self) -> None:
         self._client.close()
@@ -140,7 +140,7 @@ class RedisClusterStore(RedisStore):
         retries them too. WAIT waits for the writes of the connection it is sent on, so it cannot go through
         the cluster client (which routes a keyless command to any node, on any pooled connection): both go in
         one pipeline on the session master's own client. A release that writes nothing of the session's is
-        not waited for. A write no replica confirmed within ``connect_timeout`` (a master with no replica
+        not waited for. A write no replica confirmed within half ``connect_timeout`` (a master with no replica
         left, or one too slow) raises :class:`BackendUnavailable`: it is on the master only, and lost if that
         master fails now.
         """
@@ -161,7 +161,7 @@ class RedisClusterStore(RedisStore):
         if done in (1, 2) and replicas < 1:
             raise BackendUnavailable(
                 f"redis cluster at {self.path}: no replica of {node.name} confirmed a write within "
-                f"{self.connect_timeout:g} s (durability='system'); it is on that master only"
+                f"{self._wait_ms / 1000:g} s (durability='system'); it is on that master only"
             )
         return done
 
