@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -162,6 +163,24 @@ def test_processes_count_exactly(cluster: RedisCluster) -> None:
     with lockstore.open(url_of(cluster), **options) as s:
         assert [s[sid]["n"] for sid in sids] == [200] * 3
     client.close()
+
+
+def test_threads_share_a_bounded_pool(cluster: RedisCluster) -> None:
+    with lockstore.open(url_of(cluster), prefix=prefix(), pool_size=2, timeout=30) as s:
+        node = s._client.get_node_from_key(f"{s.prefix}:{{t}}")
+        assert s._client.get_redis_connection(node).connection_pool.max_connections == 2
+
+        def work() -> None:
+            for _ in range(50):
+                with s.edit("t") as session:
+                    session["n"] = session.get("n", 0) + 1
+
+        threads = [threading.Thread(target=work) for _ in range(8)]  # 8 threads, 2 connections per node
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert s["t"] == {"n": 400}
 
 
 def role_of(cluster: RedisCluster, node: Any) -> str:

@@ -108,19 +108,24 @@ class RedisClusterStore(RedisStore):
         except ValueError as exc:
             raise ValueError(f"not a usable Redis Cluster URL: {self.path}: {self._scrub(exc)}") from None
 
+        first = f"[{nodes[0][0]}]" if ":" in nodes[0][0] else nodes[0][0]
+
         def connect() -> RedisCluster:
             return RedisCluster(
-                startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+                # given as a URL, a node's pool is built by connection_pool_class: bounded and blocking
+                url=f"redis://{first}:{nodes[0][1]}/0",
+                startup_nodes=[ClusterNode(host, port) for host, port in nodes[1:]],
                 retry=Retry(NoBackoff(), 0),  # retries are decided here, within failover_timeout (see _do)
+                connection_pool_class=redis.BlockingConnectionPool,
                 max_connections=self._pool_size,
+                timeout=self.timeout,
                 socket_timeout=self.connect_timeout,
                 socket_connect_timeout=self.connect_timeout,
                 **auth,
             )
 
         # Building the client reads the slot map from a node: the cluster may be failing over right now.
-        client = self._failover(connect)
-        return client
+        return self._failover(connect)
 
     def _connect(self, url: str) -> None:
         super()._connect(url)
