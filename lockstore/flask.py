@@ -306,10 +306,7 @@ def init_app(app: Flask, path: str | os.PathLike[str] | None = None, **options: 
     ``_STRIPES``); an unknown key raises :class:`lockstore.LockstoreError` naming the closest valid one.  The store
     is also ``app.extensions["lockstore"]``; ``flask lockstore clean [--max-idle SECONDS]`` sweeps it.
 
-    Raises
-    ------
-    ValueError
-        A Redis or PostgreSQL store with the request lock on and no ``LOCKSTORE_LOCK_DIR`` (the store is closed again).
+    With a Redis or PostgreSQL store and no ``LOCKSTORE_LOCK_DIR``, the request lock is kept on the server.
     """
     config = app.config
     settings = {key[len("LOCKSTORE_") :]: value for key, value in config.items() if key.startswith("LOCKSTORE_")}

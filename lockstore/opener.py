@@ -74,8 +74,9 @@ def open(path: str | os.PathLike[str], *, create: bool = True, **options: Any) -
         At least 16 bytes: every record is signed with HMAC-SHA256 (binding the store, the id, the times
         and the value); a record whose MAC fails is never decoded. Whether a store is signed is recorded.
     durability : {"process", "system"}, default "process"
-        ``"process"`` survives any process being killed; ``"system"`` also a machine crash (every commit
-        synced). Directory stores only.
+        ``"process"`` survives any process being killed; ``"system"`` also a machine crash: every commit
+        synced (directory stores), ``synchronous_commit=on`` (PostgreSQL; ``"process"`` sets it off), or on a
+        replica before it returns (Redis: ``WAIT 1``).
     dbm : str, optional
         shelve only: ``"dbm.gnu"``, ``"dbm.ndbm"``, ``"dbm.sqlite3"`` or ``"dbm.dumb"``; default the best
         available. Recorded.
@@ -88,7 +89,9 @@ def open(path: str | os.PathLike[str], *, create: bool = True, **options: Any) -
     table : str, optional
         PostgreSQL only: the table holding the sessions (default ``"lockstore_sessions"``).
     lock_ttl : float, optional
-        Redis and PostgreSQL: seconds an ``edit()`` may hold a session's lock (default 30).
+        Redis and PostgreSQL: the lease of a session's lock, renewed while its holder lives, so a dead holder
+        blocks the session at most this long and one paused past it gets :class:`~lockstore.LockLost`
+        (default 5 on Redis, 30 on PostgreSQL).
     connect_timeout : float, optional
         Redis and PostgreSQL: seconds to wait for the server before :class:`~lockstore.BackendUnavailable`
         (default 5).

@@ -25,8 +25,9 @@ BACKENDS = ("lmdb", "shelve", "memory")
 DURABILITY = ("process", "system")
 EMBEDDED = ("backend", "shards", "dbm", "map_size", "durability")
 """Options of a directory store only."""
-SERVER = ("lock_ttl", "connect_timeout", "pool_size")
-"""Options of every server store (Redis's ``prefix`` and PostgreSQL's ``table`` are each its own)."""
+SERVER = ("lock_ttl", "connect_timeout", "pool_size", "durability")
+"""Options of every server store (Redis's ``prefix`` and PostgreSQL's ``table`` are each its own); ``durability``
+is both a directory's and a server's (each says what ``"system"`` waits for)."""
 SERVER_DEFAULTS = {"lock_ttl": 30.0, "connect_timeout": 5.0}
 """A server store's defaults of its server options (``pool_size`` and the name are each server's own)."""
 _PREFIX_OK = re.compile(r"[A-Za-z0-9_.:~-]{1,100}").fullmatch
@@ -43,6 +44,7 @@ class _StoreOptions(TypedDict, total=False):
     max_value_size: int
     secret: bytes | str | None
     clock: Callable[[], float] | None
+    durability: str
 
 
 class EmbeddedOptions(_StoreOptions, total=False):
@@ -50,7 +52,6 @@ class EmbeddedOptions(_StoreOptions, total=False):
 
     backend: str | None
     shards: int | None
-    durability: str
     dbm: str | None
     map_size: int | None
 

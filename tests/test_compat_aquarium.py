@@ -1,25 +1,42 @@
-"""Aquarium SessionContainer API: open creates or opens, random cleanup, adjust_time, exists => live."""
+"""Aquarium SessionContainer API: open creates or opens, random cleanup, adjust_time, exists => live.
+
+Every test runs on the embedded backends and on Redis and PostgreSQL (issue 12: the adapters must not
+assume a re-entrant or file lock); each test has its own store (path, Redis prefix, PostgreSQL table).
+"""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import random
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REMOTE, open_store
 from procs import run_all
 
 import lockstore
 from lockstore.compat.aquarium import SessionContainer
 
 MAX_AGE = 600
+TIMEOUT = 5.0  # a lock wait the old nested write of adjust_time ran into on Redis and PostgreSQL
+SHARED = ["lmdb", "shelve", *REMOTE]  # the backends two processes can share
 
 
-@pytest.fixture(params=["lmdb", "shelve", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Any, clock: Any) -> Any:
+def target(request: pytest.FixtureRequest, store: lockstore.BaseStore, path: str) -> tuple[str, dict[str, Any]]:
+    """(path or url, options) that open *store* again, in this process or another (compat tests share it)."""
+    if store.backend not in REMOTE:
+        return path, {}
+    key = "prefix" if store.backend == "redis" else "table"
+    return request.getfixturevalue(f"{store.backend}_server"), {key: getattr(store, key)}
+
+
+@pytest.fixture(params=["lmdb", "shelve", "memory", *REMOTE])
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Any) -> Any:
     # clean_interval=0: the store itself never sweeps on write, so every sweep seen is the container's
-    options = {"clock": clock, "max_age": MAX_AGE, "clean_interval": 0}
-    with lockstore.open(tmp_path / "s", backend=request.param, **options) as store:
+    options = {"clock": clock, "max_age": MAX_AGE, "clean_interval": 0, "timeout": TIMEOUT}
+    with open_store(request, request.param, str(tmp_path / "s"), **options) as store:
         yield store
 
 
@@ -179,7 +196,8 @@ def test_adjust_time_backwards_expires_sessions(container: SessionContainer) -> 
     sessions = [container.open() for _ in range(4)]
     assert container.adjust_time(-(MAX_AGE + 1)) == 4
     assert not any(container.exists(s.sid) for s in sessions)
-    assert container.cleanup() == 4
+    # Redis deletes a record written already expired at once, leaving nothing for the cleanup
+    assert container.cleanup() == (0 if container.store.backend == "redis" else 4)
 
 
 def test_adjust_time_forwards_keeps_sessions_alive(container: SessionContainer, clock: Any) -> None:
@@ -207,11 +225,57 @@ def test_adjust_time_after_touch_interval_is_not_undone(container: SessionContai
     assert record.last_access == clock.now - 550
 
 
+def _hold_and_save(path: str, options: dict[str, Any], sid: str, ready: Any, hold: float) -> None:
+    """Hold *sid*'s edit() (its lock) for *hold* seconds, then save a change that must survive."""
+    with lockstore.open(path, **options) as store, store.edit(sid, create=False) as session:
+        ready.set()
+        time.sleep(hold)
+        session["saved"] = "by the other process"
+
+
+@pytest.mark.parametrize("backend", SHARED)
+def test_adjust_time_never_overwrites_a_concurrent_save(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """Another process holds the session in edit() while adjust_time reaches it: adjust_time waits for
+    its lock, loses the compare (the save changed the last access) and shifts the saved record instead
+    of writing back the value it listed. The old code nested a write in its own edit(): on Redis and
+    PostgreSQL it waited ``timeout`` for itself and raised LockTimeout."""
+    path = str(tmp_path / "s")
+    with open_store(request, backend, path, max_age=MAX_AGE, timeout=TIMEOUT) as store:  # the real clock
+        container = SessionContainer(store, cleanup_frequency=0)
+        session = container.open()
+        session["n"] = 1
+        container.save(session)
+        other = container.open()  # a session nobody else touches: adjusted at the first try
+        ctx = mp.get_context("spawn")
+        ready = ctx.Event()
+        location, options = target(request, store, path)
+        proc = ctx.Process(target=_hold_and_save, args=(location, options, session.sid, ready, 1.0))
+        try:
+            proc.start()
+            assert ready.wait(30)
+            started = time.time()
+            assert container.adjust_time(-100) == 2
+            finished = time.time()
+        finally:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+        assert proc.exitcode == 0
+        assert finished - started > 0.5  # adjust_time waited for the other process's lock
+        record = store.record(session.sid)
+        assert record is not None
+        assert record.value == {"n": 1, "saved": "by the other process"}  # the save was not overwritten
+        assert started - 100 <= record.last_access <= finished - 100  # and the saved record was shifted
+        assert container.exists(other.sid)
+
+
 # -- two processes lose no update ----------------------------------------------------------------
 
 
-def _request(path: str, sid: str, name: str, rounds: int, barrier: Any) -> None:
-    with lockstore.open(path, max_age=MAX_AGE) as store:
+def _request(path: str, options: dict[str, Any], sid: str, name: str, rounds: int, barrier: Any) -> None:
+    with lockstore.open(path, max_age=MAX_AGE, **options) as store:
         container = SessionContainer(store, cleanup_frequency=7, rng=random.Random(name))
         barrier.wait(30)
         for i in range(rounds):
@@ -223,17 +287,20 @@ def _request(path: str, sid: str, name: str, rounds: int, barrier: Any) -> None:
             container.open()  # other visitors arrive too
 
 
-@pytest.mark.parametrize("backend", ["lmdb", "shelve"])
-def test_two_processes_lose_no_update(tmp_path: Any, backend: str) -> None:
+@pytest.mark.parametrize("backend", SHARED)
+def test_two_processes_lose_no_update(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
     path = str(tmp_path / "s")
-    with lockstore.open(path, backend=backend, shards=1, max_age=MAX_AGE) as store:
+    # one shard on the embedded backends, so both processes write into the same files at the same time
+    shards = {} if backend in REMOTE else {"shards": 1}
+    with open_store(request, backend, path, max_age=MAX_AGE, **shards) as store:
         sid = SessionContainer(store).open().sid
+        location, options = target(request, store, path)
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(2)
     rounds = 300
-    procs = [ctx.Process(target=_request, args=(path, sid, name, rounds, barrier)) for name in "ab"]
+    procs = [ctx.Process(target=_request, args=(location, options, sid, name, rounds, barrier)) for name in "ab"]
     assert run_all(procs, 60) == [0, 0]
-    with lockstore.open(path) as store:
+    with lockstore.open(location, **options) as store:
         data = store[sid]
         assert data == {f"{n}{i}": i for n in "ab" for i in range(rounds)} | {"a": rounds - 1, "b": rounds - 1}
         assert len(store) == 1 + 2 * rounds  # every other visitor's session is there too

@@ -1,14 +1,24 @@
-"""session2 / session3 SessionStore API: the old documented behaviour, and what lockstore adds."""
+"""session2 / session3 SessionStore API: the old documented behaviour, and what lockstore adds.
+
+The API tests run on every backend, Redis and PostgreSQL included (issue 12), each with its own store
+(path, Redis prefix, PostgreSQL table). Embedded only, because they are about what the file stores
+are: ``setup()`` creating a directory with mode 0700, the ``filename``/``directory`` attributes,
+the lmdb/shelve ``backend`` argument and its mismatch, and the memory store that no other process
+sees.
+"""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REMOTE, open_store
 from procs import run_all
+from test_compat_aquarium import target
 
 import lockstore
 from lockstore.compat.session2 import (
@@ -36,7 +46,22 @@ def _run(ctx: Any, target: Any, args_list: list[tuple[Any, ...]], timeout: float
     return run_all([ctx.Process(target=target, args=args) for args in args_list], timeout)
 
 
-@pytest.fixture(params=["directory-lmdb", "directory-shelve", "shelve", "volatile", "wrapped-memory"])
+# Sessions are class instances: a server store needs codec="pickle" said explicitly (its default is json),
+# and a secret, so that whoever can write to the server cannot make the application unpickle their bytes.
+PICKLED = {"codec": "pickle", "secret": "a test secret of 32 characters"}
+
+
+@pytest.fixture(
+    params=[
+        "directory-lmdb",
+        "directory-shelve",
+        "shelve",
+        "volatile",
+        "wrapped-memory",
+        "wrapped-redis",
+        "wrapped-postgres",
+    ]
+)
 def adapter(request: pytest.FixtureRequest, tmp_path: Any, clock: Any) -> Any:
     kind = request.param
     options = {"clock": clock, "max_age": 3600}
@@ -48,8 +73,12 @@ def adapter(request: pytest.FixtureRequest, tmp_path: Any, clock: Any) -> Any:
         store = ShelveSessionStore(tmp_path / "sessions.db", **options)
     elif kind == "volatile":
         store = VolatileSessionStore(**options)
-    else:
+    elif kind == "wrapped-memory":
         store = SessionStore(lockstore.open(tmp_path / "m", backend="memory", **options))
+    else:
+        store = SessionStore(
+            open_store(request, kind.removeprefix("wrapped-"), str(tmp_path / "m"), **options, **PICKLED)
+        )
     yield store
     store.close()
 
@@ -200,9 +229,14 @@ def test_flags_per_class() -> None:
     assert (VolatileSessionStore.is_multiprocess_safe, VolatileSessionStore.is_thread_safe) == (False, True)
 
 
-@pytest.mark.parametrize(("backend", "multiprocess"), [("lmdb", True), ("shelve", True), ("memory", False)])
-def test_flags_of_a_wrapped_store_follow_its_backend(tmp_path: Any, backend: str, multiprocess: bool) -> None:
-    with lockstore.open(tmp_path / "s", backend=backend) as store:
+@pytest.mark.parametrize(
+    ("backend", "multiprocess"),
+    [("lmdb", True), ("shelve", True), ("memory", False), ("redis", True), ("postgres", True)],
+)
+def test_flags_of_a_wrapped_store_follow_its_backend(
+    request: pytest.FixtureRequest, tmp_path: Any, backend: str, multiprocess: bool
+) -> None:
+    with open_store(request, backend, str(tmp_path / "s")) as store:
         adapter = SessionStore(store)
         assert adapter.is_multiprocess_safe is multiprocess
         assert adapter.is_thread_safe is True
@@ -223,9 +257,12 @@ def test_volatile_store_is_not_shared_between_processes() -> None:
     store.close()
 
 
-@pytest.mark.parametrize("kind", ["volatile", "directory"])
-def test_thread_safe_flag_holds(tmp_path: Any, kind: str) -> None:
-    store = VolatileSessionStore() if kind == "volatile" else DirectorySessionStore(tmp_path / "d")
+@pytest.mark.parametrize("kind", ["volatile", "directory", *REMOTE])
+def test_thread_safe_flag_holds(request: pytest.FixtureRequest, tmp_path: Any, kind: str) -> None:
+    if kind in REMOTE:
+        store: SessionStore = SessionStore(open_store(request, kind, str(tmp_path / "r"), **PICKLED))
+    else:
+        store = VolatileSessionStore() if kind == "volatile" else DirectorySessionStore(tmp_path / "d")
     assert store.is_thread_safe
 
     def work(t: int) -> None:
@@ -244,8 +281,13 @@ def test_thread_safe_flag_holds(tmp_path: Any, kind: str) -> None:
 # -- two processes lose no update ----------------------------------------------------------------
 
 
-def _worker(kind: str, path: str, name: str, rounds: int, barrier: Any) -> None:
-    store = ShelveSessionStore(path) if kind == "shelve" else DirectorySessionStore(path)
+def _worker(kind: str, path: str, options: dict[str, Any], name: str, rounds: int, barrier: Any) -> None:
+    if kind == "shelve":
+        store: SessionStore = ShelveSessionStore(path)
+    elif kind == "directory":
+        store = DirectorySessionStore(path)
+    else:
+        store = SessionStore(lockstore.open(path, **options, **PICKLED))
     sids = [f"{name}-{i}" for i in range(4)]
     barrier.wait(30)
     for r in range(rounds):
@@ -259,21 +301,25 @@ def _worker(kind: str, path: str, name: str, rounds: int, barrier: Any) -> None:
     store.close()
 
 
-@pytest.mark.parametrize("kind", ["directory", "shelve"])
-def test_two_processes_lose_no_update(tmp_path: Any, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["directory", "shelve", *REMOTE])
+def test_two_processes_lose_no_update(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> None:
     """The old shelve store was "not thread safe or multiprocess safe": two writers lost sessions.
 
-    One shard, so both processes write into the same files at the same time.
+    One shard on the embedded backends, so both processes write into the same files at the same time.
     """
     path = str(tmp_path / "s")
-    backend = "shelve" if kind == "shelve" else "lmdb"
-    lockstore.open(path, backend=backend, shards=1).close()
+    if kind in REMOTE:
+        with open_store(request, kind, path, **PICKLED) as created:
+            path, options = target(request, created, path)
+    else:
+        options = {"backend": "shelve" if kind == "shelve" else "lmdb"}
+        lockstore.open(path, shards=1, **options).close()
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(2)
     rounds = 1000
-    args = [(kind, path, name, rounds, barrier) for name in ("a", "b")]
+    args = [(kind, path, options, name, rounds, barrier) for name in ("a", "b")]
     assert _run(ctx, _worker, args) == [0, 0]
-    store = DirectorySessionStore(path, backend=backend)
+    store = SessionStore(lockstore.open(path, **options, **({} if "backend" in options else PICKLED)))
     sessions = dict(store.iter_sessions())
     assert sorted(sessions) == sorted([f"{n}-{i}" for n in "ab" for i in range(4)] + ["shared"])
     assert {sid: s.n for sid, s in sessions.items() if sid != "shared"} == {

@@ -1,20 +1,29 @@
-"""Spyce session module API: get / put / delete, sessions created just in time, no _lastaccess key."""
+"""Spyce session module API: get / put / delete, sessions created just in time, no _lastaccess key.
+
+Every test runs on the embedded backends and on Redis and PostgreSQL (issue 12), each with its own
+store (path, Redis prefix, PostgreSQL table).
+"""
 
 from __future__ import annotations
 
 import multiprocessing as mp
+from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REMOTE, open_store
 from procs import run_all
+from test_compat_aquarium import target
 
 import lockstore
 from lockstore.compat.spyce import SpyceSession
 
+BACKENDS = ["lmdb", "shelve", "memory", *REMOTE]
 
-@pytest.fixture(params=["lmdb", "shelve", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Any, clock: Any) -> Any:
-    with lockstore.open(tmp_path / "s", backend=request.param, clock=clock, max_age=600) as store:
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Any) -> Any:
+    with open_store(request, request.param, str(tmp_path / "s"), clock=clock, max_age=600) as store:
         yield store
 
 
@@ -128,8 +137,9 @@ def test_del_of_missing_key_on_absent_session_writes_nothing(store: Any) -> None
     assert len(store) == 0
 
 
-def test_unencodable_value_changes_nothing(tmp_path: Any) -> None:
-    with lockstore.open(tmp_path / "j", codec="json") as store:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unencodable_value_changes_nothing(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
+    with open_store(request, backend, str(tmp_path / "j"), codec="json") as store:
         session = SpyceSession(store)
         session.put("a", 1)
         with pytest.raises(lockstore.EncodeError):
@@ -137,8 +147,9 @@ def test_unencodable_value_changes_nothing(tmp_path: Any) -> None:
         assert dict(session) == {"a": 1}
 
 
-def test_too_large_value_changes_nothing(tmp_path: Any) -> None:
-    with lockstore.open(tmp_path / "s", max_value_size=1000) as store:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_too_large_value_changes_nothing(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
+    with open_store(request, backend, str(tmp_path / "s"), max_value_size=1000) as store:
         session = SpyceSession(store)
         session.put("a", "small")
         with pytest.raises(lockstore.ValueTooLarge):
@@ -156,8 +167,8 @@ def test_a_session_that_is_not_a_dict_is_reported(store: Any) -> None:
 # -- two processes lose no update ----------------------------------------------------------------
 
 
-def _putter(path: str, sid: str, name: str, rounds: int, barrier: Any) -> None:
-    with lockstore.open(path) as store:
+def _putter(path: str, options: dict[str, Any], sid: str, name: str, rounds: int, barrier: Any) -> None:
+    with lockstore.open(path, **options) as store:
         session = SpyceSession(store, sid)
         assert session.id == sid
         barrier.wait(30)
@@ -167,18 +178,22 @@ def _putter(path: str, sid: str, name: str, rounds: int, barrier: Any) -> None:
                 session.delete(f"{name}{i}")
 
 
-@pytest.mark.parametrize("backend", ["lmdb", "shelve"])
-def test_two_processes_putting_into_one_session_lose_no_key(tmp_path: Any, backend: str) -> None:
+@pytest.mark.parametrize("backend", ["lmdb", "shelve", *REMOTE])
+def test_two_processes_putting_into_one_session_lose_no_key(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
     """Spyce: "it is remotely possible that sessions might blast each other". Not any more."""
     path = str(tmp_path / "s")
-    with lockstore.open(path, backend=backend, shards=1) as store:
+    # one shard on the embedded backends, so both processes write into the same files at the same time
+    with open_store(request, backend, path, **({} if backend in REMOTE else {"shards": 1})) as store:
         session = SpyceSession(store)
         session.put("owner", "test")
+        location, options = target(request, store, path)
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(2)
     rounds = 600
-    procs = [ctx.Process(target=_putter, args=(path, session.id, name, rounds, barrier)) for name in "ab"]
+    procs = [ctx.Process(target=_putter, args=(location, options, session.id, name, rounds, barrier)) for name in "ab"]
     assert run_all(procs, 60) == [0, 0]
-    with lockstore.open(path) as store:
+    with lockstore.open(location, **options) as store:
         expected = {"owner": "test"} | {f"{n}{i}": i for n in "ab" for i in range(rounds) if i % 3}
         assert dict(SpyceSession(store, session.id)) == expected

@@ -249,12 +249,20 @@ def test_remote_options_from_flask_settings_reach_redis(tmp_path: Path, redis_se
         store.close()
 
 
-def test_remote_store_without_lock_dir_is_refused_and_closed(tmp_path: Path, redis_server: str) -> None:
+def test_redis_store_without_lock_dir_takes_the_request_lock_on_the_server(tmp_path: Path, redis_server: str) -> None:
+    """Issue 12: no ``LOCKSTORE_LOCK_DIR`` used to be refused (ValueError); now the lock is kept on the server."""
+    from lockstore.remote.redis_locks import RedisRequestLocks
+
     app = new_app(tmp_path)
     app.config.update(LOCKSTORE_PATH=redis_server, LOCKSTORE_PREFIX=f"flask{os.urandom(4).hex()}")
-    with pytest.raises(ValueError, match="lock_dir"):
-        init_app(app)
-    assert "lockstore" not in app.extensions
+    store = init_app(app)
+    try:
+        assert isinstance(app.session_interface.locks, RedisRequestLocks)
+        client = app.test_client()
+        assert client.get("/incr").data == b"1"
+        assert client.get("/incr").data == b"2"
+    finally:
+        store.close()
 
 
 def test_table_from_flask_settings_reaches_postgres(tmp_path: Path, postgres_server: str) -> None:

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 import uuid
+from typing import Any
 
 import pytest
 from servers import fault_run, free_port, hold_edit, require, run_increments, running_postgres
@@ -39,10 +40,70 @@ def test_processes_with_own_pools_count_exactly(postgres_server: str) -> None:
         assert [s[sid]["n"] for sid in sids] == [450] * 4
 
 
+FAULT_SIDS = ("fault-a", "fault-b")  # the sessions and the workers of servers.fault_run
+FAULT_WORKERS = ("w0", "w1", "w2")
+
+
+def progress(url: str, options: dict[str, Any], past: dict[str, int] | None = None, wait: float = 60) -> dict[str, int]:
+    """The counts of every fault_run worker in both sessions, once each has written there (more than in *past*).
+
+    Why: on a loaded machine a spawned worker may take longer than fault_run's first 1.5 s to open its store, and
+    one that opens it while the server is down fails; so the outage starts only once every worker is running.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with lockstore.open(url, **options) as s:
+                counts = {
+                    f"{sid}/{name}": (s.get(sid) or {}).get(name, 0) for sid in FAULT_SIDS for name in FAULT_WORKERS
+                }
+        except lockstore.BackendUnavailable:
+            counts = {}
+        if counts and all(counts.values()) and (past is None or all(n > past[key] for key, n in counts.items())):
+            return counts
+        assert time.monotonic() < deadline, counts
+        time.sleep(0.05)
+
+
+def unavailable_within(store: Any, seconds: float) -> float:
+    """Every kind of call on *store* (server down) raises BackendUnavailable; the slowest one's seconds."""
+    slowest = 0.0
+    hold_locks = store.request_locks(timeout=1)
+    calls = [
+        lambda: store["fault-a"],
+        lambda: store.__setitem__("other", {"x": 1}),
+        lambda: store.edit("fault-b").__enter__(),
+        lambda: "fault-a" in store,
+        lambda: hold_locks.acquire("fault-a"),
+        lambda: hold_locks.acquire("fault-b", blocking=False),
+    ]
+    for call in calls:
+        started = time.monotonic()
+        with pytest.raises(lockstore.BackendUnavailable):
+            call()
+        slowest = max(slowest, time.monotonic() - started)
+    assert slowest < seconds, slowest
+    return slowest
+
+
 def test_server_crashed_and_restarted_under_load() -> None:
+    # "system" (synchronous_commit on): fault_run checks that no acknowledged edit was lost to the crash.
     with running_postgres() as server:
-        options = {"table": table(), "timeout": 3.0, "connect_timeout": 1.0}
-        fault_run(server.url, options, lambda: server.stop("immediate"), server.start)
+        options = {"table": table(), "timeout": 3.0, "connect_timeout": 1.0, "durability": "system"}
+        seen: dict[str, Any] = {}
+
+        def crash() -> None:
+            seen["before"] = progress(server.url, options)
+            with lockstore.open(server.url, **options) as probe:
+                server.stop("immediate")
+                seen["slowest"] = unavailable_within(probe, options["connect_timeout"] + 1.0)
+
+        def restart() -> None:
+            server.start()
+            progress(server.url, options, progress(server.url, options))  # every worker writes again
+
+        fault_run(server.url, options, crash, restart)
+        print(f"\nserver down: slowest call {seen['slowest']:.2f} s to raise BackendUnavailable (connect_timeout 1 s)")
 
 
 def test_row_lock_timeout_and_dead_holder_frees_at_once(postgres_server: str) -> None:
@@ -71,18 +132,6 @@ def test_row_lock_timeout_and_dead_holder_frees_at_once(postgres_server: str) ->
         with lockstore.open(postgres_server, timeout=5, **options) as waiter, waiter.edit("busy") as session:
             session["n"] += 10
         assert s["busy"] == {"n": 11}
-
-
-def test_stalled_edit_past_lock_ttl_writes_nothing(postgres_server: str) -> None:
-    with lockstore.open(postgres_server, table=table(), lock_ttl=0.3) as s:
-        s["slow"] = {"n": 1}
-        with pytest.raises(lockstore.LockTimeout, match="lock_ttl"), s.edit("slow") as session:
-            session["n"] = 2
-            time.sleep(0.8)
-        assert s["slow"] == {"n": 1}
-        with s.edit("slow") as session:  # the store carries on with a fresh connection
-            session["n"] = 3
-        assert s["slow"] == {"n": 3}
 
 
 def test_edit_of_a_new_session_left_empty_creates_nothing(postgres_server: str) -> None:

@@ -9,10 +9,9 @@ Flask) from one Redis, one PostgreSQL, then one Redis Cluster. Here the instance
 - 1 writer (40 increments) against 7 readers loses nothing;
 - and on the cluster, ``lock_dir=`` per instance loses updates as it does on one Redis (the figure is printed).
 
-ENABLING: these tests are written before the server-side lock exists, so :class:`TestServerLock` is not
-collected (``__test__ = False``; not skipped, not xfailed). Once the lock is merged, delete that line: every
-test here must then pass, under CI too (the Redis Cluster needs the ``redis+cluster://`` scheme by then; without
-it the cluster cases skip locally and fail under CI, through ``servers.unavailable``).
+Every case must pass, under CI too. A server whose store keeps no request lock yet (PostgreSQL and the Redis
+Cluster until their branches are merged) skips locally and fails under CI, through ``servers.unavailable``; so does
+the cluster without the ``redis+cluster://`` scheme.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from servers import require, running_redis_cluster_retried, unavailable
-from web_apps.hosts import shared_cookie, store_options, two_hosts, unsupported, writer_readers
+from web_apps.hosts import server_lock_missing, shared_cookie, store_options, two_hosts, unsupported, writer_readers
 
 require("gunicorn")
 require("flask")
@@ -57,14 +56,16 @@ def locked_hosts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     """The ports of two instances serving *app* from the shared *kind* server under the server-side lock."""
     kind, app = request.param
     url = server_url(request, kind)
+    options = store_options(kind, f"h{uuid.uuid4().hex[:10]}")
+    reason = server_lock_missing(url, options)  # each server's lock joins as it is merged (PostgreSQL's first)
+    if reason is not None:
+        unavailable(f"{kind}: {reason}")
     base: Path = tmp_path_factory.mktemp(f"locked-{kind}-{app}")
-    with two_hosts(app, url, base, options=store_options(kind, f"h{uuid.uuid4().hex[:10]}"), lock="server") as ports:
+    with two_hosts(app, url, base, options=options, lock="server") as ports:
         yield ports
 
 
 class TestServerLock:
-    __test__ = False  # ENABLING (module docstring): delete this line once the server-side request lock is merged
-
     def test_shared_cookie_across_two_hosts_is_exact(
         self, locked_hosts: tuple[int, int], request: pytest.FixtureRequest
     ) -> None:

@@ -15,21 +15,20 @@ random bits); and since CGI and FastCGI applications have no scheduler, cleanup 
 clean`` from cron).
 
 What is new: Aquarium left locking to the database; here :meth:`SessionContainer.save` writes
-only the keys the request changed, in one atomic edit under the shard lock, so two concurrent
-requests of the same user that change different keys keep both changes.
+only the keys the request changed, in one atomic edit under the session's lock (a shard lock file,
+a Redis lock key, a PostgreSQL row lock), so two concurrent requests of the same user that change
+different keys keep both changes, on every backend.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
 import lockstore
+from lockstore.ids import describe_id
 from lockstore.web.changes import changes, merge, snapshot
-
-
-class _Adjusted(Exception):
-    """Leaves ``store.edit`` without letting it write: the record was rewritten already."""
 
 
 class Session(dict[str, Any]):
@@ -64,10 +63,14 @@ class SessionContainer:
     -----
     Holds no lock or handle of its own: thread, process and fork safety are the store's. The random cleanup is a full
     sweep of every shard; the store already sweeps one shard on a write every ``clean_interval``, so a cleanup frequency
-    of 0 plus a cron job is the choice with the steadiest latency.
+    of 0 plus a cron job is the choice with the steadiest latency. On a remote store the random cleanup is a full scan
+    of the server's sessions (Redis: SCAN of the prefix; PostgreSQL: a DELETE through the index) run by a request,
+    while the server already drops expired sessions (Redis by their TTL, PostgreSQL by sweeping on write): pass
+    ``cleanup_frequency=0`` there.
     """
 
     SESSION_CLEANUP_FREQUENCY = 100
+    ADJUST_ATTEMPTS = 100  # compare-and-put tries per session in adjust_time, as BaseStore.setdefault
 
     def __init__(
         self,
@@ -139,30 +142,54 @@ class SessionContainer:
         A negative delta ages the sessions (``adjust_time(-store.max_age - 1)`` expires them
         all); a positive one makes them younger. Returns the number of sessions adjusted.
 
+        Raises
+        ------
+        ValueError
+            *delta_seconds* is not a finite number.
+        lockstore.LockTimeout
+            A session changed under every one of ``ADJUST_ATTEMPTS`` tries (the sessions before it
+            are adjusted, the ones after it are not).
+
         Notes
         -----
-        Each session is read with ``store.record`` and written back with ``store.put_record``
-        while its shard lock is held (inside ``store.edit``), so a concurrent save is never
-        overwritten. Sessions must be dicts, as everywhere in this module.
+        Each session is rewritten by ``store.put_record_if(..., expect=last_access)``, the store's
+        compare-and-put: it writes only if the stored record still has the last access that was
+        read, checked and written in one hold of the session's lock. If a concurrent save won, the
+        session is read again and the new record is shifted instead, so a concurrent save is never
+        overwritten. No write is nested inside ``store.edit()``: a store's lock is not re-entrant
+        across its connections (Redis takes a new lock token, PostgreSQL a second connection that
+        would wait on the row lock), so the nested write of earlier versions waited ``timeout`` and
+        raised :class:`lockstore.LockTimeout` on a remote store (issue 12). The compare is on the
+        last access alone: a save that lands in the same clock tick as the write it replaces cannot
+        be told from it (with ``time.time`` a tick is well under a microsecond on Linux).
+
+        The listing is read a batch at a time (a shard, a Redis SCAN batch, a PostgreSQL page), so
+        memory stays bounded on a large remote store; each session costs one write, plus one read
+        per lost race. Sessions must be dicts, as everywhere in this module.
         """
+        if not math.isfinite(delta_seconds):
+            msg = f"delta_seconds must be a finite number, got {delta_seconds!r}"
+            raise ValueError(msg)
+        store = self.store
         adjusted = 0
-        for sid, _ in list(self.store.records()):
-            try:
-                # edit() only to hold the session's shard lock (reentrant) while the record is
-                # read and rewritten; leaving it by an exception makes it write nothing itself.
-                with self.store.edit(sid, create=False):
-                    record = self.store.record(sid)
-                    if record is not None:
-                        self.store.put_record(
-                            sid,
-                            record.value,
-                            created=record.created,
-                            last_access=record.last_access + delta_seconds,
-                        )
-                        adjusted += 1
-                    raise _Adjusted
-            except (_Adjusted, KeyError):  # KeyError: deleted or expired since the listing
-                continue
+        for sid, listed in store.records():
+            record: lockstore.Record | None = listed
+            for _ in range(self.ADJUST_ATTEMPTS):
+                if record is None:  # deleted or expired since the listing
+                    break
+                if store.put_record_if(
+                    sid,
+                    record.value,
+                    created=record.created,
+                    last_access=record.last_access + delta_seconds,
+                    expect=record.last_access,
+                ):
+                    adjusted += 1
+                    break
+                record = store.record(sid)  # a concurrent save or touch won: shift what it left
+            else:
+                msg = f"session {describe_id(sid)} changed {self.ADJUST_ATTEMPTS} times while adjust_time ran"
+                raise lockstore.LockTimeout(msg)
         return adjusted
 
     # The old camelCase name, for code that called it.

@@ -43,7 +43,6 @@ _SAFETY: dict[str, tuple[bool, bool]] = {
     "memory": (False, True),
     "redis": (True, True),
     "postgres": (True, True),
-    "postgresql": (True, True),
 }
 
 
@@ -68,7 +67,9 @@ class SessionStore:
     Notes
     -----
     Sessions are stored whole under ``session.id``, pickled (use a store with the default
-    ``pickle`` codec: session objects are class instances). Every call is one atomic store
+    ``pickle`` codec: session objects are class instances). A Redis or PostgreSQL store defaults
+    to ``json``: open it with ``codec="pickle"`` and a ``secret``, since whoever can write to the
+    server could otherwise make the application unpickle their bytes. Every call is one atomic store
     operation, so two processes saving sessions at the same time never corrupt the store or lose
     each other's sessions, which the old shelve and directory stores did not promise. Two
     concurrent requests of the *same* user that each load, change and save the whole session

@@ -12,9 +12,10 @@ the last access time still drives expiry, but it lives in the record header inst
 ``_lastaccess`` key: it is never among the session's keys, and a value stored under
 ``"_lastaccess"`` is ordinary data that cannot change when the session expires.
 
-Each ``put`` and ``delete`` is one atomic read-modify-write of the stored session under the
-shard lock, so two requests of the same visitor in two processes that put different keys keep
-both (Spyce's own docs: "it is remotely possible that sessions might blast each other").
+Each ``put`` and ``delete`` is one atomic read-modify-write of the stored session under its lock
+(a shard lock file, a Redis lock key, a PostgreSQL row lock), so two requests of the same visitor
+in two processes, or on two hosts sharing a server store, that put different keys keep both
+(Spyce's own docs: "it is remotely possible that sessions might blast each other").
 
 Examples
 --------
@@ -110,7 +111,7 @@ class SpyceSession(MutableMapping[str, Any]):
         self.put(key, value)
 
     def __delitem__(self, key: str) -> None:
-        # Checked under the shard lock: a KeyError inside edit() discards the edit.
+        # Checked under the session's lock: a KeyError inside edit() discards the edit.
         with self.store.edit(self.id, create=True) as data:
             del data[key]
 

@@ -171,7 +171,7 @@ class RemoteStore(BaseStore):
     name_option: ClassVar[str]
     """``"prefix"`` or ``"table"``: the option that names the store on its server."""
     defaults: ClassVar[dict[str, Any]]
-    """This server's defaults of its name and ``pool_size``."""
+    """This server's defaults of its name and ``pool_size`` (and of ``lock_ttl``, if not the servers' one)."""
     edit_class: ClassVar[type[RemoteEdit]]
     _codec: Codec
     _secrets: list[str]
@@ -186,7 +186,7 @@ class RemoteStore(BaseStore):
         self.touch_interval = float(options.touch_interval)
         self.timeout = float(options.timeout)
         self.connect_timeout = float(options.connect_timeout or SERVER_DEFAULTS["connect_timeout"])
-        self.lock_ttl = float(options.lock_ttl or SERVER_DEFAULTS["lock_ttl"])
+        self.lock_ttl = float(options.lock_ttl or self.defaults.get("lock_ttl") or SERVER_DEFAULTS["lock_ttl"])
         self._pool_size: int = options.pool_size or self.defaults["pool_size"]
         self.clock = options.clock or time.time
         self._closed = False

@@ -18,9 +18,18 @@ and the codecs behave the same; ``last_access`` repeats the record's time for th
   once ``clean_interval`` has passed in this process (``FOR UPDATE SKIP LOCKED``: it never waits for an
   editor); ``clean()`` removes all of them.
 - Connections come from a ``psycopg_pool`` pool. ``lock_timeout`` bounds the wait for a session's row
-  lock (:class:`~lockstore.LockTimeout`), ``idle_in_transaction_session_timeout`` (``lock_ttl``) ends an
-  edit whose holder stalls; a server that is down or refuses connections raises
-  :class:`~lockstore.BackendUnavailable` within ``connect_timeout``.
+  lock (:class:`~lockstore.LockTimeout`); a server that is down or refuses connections raises
+  :class:`~lockstore.BackendUnavailable` within ``connect_timeout``. An ``edit()`` keeps its transaction on a
+  lease of ``lock_ttl`` renewed while its holder lives (:mod:`lockstore.remote.postgres_locks`): a holder killed
+  frees the row at once, one paused past the lease gets :class:`~lockstore.LockLost` and writes nothing.
+- :meth:`PostgresStore.request_locks` gives the web integrations a request-long lock kept on the server (an
+  advisory lock per session: see :mod:`lockstore.remote.postgres_locks`, which says why not a row lock).
+- ``durability="system"`` sets ``synchronous_commit = on``: a write is acknowledged once the server has flushed
+  its WAL, so a crash of the server loses no acknowledged write (this needs the server's ``fsync`` on, its
+  default: with ``fsync = off`` only a crash of the server process, not of its machine, is survived).
+  ``"process"`` (the default) sets ``synchronous_commit = off``: a commit is acknowledged before its WAL is
+  flushed, so a crash of the server (not of this process) may lose the last few hundred milliseconds of
+  acknowledged writes (up to three times ``wal_writer_delay``); it never corrupts or half-writes one.
 - The store's settings are rows ``(store, name, value)`` of the table ``lockstore_meta``: metadata
   format, codec, whether records are signed, a random store id bound into every signature, and the
   sweep rule (``max_age``, ``clean_interval``, ``clean_limit``). Nothing there is trusted: see
@@ -36,9 +45,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator
-from typing import Any, Unpack
+from typing import Any, TypeVar, Unpack
 
 import psycopg
 from psycopg import sql
@@ -48,79 +56,18 @@ from ..errors import BackendUnavailable, LockTimeout, StoreMismatch
 from ..ids import describe_id, is_valid_id, validate_id
 from ..options import Options, PostgresOptions
 from ..record import HEADER_SIZE
-from .base import Make, RemoteEdit, RemoteStore
+from .base import Make, RemoteStore
 from .meta import Pairs, Settings, creation_fields
+from .postgres_locks import HoldPool, PostgresEdit, PostgresLocks, ServerHold, holding
 from .postgres_pool import Connections, display
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PAGE = 500
 CLEAN_BATCH = 5000
 # The ids validate_id accepts, for the queries that list and count sessions.
 _VALID_ID_SQL = "sid ~ '^[A-Za-z0-9_.~-]+$' AND length(sid) <= 256 AND sid <> '.' AND sid <> '..'"
-
-
-class _Edit(RemoteEdit):
-    """The context manager returned by :meth:`PostgresStore.edit`: one transaction, the row locked."""
-
-    _store: PostgresStore
-    _conn: psycopg.Connection[Any] | None = None
-
-    def _begin(self) -> bytes | None:
-        self._conn, found = self._store._run(self._begin_txn, keep=True)
-        self._since = time.monotonic()
-        rec: bytes | None = found
-        return rec
-
-    def _begin_txn(self, conn: psycopg.Connection[Any]) -> bytes | None:
-        """BEGIN and lock the session's row, creating it (uncommitted, empty) if absent and wanted."""
-        store = self._store
-        # No pipeline mode here: a server does not apply idle_in_transaction_session_timeout to a
-        # transaction opened in a pipeline, and lock_ttl relies on it (measured: no faster either).
-        conn.execute("BEGIN")
-        cur = conn.execute(store._q_lock, (self._sid,))
-        for _ in range(100):
-            row = cur.fetchone()
-            if row is not None:
-                return bytes(row[0]) or None
-            if not self._create:
-                return None
-            # Nobody has this session: claim it. If another transaction inserts it at the same time,
-            # this INSERT waits for that one to end, does nothing, and the loop locks its row.
-            cur = conn.execute(store._q_claim, (self._sid, b"", store.clock()))
-            if cur.fetchone() is not None:
-                return None
-            cur = conn.execute(store._q_lock, (self._sid,))
-        raise LockTimeout(f"session {describe_id(self._sid)} kept appearing and disappearing; try again")
-
-    def _end(self, rec: bytes | None, now: float) -> None:
-        """COMMIT *rec* (if not None), else ROLLBACK; always give the connection back."""
-        store = self._store
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            if rec is None:
-                conn.execute("ROLLBACK")
-            else:
-                conn.execute(store._q_update, (rec, now, self._sid))
-                conn.execute("COMMIT")
-        except psycopg.Error as exc:
-            if rec is None:
-                logger.debug("rollback of %s failed: %s", describe_id(self._sid), store._scrub(exc))
-                return
-            if (conn.broken or conn.closed) and time.monotonic() - self._since > store.lock_ttl:
-                # The server ends a transaction left idle past idle_in_transaction_session_timeout
-                # (lock_ttl) and closes its connection: the transaction was rolled back.
-                raise LockTimeout(
-                    f"the edit of {describe_id(self._sid)} took longer than lock_ttl={store.lock_ttl} s: the "
-                    "server ended its transaction and nothing was written"
-                ) from None
-            raise store._error(exc, f"saving session {describe_id(self._sid)}") from None
-        finally:
-            store._putconn(conn)
-        if rec is not None:
-            store._clean_on_write(now)
 
 
 class PostgresStore(Connections, RemoteStore):
@@ -137,7 +84,7 @@ class PostgresStore(Connections, RemoteStore):
     backend = "postgres"
     name_option = "table"
     defaults = {"table": "lockstore_sessions", "pool_size": 20}
-    edit_class = _Edit
+    edit_class = PostgresEdit
     _display = staticmethod(display)
 
     @property
@@ -145,10 +92,36 @@ class PostgresStore(Connections, RemoteStore):
         """The table holding the sessions."""
         return self.name
 
+    def __init__(self, url: str, options: Options | None = None, *, create: bool = True) -> None:
+        # durability is taken here until the shared options list it for server stores (issue 12)
+        options = Options() if options is None else options
+        self.durability = options.durability
+        super().__init__(url, dataclasses.replace(options, durability="process"), create=create)
+        self.options = options
+
     def _connect(self, url: str) -> None:
         self._next_clean = -math.inf
+        self._request_holds: dict[int, ServerHold] = {}
+        self._holds: HoldPool | None = None
         self._build_queries()
         self._open_pool(url)
+
+    def request_locks(self, *, stripes: int = 0, timeout: float | None = None) -> PostgresLocks:
+        """The request-long locks of this store, kept on the server (one advisory lock per session: *stripes* is
+        not needed there): what the web integrations use with no ``lock_dir``. See
+        :mod:`lockstore.remote.postgres_locks`; *timeout* defaults to the store's."""
+        return PostgresLocks(self, timeout=self.timeout if timeout is None else timeout)
+
+    def _hold_pool(self) -> HoldPool:
+        with self._close_lock:
+            if self._holds is None:
+                self._holds = HoldPool(self)
+            return self._holds
+
+    def _disconnect(self) -> None:
+        super()._disconnect()
+        if self._holds is not None:
+            self._holds.close()
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -298,15 +271,27 @@ class PostgresStore(Connections, RemoteStore):
                         return now
             raise LockTimeout(f"session {describe_id(sid)} kept appearing and disappearing; try again")
 
-        now: float | None = self._run(put, retry=retry)
+        now: float | None = self._write(sid, put, retry=retry)
         if now is None:
             return False
         self._clean_on_write(now)
         return True
 
     def _take(self, sid: str) -> tuple[bytes | None, float]:
-        rec = self._fetch_one(self._q_delete, (validate_id(sid),), retry=False)  # DELETE ... RETURNING: one step
-        return (None if rec is None else bytes(rec)), self.clock()
+        def take(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
+            return conn.execute(self._q_delete, (sid,)).fetchone()  # DELETE ... RETURNING: one step
+
+        row = self._write(validate_id(sid), take, retry=False)
+        return (None if row is None else bytes(row[0])), self.clock()
+
+    def _write(self, sid: str, fn: Callable[[psycopg.Connection[Any]], T], *, retry: bool) -> T:
+        """``fn(conn)``, a write of *sid*: on the connection of its request lock if this process holds it (fenced
+        by it: :class:`LockLost` if the server ended it), else on a pooled one."""
+        hold = holding(self, sid)
+        if hold is None:
+            result: T = self._run(fn, retry=retry)
+            return result
+        return hold.call(fn, sid, self.timeout)
 
     def __iter__(self) -> Iterator[str]:
         # Rows whose id is not valid are left out here and in len(); verify() reports them.
@@ -378,8 +363,9 @@ def open_postgres(url: str, *, create: bool = True, **options: Unpack[PostgresOp
 
     The options, their checks and errors are those of :func:`lockstore.open`. Here ``timeout`` bounds the
     wait for a session's row lock (``lock_timeout``), ``connect_timeout`` (default 5) the wait for a
-    connection, ``lock_ttl`` (default 30) how long an ``edit()`` may hold its transaction idle before the
-    server ends it (the write then fails with :class:`LockTimeout`), ``pool_size`` defaults to 20; a write
+    connection, ``lock_ttl`` (default 30) the lease of an ``edit()`` and of a request lock: renewed while the holder
+    lives, it ends the session of a holder silent for that long (the write then fails with :class:`LockLost`),
+    ``durability`` maps to ``synchronous_commit`` (module docstring), ``pool_size`` defaults to 20; a write
     sweeps at most ``clean_limit`` expired rows once ``clean_interval`` has passed in this process.
     """
     return PostgresStore(url, Options(**options), create=create)

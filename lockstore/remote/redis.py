@@ -7,12 +7,20 @@ Redis's own mechanisms do the work the embedded design does with files:
 - Expiry is native: every write sets the key's TTL to what is left of ``max_age`` since the last
   access, so a touch slides it. Reads also check the record's last access against the store's clock,
   so an expired session is never returned even before the server drops it.
-- ``edit()`` takes a per-session lock key ``PREFIX:{SID}:lock`` (a random token, ``PX lock_ttl``) in
-  the same server-side script that reads the record, and commits with a script that writes only if the
-  token still holds. A ``with`` block cannot be replayed, which optimistic ``WATCH``/``MULTI`` needs on
-  conflict (the README's scale-out measurements compare both). A holder that dies leaves its lock
-  until ``lock_ttl``; a holder slower than ``lock_ttl`` gets :class:`~lockstore.LockTimeout` on exit and
-  writes nothing, so no update is ever lost silently.
+- ``edit()`` takes a per-session lock key ``PREFIX:{SID}:lock`` (a random token with a lease: ``PX lock_ttl``,
+  default 5 s) in the same server-side script that reads the record, and commits with a script that writes only
+  if the token still holds. A ``with`` block cannot be replayed, which optimistic ``WATCH``/``MULTI`` needs on
+  conflict. The lease is renewed while the holder lives (:mod:`lockstore.remote.redis_locks`): a holder that
+  dies leaves the lock for at most ``lock_ttl``; one paused past it gets :class:`~lockstore.LockLost` on exit
+  and writes nothing, so no update is ever lost silently. :meth:`RedisStore.request_locks` gives the
+  request-long lock the integrations hold on the server (same module).
+- ``durability="system"``: every acknowledged write (an ``edit()`` commit, a set, a delete) is sent with
+  ``WAIT 1`` on the same connection and returns once a replica has it, so a master that dies and is replaced by
+  its replica loses no acknowledged write; no replica within ``connect_timeout / 2`` raises
+  :class:`~lockstore.BackendUnavailable` (the write is on the master, not confirmed anywhere else). With
+  ``"process"`` a write is acknowledged by the master alone: replication is asynchronous, so a failover in the
+  moment after loses the writes the replica had not received (a restart of the same master keeps what its
+  append-only file kept). Touches (last-access times) are never waited for.
 - Connections come from a bounded pool; every socket has a timeout. A server that is down or does not
   answer raises :class:`~lockstore.BackendUnavailable`, never a hang.
 - The store's settings live in the hash ``PREFIX:meta``: metadata format, codec, whether records are
@@ -28,8 +36,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import secrets
-import time
 from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import Any, Unpack
@@ -43,30 +49,14 @@ from ..errors import BackendUnavailable, LockTimeout, StoreClosed, StoreMismatch
 from ..ids import describe_id, is_valid_id, validate_id
 from ..options import Options, RedisOptions
 from ..record import HEADER_SIZE
-from .base import Make, RemoteEdit, RemoteStore, redact_url
+from .base import Make, RemoteStore, redact_url
 from .meta import Pairs, Settings
-from .redis_lua import ACQUIRE, COMMIT, META, RETIME, SWEEP
+from .redis_locks import RedisEdit, RedisRequestLocks, acquire, commit, release
+from .redis_lua import ACQUIRE, COMMIT, GIVE, META, RENEW, RETIME, SWEEP, TAKE
 
 logger = logging.getLogger(__name__)
 
 SCAN_BATCH = 500
-DONE_TTL_MS = 5000
-
-
-class _Edit(RemoteEdit):
-    """The context manager returned by :meth:`RedisStore.edit`: the session's lock key held by a token."""
-
-    _store: RedisStore
-
-    def _begin(self) -> bytes | None:
-        self._token, rec = self._store._acquire(self._sid)
-        return rec
-
-    def _end(self, rec: bytes | None, now: float) -> None:
-        if rec is None:
-            self._store._release(self._sid, self._token)
-        else:
-            self._store._commit(self._sid, self._token, rec, now)
 
 
 class RedisStore(RemoteStore):
@@ -81,8 +71,8 @@ class RedisStore(RemoteStore):
 
     backend = "redis"
     name_option = "prefix"
-    defaults = {"prefix": "lockstore", "pool_size": 50}
-    edit_class = _Edit
+    defaults = {"prefix": "lockstore", "pool_size": 50, "lock_ttl": 5.0}
+    edit_class = RedisEdit
     _display = staticmethod(redact_url)
 
     @property
@@ -94,9 +84,15 @@ class RedisStore(RemoteStore):
         # Native expiry runs on the server's clock; an injected clock (tests, replays) is the store's
         # only judge of expiry, so native expiry is then left off and clean() removes what expired.
         self._native_expiry = self.options.clock is None
+        self._durable = self.options.durability == "system"
+        self._block_cap = min(self.connect_timeout / 2, 1.0)  # a blocking wait returns before the socket times out
+        self._fences: dict[str, tuple[int, str]] = {}  # sid -> (fork generation, token): see redis_locks
         self._client = self._new_client(url)
         self._acquire_script = self._client.register_script(ACQUIRE)
         self._commit_script = self._client.register_script(COMMIT)
+        self._renew_script = self._client.register_script(RENEW)
+        self._take_script = self._client.register_script(TAKE)
+        self._give_script = self._client.register_script(GIVE)
         self._retime_script = self._client.register_script(RETIME)
         self._sweep_script = self._client.register_script(SWEEP)
         self._pattern = re.sub(r"([\\*?\[\]])", r"\\\1", self.name) + ":{*}"
@@ -115,6 +111,32 @@ class RedisStore(RemoteStore):
         except ValueError as exc:
             raise ValueError(f"not a usable Redis URL: {self.path}: {self._scrub(exc)}") from None
         return redis.Redis(connection_pool=self._pool)
+
+    def _send_commit(self, keys: list[str], args: list[str | bytes]) -> int:
+        """Run the commit script (:func:`~lockstore.remote.redis_locks.commit` retries it on a ``RedisError``).
+
+        With ``durability="system"``, a write is followed by ``WAIT 1`` in one pipeline: WAIT covers the writes
+        of the connection it is sent on only. :class:`BackendUnavailable` if no replica confirms it within
+        ``connect_timeout / 2`` (a cluster store sends both to the session's master: it overrides this)."""
+        if not self._durable or args[1] == "r":
+            done: int = self._commit_script(keys=keys, args=args)
+            return done
+        pipe = self._node_client(keys[0]).pipeline(transaction=False)
+        pipe.eval(COMMIT, len(keys), *keys, *args)  # EVAL: a pipeline checks EVALSHA's script first (a round trip)
+        wait = self.connect_timeout / 2
+        pipe.execute_command("WAIT", 1, math.ceil(wait * 1000))
+        done, replicas = pipe.execute()
+        if done in (1, 2) and replicas < 1:
+            sid = describe_id(self._sid_of(keys[0].encode()) or "?")
+            raise BackendUnavailable(
+                f"redis at {self.path}: no replica confirmed the write of {sid}"
+                f" within {wait:g} s (durability='system'): it is on the master only, lost if the master failed"
+            )
+        return int(done)
+
+    def _node_client(self, key: str) -> Any:
+        """The client of the server that holds *key* (a cluster store gives its master's own client)."""
+        return self._client
 
     def _disconnect(self) -> None:
         self._pool.disconnect()
@@ -188,67 +210,10 @@ class RedisStore(RemoteStore):
             return ""
         return str(max(1, math.ceil((last_access + self.max_age - now) * 1000)))
 
-    def _acquire(self, sid: str) -> tuple[str, bytes | None]:
-        """Take the session's lock (waiting up to ``timeout``); returns (token, record or None)."""
-        key, lock = self._data_key(sid), self._data_key(sid) + ":lock"
-        token = secrets.token_hex(12)
-        ttl = str(math.ceil(self.lock_ttl * 1000))
-        deadline = time.monotonic() + self.timeout
-        while True:
-            got, value = self._do(self._acquire_script, keys=[key, lock], args=[token, ttl])
-            if got:
-                return token, value
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise LockTimeout(
-                    f"session {describe_id(sid)} at {self.path} stayed locked for {self.timeout} s "
-                    f"(its holder may have died: its lock expires after lock_ttl={self.lock_ttl} s)"
-                )
-            # Block until a release pushes a wake-up (or the holder's lock would lapse), then try again;
-            # the socket timeout must not fire first. Measured: twice the throughput of polling with
-            # backoff on a hot session.
-            lapse = value / 1000 if isinstance(value, int) and value > 0 else 0.05
-            wait = max(0.001, min(left, lapse + 0.001, self.connect_timeout / 2, 1.0))
-            self._do(self._client.blpop, [key + ":wake"], timeout=wait)
-
-    def _release(self, sid: str, token: str) -> None:
-        key = self._data_key(sid)
-        try:
-            self._do(self._commit_script, keys=[key, key + ":lock", key + ":wake"], args=[token, "r", b"", "0", "0"])
-        except (BackendUnavailable, StoreClosed):
-            # Nothing was to be written; the lock expires by itself after lock_ttl.
-            logger.debug("could not release the lock of %s; it expires after %s s", describe_id(sid), self.lock_ttl)
-
-    def _commit(self, sid: str, token: str, rec: bytes | None, now: float, header: bytes | None = None) -> bool:
-        """Write *rec* (or delete, if None or already expired) and release, if the lock still holds.
-
-        With *header*, only if the stored record still starts with it (b"": there is none); returns False
-        (lock released, nothing written) if it does not.
-        """
-        key = self._data_key(sid)
-        px = self._px(fmt.times(rec)[0], now) if rec is not None else None
-        op, data = ("w", rec) if rec is not None and px is not None else ("d", b"")
-        args: list[str | bytes] = [token, op, data, px or "", str(DONE_TTL_MS)]
-        if header is not None:
-            args.append(header)
-        keys = [key, key + ":lock", key + ":wake"]
-        try:
-            done = self._commit_script(keys=keys, args=args)
-        except redis.RedisError:
-            # The reply was lost: ask again. 2 means the first attempt went through; 0 that the lock is
-            # gone, and whether the first attempt wrote cannot be known.
-            done = self._do(self._commit_script, keys=keys, args=args)
-            if done == 0:
-                raise BackendUnavailable(
-                    f"redis at {self.path} failed while saving session {describe_id(sid)}; "
-                    "whether the write happened is unknown"
-                ) from None
-        if done == 0:
-            raise LockTimeout(
-                f"session {describe_id(sid)} was held longer than lock_ttl={self.lock_ttl} s and its "
-                "lock expired: nothing was written"
-            )
-        return bool(done != 3)
+    def request_locks(self, *, stripes: int = 0, timeout: float | None = None) -> RedisRequestLocks:
+        """The request-long session locks kept on this server (:mod:`lockstore.remote.redis_locks`): what the
+        integrations use given no ``lock_dir``. One lock key per session; *stripes* is not used."""
+        return RedisRequestLocks(self, timeout=self.timeout if timeout is None else timeout)
 
     def _get(self, sid: str) -> bytes | None:
         value: bytes | None = self._do(self._client.get, self._data_key(validate_id(sid)))
@@ -262,28 +227,28 @@ class RedisStore(RemoteStore):
         # Every commit is idempotent per lock token (retry is always safe here), and checks that the record
         # still has the header make() saw: a touch does not take the lock.
         for _ in range(100):
-            token, old = self._acquire(sid)
+            token, old = acquire(self, sid)
             try:
                 now = self.clock()
                 rec = make(old, now)
             except BaseException:
-                self._release(sid, token)
+                release(self, sid, token)
                 raise
             if rec is None:
-                self._release(sid, token)
+                release(self, sid, token)
                 return False
-            if self._commit(sid, token, rec, now, header=b"" if old is None else old[:HEADER_SIZE]):
+            if commit(self, sid, token, rec, now, header=b"" if old is None else old[:HEADER_SIZE]):
                 return True
         raise LockTimeout(f"session {describe_id(sid)} kept changing; try again")
 
     def _take(self, sid: str) -> tuple[bytes | None, float]:
         validate_id(sid)
-        token, old = self._acquire(sid)
+        token, old = acquire(self, sid)
         now = self.clock()
         if old is None:
-            self._release(sid, token)
+            release(self, sid, token)
         else:
-            self._commit(sid, token, None, now)
+            commit(self, sid, token, None, now)
         return old, now
 
     def _scan(self, client: Any = None) -> Iterator[list[bytes]]:
@@ -417,10 +382,11 @@ def open_redis(url: str, *, create: bool = True, **options: Unpack[RedisOptions]
 
     The options, their checks and errors are those of :func:`lockstore.open`. Here ``timeout`` bounds the
     wait for a session's lock or a pooled connection, ``connect_timeout`` (default 5) the wait for the
-    server, ``lock_ttl`` (default 30) how long an ``edit()`` may hold a session's lock (a holder that dies
-    blocks it this long; one slower gets :class:`LockTimeout` and writes nothing), ``pool_size`` defaults to
-    50. Redis drops expired keys itself (a key's TTL follows ``max_age``); ``clean()`` removes what the
-    store's clock expired first.
+    server, ``lock_ttl`` (default 5) the lease of a session's locks (``edit()``'s and the request lock): renewed
+    while the holder lives, so a holder that dies blocks the session this long at most, and one paused past it
+    gets :class:`LockLost` and writes nothing. ``durability="system"`` waits for a replica after every write
+    (module docstring). ``pool_size`` defaults to 50. Redis drops expired keys itself (a key's TTL follows
+    ``max_age``); ``clean()`` removes what the store's clock expired first.
     """
     return RedisStore(url, Options(**options), create=create)
 

@@ -133,50 +133,26 @@ class RedisClusterStore(RedisStore):
         # Building the client reads the slot map from a node: the cluster may be failing over right now.
         return self._failover(connect)
 
-    def _connect(self, url: str) -> None:
-        super()._connect(url)
-        self._lua_commit = self._commit_script
-        self._commit_script = self._cluster_commit
-        self._durable = getattr(self.options, "durability", "process") == "system"
-        self._wait_ms = math.ceil(self.connect_timeout * 500)  # WAIT must answer before the socket times out
-
     def _disconnect(self) -> None:
         self._client.close()
 
-    def _cluster_commit(self, keys: list[str], args: list[Any]) -> Any:
-        """The commit script, and with ``durability="system"`` a wait for a replica.
+    def _node_client(self, key: str) -> Any:
+        return self._client.get_redis_connection(self._client.get_node_from_key(key))
 
-        ``_commit`` calls it once outside ``_do`` and retries on a ``RedisError``: the cluster client's own
-        errors (no node reachable, a slot not covered) are raised as ``redis.ConnectionError`` so that it
-        retries them too. WAIT waits for the writes of the connection it is sent on, so it cannot go through
-        the cluster client (which routes a keyless command to any node, on any pooled connection): both go in
-        one pipeline on the session master's own client. A release that writes nothing of the session's is
-        not waited for. A write no replica confirmed within half ``connect_timeout`` (a master with no replica
-        left, or one too slow) raises :class:`BackendUnavailable`: it is on the master only, and lost if that
-        master fails now.
-        """
+    def _send_commit(self, keys: list[str], args: list[str | bytes]) -> int:
+        # The commit runs once outside _do and is retried on a RedisError: the cluster client's own errors (no
+        # node reachable, a slot not covered) are raised as one, so it retries them too. With durability
+        # "system" it goes with its WAIT to the master's own client, which does not follow the cluster: the
+        # slot map is read again after a failure there.
         try:
-            if not self._durable or args[1] == "r":
-                return self._lua_commit(keys=keys, args=args)
-            node = self._client.get_node_from_key(keys[0])
-            pipe = self._client.get_redis_connection(node).pipeline(transaction=False)
-            self._lua_commit(keys=keys, args=args, client=pipe)
-            pipe.wait(1, self._wait_ms)
             try:
-                done, replicas = pipe.execute()
+                return super()._send_commit(keys, args)
             except _FAILOVER_ERRORS:
-                self._client.nodes_manager.initialize()  # this node's own client does not follow the cluster
+                if self._durable:
+                    self._client.nodes_manager.initialize()
                 raise
         except RedisClusterException as exc:
             raise redis.ConnectionError(self._scrub(exc)) from None
-        # done == 2 (a retry after a lost reply) wrote nothing on this connection: its WAIT returns at once, and
-        # whether the first attempt reached a replica is not known when it was the same master (not a failover).
-        if done in (1, 2) and replicas < 1:
-            raise BackendUnavailable(
-                f"redis cluster at {self.path}: no replica of {node.name} confirmed a write within "
-                f"{self._wait_ms / 1000:g} s (durability='system'); it is on that master only"
-            )
-        return done
 
     def _failover(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``, tried again while the cluster fails over, for up to ``failover_timeout``

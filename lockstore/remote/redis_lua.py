@@ -17,21 +17,30 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return {1, redis.call('GET', KEYS[1])}
 """
 
-# KEYS: data, lock, wake. ARGV: token, op (w = write, d = delete, r = release only), record, ttl (ms,
-# or '' for none), ttl of the done marker (ms), and optionally the header the record must still have
-# ('' for none): a touch does not take the lock, and put_record_if must not write over one.
+# KEYS: data, lock, wake, request lock. ARGV: token, op (w = write, d = delete, r = release only), record,
+# ttl (ms, or '' for none), ttl of the done marker (ms), the request lock's token that must still hold its key
+# ('' for none: fencing, see redis_locks), and optionally the header the record must still have ('' for none):
+# a touch does not take the lock, and put_record_if must not write over one.
 # Returns 1 (done), 2 (an earlier attempt of this commit was done), 3 (the record's header changed:
-# released, nothing written) or 0 (the lock was lost: nothing written). A done commit leaves
-# 'done:TOKEN' for a few seconds so that a retry learns it went through.
+# released, nothing written), 4 (the request lock is no longer this holder's: released, nothing written) or
+# 0 (the lock was lost: nothing written). A done commit leaves 'done:TOKEN' for a few seconds so that a retry
+# learns it went through (and renews it: a write of the retry's own connection, which WAIT then covers).
 # Every release pushes one wake-up on the wake list, where a waiter blocks (BLPOP) instead of polling.
 COMMIT = f"""
 local cur = redis.call('GET', KEYS[2])
-if cur == 'done:' .. ARGV[1] then return 2 end
+if cur == 'done:' .. ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  return 2
+end
 if cur ~= ARGV[1] then return 0 end
 redis.call('LPUSH', KEYS[3], '1')
 redis.call('LTRIM', KEYS[3], 0, 0)
 redis.call('PEXPIRE', KEYS[3], 2000)
-if ARGV[6] and redis.call('GETRANGE', KEYS[1], 0, {HEADER_SIZE - 1}) ~= ARGV[6] then
+if ARGV[6] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[6] then
+  redis.call('DEL', KEYS[2])
+  return 4
+end
+if ARGV[7] and redis.call('GETRANGE', KEYS[1], 0, {HEADER_SIZE - 1}) ~= ARGV[7] then
   redis.call('DEL', KEYS[2])
   return 3
 end
@@ -47,6 +56,35 @@ else
   redis.call('DEL', KEYS[1])
 end
 redis.call('SET', KEYS[2], 'done:' .. ARGV[1], 'PX', ARGV[5])
+return 1
+"""
+
+# KEYS: a lock. ARGV: token, lease (ms). Extends the lease if the token still holds the lock: 1, else 0.
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: request lock. ARGV: token, lease (ms). Takes the lock unless another token holds it: {1} or
+# {0, its pttl}. Idempotent for one token (a retry after a lost reply finds it taken by itself).
+TAKE = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return {0, redis.call('PTTL', KEYS[1])} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1}
+"""
+
+# KEYS: request lock, its wake list. ARGV: token. Compare-and-delete, and one wake-up for a waiter: 1 if it
+# was this token's, else 0 (lapsed: the key is someone else's now, or gone).
+GIVE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('LPUSH', KEYS[2], '1')
+redis.call('LTRIM', KEYS[2], 0, 0)
+redis.call('PEXPIRE', KEYS[2], 2000)
 return 1
 """
 
@@ -90,4 +128,4 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 
-__all__ = ["ACQUIRE", "COMMIT", "META", "RETIME", "SWEEP"]
+__all__ = ["ACQUIRE", "COMMIT", "GIVE", "META", "RENEW", "RETIME", "SWEEP", "TAKE"]
