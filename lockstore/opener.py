@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 REMOTE_SCHEMES = {
     "redis": (".remote.redis", "RedisStore"),
     "rediss": (".remote.redis", "RedisStore"),
+    "redis+cluster": (".remote.redis_cluster", "RedisClusterStore"),
     "postgresql": (".remote.postgres", "PostgresStore"),
     "postgres": (".remote.postgres", "PostgresStore"),
 }

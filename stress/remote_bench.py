@@ -9,11 +9,11 @@ make ``edit()`` increments for a fixed time on
 - ``hot``: 4 sessions shared by every process (each edit waits for the others).
 
 Backends: ``lmdb`` (a temporary directory), ``redis`` (lock key taken and read by one script, commit
-by another), ``redis-cluster`` (the same on a Redis Cluster of 3 masters and 3 replicas; skipped, with the
-reason, while lockstore cannot open ``redis+cluster://``), ``postgres`` (``SELECT ... FOR UPDATE`` in a
-transaction), and ``redis-watch``: the same read-modify-write done the optimistic way, ``WATCH`` / ``GET`` /
-``MULTI`` / ``SET`` / ``EXEC`` retried on conflict, with the same record format, to compare the two Redis
-designs (a ``with`` block cannot be replayed, so ``edit()`` itself cannot use it).
+by another), ``redis-cluster`` (the same through ``redis+cluster://`` on a Redis Cluster of 3 masters and
+3 replicas), ``postgres`` (``SELECT ... FOR UPDATE`` in a transaction), and ``redis-watch``: the same
+read-modify-write done the optimistic way, ``WATCH`` / ``GET`` / ``MULTI`` / ``SET`` / ``EXEC`` retried on
+conflict, with the same record format, to compare the two Redis designs (a ``with`` block cannot be
+replayed, so ``edit()`` itself cannot use it).
 
 Then web requests/s and lost updates with a shared cookie on two gunicorn instances (``stress/remote_web.py``):
 lockstore on Redis, Flask-Session's Redis backend as shipped, lockstore on PostgreSQL and on the cluster.

@@ -6,8 +6,7 @@ machines would have them, serve the Flask counter (``tests/web_apps/hosts.py``) 
 - ``lockstore-redis``: lockstore on Redis;
 - ``flask-session-redis``: Flask-Session with its Redis backend, as shipped (``SESSION_TYPE = "redis"``);
 - ``lockstore-postgres``: lockstore on PostgreSQL;
-- ``lockstore-cluster``: lockstore on a Redis Cluster (skipped, with the reason, while lockstore cannot open
-  ``redis+cluster://``).
+- ``lockstore-cluster``: lockstore on a Redis Cluster (``redis+cluster://``).
 
 lockstore runs with each request lock it can take: ``lock_dir`` (a directory per host, so one machine's
 requests only) and, once issue 12's server-side lock exists, ``server``. For each: C clients sharing one cookie

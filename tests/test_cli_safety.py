@@ -102,7 +102,7 @@ def test_an_unknown_scheme_is_an_error_and_creates_nothing(name, tmp_path, capsy
     scheme = argv[1 if name != "copy-dst" else 2].partition("://")[0]
     assert err == (
         f"lockstore: error: unknown scheme {scheme!r}: a store is a directory or a redis://, rediss://, "
-        "postgresql://, postgres:// URL\n"
+        "redis+cluster://, postgresql://, postgres:// URL\n"
     )
     assert os.listdir(work) == []
 

@@ -121,7 +121,7 @@ class RedisStore(RemoteStore):
         if not self._durable or args[1] == "r":
             done: int = self._commit_script(keys=keys, args=args)
             return done
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self._node_client(keys[0]).pipeline(transaction=False)
         pipe.eval(COMMIT, len(keys), *keys, *args)  # EVAL: a pipeline checks EVALSHA's script first (a round trip)
         wait = self.connect_timeout / 2
         pipe.execute_command("WAIT", 1, math.ceil(wait * 1000))
@@ -133,6 +133,10 @@ class RedisStore(RemoteStore):
                 f" within {wait:g} s (durability='system'): it is on the master only, lost if the master failed"
             )
         return int(done)
+
+    def _node_client(self, key: str) -> Any:
+        """The client of the server that holds *key* (a cluster store gives its master's own client)."""
+        return self._client
 
     def _disconnect(self) -> None:
         self._pool.disconnect()
