@@ -9,9 +9,8 @@ Flask) from one Redis, one PostgreSQL, then one Redis Cluster. Here the instance
 - 1 writer (40 increments) against 7 readers loses nothing;
 - and on the cluster, ``lock_dir=`` per instance loses updates as it does on one Redis (the figure is printed).
 
-Every case must pass, under CI too. A server whose store keeps no request lock yet (PostgreSQL and the Redis
-Cluster until their branches are merged) skips locally and fails under CI, through ``servers.unavailable``; so does
-the cluster without the ``redis+cluster://`` scheme.
+Every case must pass, under CI too: a server whose store kept no request lock would skip locally and fail under
+CI, through ``servers.unavailable``.
 """
 
 from __future__ import annotations

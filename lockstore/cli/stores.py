@@ -43,7 +43,7 @@ def location(
     options: dict[str, Any] = {}
     scheme = check_scheme(path) if is_url(path) else None
     for option, value, schemes, key in (
-        (names[0], prefix, ("redis", "rediss"), "prefix"),
+        (names[0], prefix, ("redis", "rediss", "redis+cluster"), "prefix"),
         (names[1], table, ("postgresql", "postgres"), "table"),
     ):
         if value is None:
@@ -76,8 +76,11 @@ def _probe_remote(path: str, where: dict[str, Any], timeout: float) -> Any:
 
     It reads the metadata beside :mod:`lockstore.remote` (which parses it in ``parse_meta``): a read-only
     remote open will replace it."""
+    scheme = check_scheme(path)
+    if scheme == "redis+cluster":  # no single node to ask: open() reads the metadata through the cluster
+        return _UNKNOWN
     try:
-        if check_scheme(path) in ("redis", "rediss"):
+        if scheme in ("redis", "rediss"):
             import redis
 
             client = redis.Redis.from_url(path, socket_connect_timeout=timeout, socket_timeout=timeout)
