@@ -20,7 +20,6 @@ whose name contains ``pass``, ``secret``, ``token`` or ``key`` (any case: ``pass
 from __future__ import annotations
 
 import logging
-import math
 import re
 import threading
 import time
@@ -30,10 +29,10 @@ from typing import Any, ClassVar
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from .. import record as fmt
-from ..base import BaseStore
+from ..base import BaseStore, Edit
 from ..codec import Codec, Record
 from ..errors import CorruptRecord, StoreMismatch
-from ..ids import describe_id, validate_id
+from ..ids import validate_id
 from ..options import SERVER, SERVER_DEFAULTS, Options
 from ..record import HEADER_SIZE
 from .meta import DEFAULT_CODEC, FORMAT, Pairs, Settings, creation_fields, parse_meta, resolve
@@ -94,69 +93,14 @@ def scrub(text: str, values: Iterable[str]) -> str:
     return text
 
 
-class RemoteEdit:
-    """``edit()`` of a server store, written once: the session is read under its lock, decoded and yielded as
-    a dict; on a clean exit it is written if it changed (or its touch is due), else the lock is just given
-    back. A server gives two primitives: :meth:`_begin` (take the session's lock, return its record) and
+class RemoteEdit(Edit):
+    """``edit()`` of a server store: :class:`~lockstore.base.Edit`, the one template, over the server's lock. A
+    server gives its two primitives: :meth:`_begin` (take the session's lock, return its record) and
     :meth:`_end` (write *rec* and let go, or with None only let go)."""
 
     def __init__(self, store: RemoteStore, sid: str, create: bool) -> None:
-        self._store = store
-        self._sid = validate_id(sid)
-        self._create = create
-
-    def _begin(self) -> bytes | None:
-        """Take the session's lock; its stored record (live or not) or None."""
-        raise NotImplementedError
-
-    def _end(self, rec: bytes | None, now: float) -> None:
-        """Write *rec* (at time *now*) and give the lock back, or with None only give it back."""
-        raise NotImplementedError
-
-    def __enter__(self) -> dict[str, Any]:
-        store = self._store
-        sid = self._sid
-        rec = self._begin()
-        try:
-            now = store.clock()
-            value: dict[str, Any] = {}
-            self._old: bytes | None = None
-            self._created = now
-            self._atime = -math.inf
-            if not fmt.is_live(rec, now, store.max_age):
-                if not self._create:
-                    raise KeyError(sid)
-            else:
-                assert rec is not None
-                self._atime, self._created = fmt.times(rec)
-                body = store._codec.body(sid.encode(), rec)
-                decoded = store._codec.loads(body, sid.encode())
-                if not isinstance(decoded, dict):
-                    raise TypeError(f"edit() needs a dict session; {describe_id(sid)} holds a {type(decoded).__name__}")
-                value = decoded
-                self._old = bytes(body)
-            self._value = value
-            return value
-        except BaseException:
-            self._end(None, 0.0)
-            raise
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None:
-            self._end(None, 0.0)
-            return
-        store = self._store
-        try:
-            rec = None
-            now = store.clock()
-            if self._old is not None or self._value:  # just in time: an absent session left empty is not created
-                payload = store._codec.encode(self._value)
-                if payload != self._old or now - self._atime >= store.touch_interval:
-                    rec = store._codec.record(self._sid.encode(), payload, now, self._created)
-        except BaseException:
-            self._end(None, 0.0)
-            raise
-        self._end(rec, now)
+        sid = validate_id(sid)
+        super().__init__(store, sid, sid.encode(), create)
 
 
 class RemoteStore(BaseStore):
