@@ -384,6 +384,21 @@ def test_postgres_foreign_rows_and_short_records(postgres_server: str) -> None:
         assert sorted(s) == ["good"]
 
 
+def test_edit_of_a_damaged_record_is_corrupt_record_and_leaves_it(raw: Raw) -> None:
+    """edit() follows the one template (base.Edit) on a server too: a record too short for its header is
+    CorruptRecord, as on the embedded stores, and stays for verify() to report; before, a server's edit()
+    took it for an absent session and wrote over it."""
+    with raw.open() as s:
+        raw.put("short", b"\x01\x00abc")
+        with pytest.raises(lockstore.CorruptRecord), s.edit("short") as session:
+            session["n"] = 1
+        with pytest.raises(lockstore.CorruptRecord):
+            s["short"]
+        assert "short" in dict(s.verify())
+        s["short"] = {"fixed": True}  # a plain overwrite still replaces it
+        assert s["short"] == {"fixed": True}
+
+
 # -- item 5: credentials never show -------------------------------------------------------------------
 
 
