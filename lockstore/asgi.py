@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import LockTimeout
 from .web import session as web
+from .web.cookies import cookie_header, read_cookie
 from .web.requestlock import BUSY_BODY, BUSY_HEADERS, Gates
 from .web.stripes import DEFAULT_STRIPES
-from .wsgi import cookie_header, read_cookie
 
 if TYPE_CHECKING:
     import os
