@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
 import sys
 import threading
 import time
@@ -49,7 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from ._process import GENERATION
 from .errors import LockTimeout
 from .ids import describe_id, shard_of, validate_id
-from .locks import ShardLocks
+from .locks import ShardLocks, await_lock
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -171,18 +170,16 @@ async def _take_shard(store: Store, shard: int, deadline: float, what: Callable[
     """Take *shard*'s lock for the loop's thread without blocking the loop: tried at once, then again after
     ``asyncio.sleep`` back-off while another process (or thread) holds it."""
     locks = store._locks
-    delay = _FIRST_DELAY
-    while True:
+
+    def attempt() -> bool:
         try:
             locks.acquire(shard, 0.0)
-            return
         except LockTimeout:
-            pass
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise LockTimeout(what())
-        await asyncio.sleep(min(left, delay * (0.5 + random.random())))
-        delay = min(delay * 2, _MAX_DELAY)
+            return False
+        return True
+
+    if not await await_lock(attempt, deadline, first=_FIRST_DELAY, cap=_MAX_DELAY):
+        raise LockTimeout(what())
 
 
 async def _enter(state: _State, store: BaseStore, sid: str) -> tuple[_Gates, object]:

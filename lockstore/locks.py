@@ -13,12 +13,13 @@ hand-off neither sleeps for tens of milliseconds nor spins on a core.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from filelock import lock_descriptor, unlock_descriptor
@@ -169,4 +170,18 @@ def wait_flock(fd: int, deadline: float, *, first: float, cap: float, yields: in
         delay = min(delay * 2, cap)
 
 
-__all__ = ["ShardLocks", "close_inherited", "open_lock_file", "try_flock", "unflock", "wait_flock"]
+async def await_lock(attempt: Callable[[], bool], deadline: float, *, first: float, cap: float) -> bool:
+    """The async twin of :func:`wait_flock` for any non-blocking *attempt*: call it now, then after
+    ``asyncio.sleep`` back-off (*first* seconds doubling up to *cap*, jittered) until it succeeds, or return
+    False at the monotonic *deadline*. The event loop never blocks while it waits."""
+    delay = first
+    while not attempt():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(left, delay * (0.5 + random.random())))
+        delay = min(delay * 2, cap)
+    return True
+
+
+__all__ = ["ShardLocks", "await_lock", "close_inherited", "open_lock_file", "try_flock", "unflock", "wait_flock"]

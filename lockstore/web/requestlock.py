@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import random
 import threading
 import time
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .._process import GENERATION
 from ..errors import LockTimeout
+from ..locks import await_lock
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -150,14 +150,8 @@ class RequestHold:
     async def alock(self, sid: str) -> None:
         """:meth:`lock` for async code: tries, with ``asyncio.sleep`` back-off between them."""
         wait = self._wait()
-        deadline = time.monotonic() + wait
-        delay = _FIRST_WAIT
-        while not self.try_lock(sid):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise lock_timeout(self._locks.where(self._locks.index(sid)), wait)
-            await asyncio.sleep(min(left, delay * (0.5 + random.random())))
-            delay = min(delay * 2, _MAX_WAIT)
+        if not await await_lock(lambda: self.try_lock(sid), time.monotonic() + wait, first=_FIRST_WAIT, cap=_MAX_WAIT):
+            raise lock_timeout(self._locks.where(self._locks.index(sid)), wait)
 
     def _take(self, sid: str, index: int, *, blocking: bool) -> bool:
         locks, gates = self._locks, self._gates
